@@ -1,0 +1,140 @@
+"""One exception hierarchy for everything Loom reports. Import as `from runtime import errors`.
+
+Every error carries a code from `schemas.errors.ErrorCode`, says whether a retry could
+help, and names the activity (name, version) and idempotency key it concerns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.errors import ErrorCode
+
+__all__ = [
+    "ActivityError", "CapabilityDenied", "ErrorCode", "GuestError", "HostCallFailed",
+    "InputInvalid", "InputTooLarge", "IntegrityError", "LoomError", "ManifestInvalid",
+    "MemoryLimitExceeded", "ModuleInvalid", "NotFound", "OutOfFuel", "OutputInvalid",
+    "OutputTooLarge", "SettingsInvalid", "StackOverflow", "StorageError", "Timeout", "Trap",
+    "VersionConflict",
+]
+
+
+class LoomError(Exception):
+    """Base of every Loom error."""
+
+    code: ErrorCode = ErrorCode.TRAP
+    retryable: bool = False
+
+    def __init__(self, message: str, *, activity: str | None = None, version: str | None = None,
+                 idempotency_key: str | None = None, details: Any = None) -> None:
+        self.message = message
+        self.activity = activity
+        self.version = version
+        self.idempotency_key = idempotency_key
+        self.details = details
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = []
+        if self.activity:
+            where.append(f"{self.activity}@{self.version}" if self.version else self.activity)
+        if self.idempotency_key:
+            where.append(f"key={self.idempotency_key}")
+        prefix = f"[{self.code.value}{' ' + ' '.join(where) if where else ''}] "
+        return prefix + self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code.value, "message": self.message, "retryable": self.retryable,
+                "activity": self.activity, "version": self.version,
+                "idempotency_key": self.idempotency_key, "details": self.details}
+
+
+class ActivityError(LoomError):
+    """An invocation failed; subclasses say why."""
+
+
+class InputInvalid(ActivityError):
+    code = ErrorCode.INPUT_INVALID
+
+
+class OutputInvalid(ActivityError):
+    code = ErrorCode.OUTPUT_INVALID
+
+
+class Timeout(ActivityError):
+    code = ErrorCode.TIMEOUT
+    retryable = True
+
+
+class OutOfFuel(ActivityError):
+    code = ErrorCode.OUT_OF_FUEL
+
+
+class MemoryLimitExceeded(ActivityError):
+    code = ErrorCode.MEMORY_LIMIT
+
+
+class StackOverflow(ActivityError):
+    code = ErrorCode.STACK_OVERFLOW
+
+
+class InputTooLarge(ActivityError):
+    code = ErrorCode.INPUT_TOO_LARGE
+
+
+class OutputTooLarge(ActivityError):
+    code = ErrorCode.OUTPUT_TOO_LARGE
+
+
+class CapabilityDenied(ActivityError):
+    code = ErrorCode.CAPABILITY_DENIED
+
+
+class Trap(ActivityError):
+    """The guest trapped for a reason not covered by a more specific error."""
+
+    code = ErrorCode.TRAP
+
+
+class GuestError(ActivityError):
+    """The guest returned a structured error (core ABI) or exited non-zero (WASI)."""
+
+    code = ErrorCode.GUEST_ERROR
+
+    def __init__(self, message: str, *, retryable: bool = False, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retryable = retryable
+
+
+class HostCallFailed(ActivityError):
+    code = ErrorCode.HOST_CALL_FAILED
+    retryable = True
+
+
+class ModuleInvalid(LoomError):
+    code = ErrorCode.MODULE_INVALID
+
+
+class ManifestInvalid(LoomError):
+    code = ErrorCode.MANIFEST_INVALID
+
+
+class NotFound(LoomError):
+    code = ErrorCode.NOT_FOUND
+
+
+class VersionConflict(LoomError):
+    code = ErrorCode.VERSION_CONFLICT
+
+
+class IntegrityError(LoomError):
+    code = ErrorCode.INTEGRITY
+
+
+class StorageError(LoomError):
+    code = ErrorCode.STORAGE
+    retryable = True
+
+
+class SettingsInvalid(LoomError):
+    code = ErrorCode.SETTINGS_INVALID

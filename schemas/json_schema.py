@@ -1,0 +1,155 @@
+"""Compile the JSON Schema subset used by manifests into a Pydantic validator.
+
+Supported keywords: type (one or a list), properties, required, additionalProperties
+(boolean, or a schema when there are no properties), items, minItems, maxItems,
+minLength, maxLength, pattern, minimum, maximum, exclusiveMinimum, exclusiveMaximum,
+enum and const (scalars), anyOf; annotations (title, description, default, examples,
+$schema, $id, $comment, format) are accepted and ignored. Anything else is refused
+with the JSON path of the keyword, so a manifest never silently promises a check
+that is not made.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, create_model
+
+ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
+               "format", "deprecated", "readOnly", "writeOnly"}
+KEYWORDS = ANNOTATIONS | {
+    "type", "properties", "required", "additionalProperties", "items", "minItems",
+    "maxItems", "minLength", "maxLength", "pattern", "minimum", "maximum",
+    "exclusiveMinimum", "exclusiveMaximum", "enum", "const", "anyOf",
+}
+_counter = itertools.count()
+
+
+class SchemaError(ValueError):
+    """A schema uses a keyword or value this validator cannot honour."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"schema {path}: {message}")
+        self.path = path
+
+
+def compile_schema(schema: Any) -> TypeAdapter[Any]:
+    """Return a TypeAdapter validating JSON values against `schema` (strict types)."""
+    return TypeAdapter(_type_of(schema, "#"))
+
+
+def _type_of(schema: Any, path: str) -> Any:
+    if schema is True or schema == {}:
+        return Any
+    if not isinstance(schema, dict):
+        raise SchemaError(path, "must be an object or true")
+    unknown = sorted(set(schema) - KEYWORDS)
+    if unknown:
+        raise SchemaError(f"{path}/{unknown[0]}", "keyword is not supported")
+    if "const" in schema:
+        return Literal[_scalar(schema["const"], f"{path}/const")]
+    if "enum" in schema:
+        values = schema["enum"]
+        if not isinstance(values, list) or not values:
+            raise SchemaError(f"{path}/enum", "must be a non-empty array")
+        return Literal[tuple(_scalar(v, f"{path}/enum") for v in values)]
+    if "anyOf" in schema:
+        options = schema["anyOf"]
+        if not isinstance(options, list) or not options:
+            raise SchemaError(f"{path}/anyOf", "must be a non-empty array")
+        return Union[tuple(_type_of(s, f"{path}/anyOf/{i}") for i, s in enumerate(options))]  # noqa: UP007
+    kinds = schema.get("type")
+    if kinds is None:
+        if set(schema) - ANNOTATIONS:
+            raise SchemaError(path, "constraints need a 'type'")
+        return Any
+    if isinstance(kinds, list):
+        if not kinds:
+            raise SchemaError(f"{path}/type", "must not be empty")
+        return Union[tuple(_single(schema, k, path) for k in kinds)]  # noqa: UP007
+    return _single(schema, kinds, path)
+
+
+def _scalar(value: Any, path: str) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise SchemaError(path, "only scalar values are supported")
+
+
+def _num(schema: dict[str, Any], key: str, path: str) -> Any:
+    v = schema.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+        raise SchemaError(f"{path}/{key}", "must be a number")
+    return v
+
+
+def _count(schema: dict[str, Any], key: str, path: str) -> int | None:
+    v = schema.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise SchemaError(f"{path}/{key}", "must be a non-negative integer")
+    return v
+
+
+def _single(schema: dict[str, Any], kind: Any, path: str) -> Any:
+    if kind == "string":
+        pattern = schema.get("pattern")
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as exc:
+                raise SchemaError(f"{path}/pattern", f"invalid regular expression: {exc}") from None
+        return Annotated[str, StringConstraints(
+            min_length=_count(schema, "minLength", path),
+            max_length=_count(schema, "maxLength", path), pattern=pattern)]
+    if kind in ("integer", "number"):
+        base: type = int if kind == "integer" else float
+        return Annotated[base, Field(  # type: ignore[valid-type]
+            ge=_num(schema, "minimum", path), le=_num(schema, "maximum", path),
+            gt=_num(schema, "exclusiveMinimum", path), lt=_num(schema, "exclusiveMaximum", path))]
+    if kind == "boolean":
+        return bool
+    if kind == "null":
+        return None
+    if kind == "array":
+        item = _type_of(schema.get("items", True), f"{path}/items")
+        return Annotated[list[item], Field(  # type: ignore[valid-type]
+            min_length=_count(schema, "minItems", path),
+            max_length=_count(schema, "maxItems", path))]
+    if kind == "object":
+        return _object(schema, path)
+    raise SchemaError(f"{path}/type", f"unknown type {kind!r}")
+
+
+def _object(schema: dict[str, Any], path: str) -> Any:
+    props = schema.get("properties", {})
+    required = schema.get("required", [])
+    extra = schema.get("additionalProperties", True)
+    if not isinstance(props, dict):
+        raise SchemaError(f"{path}/properties", "must be an object")
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise SchemaError(f"{path}/required", "must be an array of strings")
+    missing = [r for r in required if r not in props]
+    if missing and extra is not True:
+        raise SchemaError(f"{path}/required", f"{missing[0]!r} is not among the properties")
+    if not props and not required:
+        if extra is True:
+            return dict[str, Any]
+        if extra is False:
+            return Annotated[dict[str, Any], Field(max_length=0)]
+        return dict[str, _type_of(extra, f"{path}/additionalProperties")]  # type: ignore[misc]
+    if not isinstance(extra, bool):
+        raise SchemaError(f"{path}/additionalProperties",
+                          "must be a boolean when 'properties' are given")
+    fields: dict[str, Any] = {}
+    for i, (prop, sub) in enumerate(props.items()):
+        t = _type_of(sub, f"{path}/properties/{prop}")
+        if prop in required:
+            fields[f"f{i}"] = (t, Field(alias=prop))
+        else:
+            fields[f"f{i}"] = (t, Field(default=None, alias=prop))
+    for j, prop in enumerate(r for r in required if r not in props):
+        fields[f"r{j}"] = (Any, Field(alias=prop))
+    config = ConfigDict(extra="allow" if extra else "forbid", strict=True)
+    return create_model(f"Obj{next(_counter)}", __config__=config, **fields)
