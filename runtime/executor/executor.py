@@ -1,0 +1,278 @@
+"""The executor: resolve -> verify -> compile (cached) -> pooled sandboxed run -> validate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+import wasmtime
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from runtime import errors
+from runtime.backends.blob import BlobStore, Progress
+from runtime.backends.factory import open_blob_store
+from runtime.executor.engines import EngineConfig, Engines
+from runtime.executor.instances import CoreInstance, run_command
+from runtime.executor.linking import Linkers, check_module
+from runtime.executor.module_cache import ModuleCache, load_or_create_key
+from runtime.executor.pool import InstancePool, PoolKey
+from runtime.executor.registry import ActivityRegistry, UploadResult, parse_manifest, sha256_hex
+from runtime.executor.session import GuestSession
+from runtime.settings import LoomSettings, load_settings, secret_from_environment
+from schemas.json_schema import compile_schema
+from schemas.manifest import AbiKind, ActivityManifest
+
+M = TypeVar("M", bound=BaseModel)
+WASM_MAGIC = b"\0asm"
+
+
+@dataclass
+class InvocationResult:
+    output: Any
+    activity: str
+    version: str
+    idempotency_key: str
+    duration_ms: float
+    fuel_used: int | None = None
+    memory_bytes: int = 0
+    reused_instance: bool = False
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    logs_dropped: int = 0
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def encode_json(value: Any) -> bytes:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json().encode()
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
+
+
+def _paths(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                     for e in exc.errors())
+
+
+class Executor:
+    """Runs activities from a registry. Thread-safe; use one per process.
+
+    `invoke_sync` runs the guest in the calling thread; `invoke` runs it in a
+    bounded thread pool so the event loop never blocks on a guest.
+    """
+
+    def __init__(self, settings: LoomSettings | None = None, *, blob: BlobStore | None = None,
+                 secrets: Mapping[str, str] | Callable[[str], str | None] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.settings = settings or load_settings()
+        s = self.settings
+        self.registry = ActivityRegistry(blob or open_blob_store(s), latest_ttl_s=s.latest_ttl_s)
+        self.engines = Engines(s.epoch_tick_ms)
+        cache_dir = s.resolved_cache_dir
+        self.modules = ModuleCache(cache_dir, load_or_create_key(s.home / "cache.key"),
+                                   s.memory_cache_size)
+        self.linkers = Linkers()
+        self.pool = InstancePool(s.pool_size)
+        self._threads = ThreadPoolExecutor(s.max_threads, thread_name_prefix="loom-guest")
+        self._env = dict(env) if env is not None else dict(os.environ)
+        if secrets is None:
+            self._secret: Callable[[str], str | None] = (
+                lambda name: secret_from_environment(name, s.secrets_dir))
+        elif callable(secrets):
+            self._secret = secrets
+        else:
+            self._secret = dict(secrets).get
+        self._validators: dict[tuple[str, str], tuple[TypeAdapter[Any], TypeAdapter[Any]]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
+        self.pool.clear()
+        self.engines.close()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- upload ----------------------------------------------------------------------------
+    def upload(self, wasm: bytes, manifest: Mapping[str, Any] | ActivityManifest | str | bytes,
+               *, progress: Progress | None = None) -> UploadResult:
+        """Validate the manifest and the module, then store both. Nothing is stored on error."""
+        digest = sha256_hex(wasm)
+        if isinstance(manifest, str | bytes):
+            manifest = parse_manifest(manifest)
+        if isinstance(manifest, Mapping) and "sha256" not in manifest:
+            manifest = {**manifest, "sha256": digest}
+        parsed = parse_manifest(manifest)
+        if parsed.sha256 != digest:
+            raise errors.IntegrityError(
+                f"wasm sha256 is {digest}, the manifest says {parsed.sha256}",
+                activity=parsed.name, version=parsed.version)
+        self.verify_module(wasm, parsed)
+        return self.registry.store(wasm, parsed, progress=progress)
+
+    def verify_module(self, wasm: bytes, manifest: ActivityManifest) -> wasmtime.Module:
+        """Compile `wasm` (priming the caches) and check it against its manifest's ABI."""
+        where = {"activity": manifest.name, "version": manifest.version}
+        if not wasm.startswith(WASM_MAGIC):
+            raise errors.ModuleInvalid("not a WebAssembly binary (missing \\0asm header)",
+                                       **where)
+        config = self._engine_config(manifest)
+        engine = self.engines.get(config)
+        module = self.modules.get(engine, config.fingerprint, manifest.sha256, lambda: wasm)
+        check_module(module, manifest)
+        return module
+
+    # -- invoke ----------------------------------------------------------------------------
+    @overload
+    def invoke_sync(self, name: str, input: Any, *, output_model: type[M],
+                    version: str | None = ..., idempotency_key: str | None = ...,
+                    tenant: str = ..., validate: bool = ...) -> M: ...
+
+    @overload
+    def invoke_sync(self, name: str, input: Any, *, output_model: None = ...,
+                    version: str | None = ..., idempotency_key: str | None = ...,
+                    tenant: str = ..., validate: bool = ...) -> Any: ...
+
+    def invoke_sync(self, name: str, input: Any, *, output_model: type[M] | None = None,
+                    version: str | None = None, idempotency_key: str | None = None,
+                    tenant: str = "", validate: bool = True) -> Any:
+        """Run `name` (latest, or `version`) on `input` (dict or model); return its output."""
+        result = self.execute(name, input, version=version, idempotency_key=idempotency_key,
+                              tenant=tenant, validate=validate)
+        if output_model is None:
+            return result.output
+        try:
+            return output_model.model_validate(result.output)
+        except ValidationError as exc:
+            raise errors.OutputInvalid(
+                f"output does not fit {output_model.__name__}: {_paths(exc)}",
+                activity=result.activity, version=result.version,
+                idempotency_key=result.idempotency_key) from None
+
+    async def invoke(self, name: str, input: Any, *, output_model: type[M] | None = None,
+                     version: str | None = None, idempotency_key: str | None = None,
+                     tenant: str = "", validate: bool = True) -> Any:
+        """Async twin of `invoke_sync`; the guest runs on the executor's thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, lambda: self.invoke_sync(
+            name, input, output_model=output_model, version=version,
+            idempotency_key=idempotency_key, tenant=tenant, validate=validate))
+
+    def execute(self, name: str, input: Any, *, version: str | None = None,
+                idempotency_key: str | None = None, tenant: str = "",
+                validate: bool = True) -> InvocationResult:
+        """Run once and return the output with what the run used (time, fuel, memory, logs)."""
+        started = time.perf_counter()
+        manifest = self.registry.get(name, version)
+        key = idempotency_key or f"adhoc:{uuid.uuid4()}"
+        where = {"activity": manifest.name, "version": manifest.version, "idempotency_key": key}
+        limits = manifest.limits
+        if isinstance(input, BaseModel):
+            input = input.model_dump(mode="json")
+        try:
+            data = encode_json(input)
+        except (TypeError, ValueError) as exc:
+            raise errors.InputInvalid(f"input is not JSON-serializable: {exc}", **where) from None
+        if len(data) > limits.max_input_bytes:
+            raise errors.InputTooLarge(
+                f"input of {len(data)} bytes exceeds max_input_bytes={limits.max_input_bytes}",
+                **where)
+        in_check, out_check = self._validators_for(manifest)
+        if validate:
+            try:
+                in_check.validate_python(input, strict=True)
+            except ValidationError as exc:
+                raise errors.InputInvalid(f"input does not match the schema: {_paths(exc)}",
+                                          details=exc.errors(include_url=False),
+                                          **where) from None
+        config = self._engine_config(manifest)
+        engine = self.engines.get(config)
+        module = self.modules.get(engine, config.fingerprint, manifest.sha256,
+                                  lambda: self.registry.fetch_wasm(manifest))
+        pre = self.linkers.instance_pre(engine, module, manifest)
+        ticks = self.engines.ticks_for(limits.timeout_ms)
+        deadline = time.monotonic() + limits.timeout_ms / 1000
+        reused = False
+        if manifest.abi is AbiKind.WASI_COMMAND:
+            session = self._session(manifest)
+            session.begin(key, deadline)
+            out, fuel = run_command(engine, pre, manifest, session, data, ticks)
+            is_error, memory = False, 0
+        else:
+            pool_key: PoolKey = (manifest.name, manifest.version, manifest.sha256, tenant)
+            instance = self.pool.acquire(pool_key)
+            if instance is None:
+                session = self._session(manifest)
+                session.begin(key, deadline)
+                instance = CoreInstance(engine, pre, manifest, session, ticks)
+                self.pool.stats.created += 1
+            else:
+                reused = True
+                session = instance.session
+                session.begin(key, deadline)
+            try:
+                is_error, out = instance.call(data, ticks)
+                fuel = instance.fuel_used()
+                memory = instance.memory_view()[1]
+            finally:
+                self.pool.release(pool_key, instance, reusable=manifest.reuse_instances)
+        result = InvocationResult(
+            output=None, activity=manifest.name, version=manifest.version, idempotency_key=key,
+            duration_ms=0.0, fuel_used=fuel, memory_bytes=memory, reused_instance=reused,
+            logs=session.logs, logs_dropped=session.logs_dropped)
+        if is_error:
+            raise self._guest_error(out, where)
+        try:
+            result.output = json.loads(out, parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise errors.OutputInvalid(f"output is not valid JSON: {exc}", **where) from None
+        if validate:
+            try:
+                out_check.validate_python(result.output, strict=True)
+            except ValidationError as exc:
+                raise errors.OutputInvalid(f"output does not match the schema: {_paths(exc)}",
+                                           details=exc.errors(include_url=False),
+                                           **where) from None
+        result.duration_ms = (time.perf_counter() - started) * 1000
+        return result
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _engine_config(manifest: ActivityManifest) -> EngineConfig:
+        return EngineConfig(fuel=manifest.limits.fuel is not None,
+                            max_stack=manifest.limits.stack_bytes)
+
+    def _session(self, manifest: ActivityManifest) -> GuestSession:
+        return GuestSession(manifest, env=self._env, secret=self._secret)
+
+    def _validators_for(self, m: ActivityManifest) -> tuple[TypeAdapter[Any], TypeAdapter[Any]]:
+        key = (m.ref, m.sha256)
+        found = self._validators.get(key)
+        if found is None:
+            found = (compile_schema(m.input_schema), compile_schema(m.output_schema))
+            self._validators[key] = found
+        return found
+
+    @staticmethod
+    def _guest_error(raw: bytes, where: dict[str, Any]) -> errors.GuestError:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return errors.GuestError(f"guest reported an error: {raw[:500]!r}", **where)
+        return errors.GuestError(str(body.get("message", "guest reported an error")),
+                                 retryable=bool(body.get("retryable", False)),
+                                 details={"code": body.get("code")}, **where)

@@ -1,0 +1,60 @@
+"""Process settings, read from `LOOM_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtime import errors
+
+
+class LoomSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOM_", extra="ignore", frozen=True)
+
+    home: Path = Field(default=Path(".loom"), description="Folder for local state and caches.")
+    blob_url: str = Field(
+        default="",
+        description="file://<folder> (default <home>/blobs) or azure://<container>.",
+    )
+    azure_storage_connection_string: SecretStr | None = None
+    cache_dir: Path | None = Field(default=None, description="Compiled-module cache (<home>/cache).")
+    memory_cache_size: int = Field(default=64, ge=1, description="Compiled modules kept in memory.")
+    pool_size: int = Field(default=8, ge=0, description="Idle warm instances per activity/tenant.")
+    max_threads: int = Field(default=8, ge=1, description="Threads running guests concurrently.")
+    epoch_tick_ms: int = Field(default=5, ge=1, le=1000)
+    latest_ttl_s: float = Field(default=2.0, ge=0, description="How long 'latest' stays cached.")
+    secrets_dir: Path | None = Field(default=None, description="Files <dir>/<NAME> hold secrets.")
+
+    @property
+    def resolved_blob_url(self) -> str:
+        return self.blob_url or f"file://{self.home / 'blobs'}"
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.home / "cache"
+
+
+def load_settings(**overrides: object) -> LoomSettings:
+    """Read settings, turning validation errors into one `SettingsInvalid` naming each variable."""
+    try:
+        return LoomSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"LOOM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise errors.SettingsInvalid(f"invalid settings: {problems}") from None
+
+
+def secret_from_environment(name: str, secrets_dir: Path | None) -> str | None:
+    """A secret named NAME comes from `LOOM_SECRET_NAME`, else from `<secrets_dir>/NAME`."""
+    value = os.environ.get(f"LOOM_SECRET_{name}")
+    if value is not None:
+        return value
+    if secrets_dir is not None:
+        path = secrets_dir / name
+        if path.is_file():
+            return path.read_text().rstrip("\n")
+    return None
