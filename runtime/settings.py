@@ -20,7 +20,7 @@ class LoomSettings(BaseSettings):
         description="file://<folder> (default <home>/blobs) or azure://<container>.",
     )
     azure_storage_connection_string: SecretStr | None = None
-    cache_dir: Path | None = Field(default=None, description="Compiled-module cache (<home>/cache).")
+    cache_dir: Path | None = Field(default=None, description="Compiled modules (<home>/cache).")
     memory_cache_size: int = Field(default=64, ge=1, description="Compiled modules kept in memory.")
     pool_size: int = Field(default=8, ge=0, description="Idle warm instances per activity/tenant.")
     max_threads: int = Field(default=8, ge=1, description="Threads running guests concurrently.")

@@ -105,7 +105,7 @@ def _single(schema: dict[str, Any], kind: Any, path: str) -> Any:
             max_length=_count(schema, "maxLength", path), pattern=pattern)]
     if kind in ("integer", "number"):
         base: type = int if kind == "integer" else float
-        return Annotated[base, Field(  # type: ignore[valid-type]
+        return Annotated[base, Field(
             ge=_num(schema, "minimum", path), le=_num(schema, "maximum", path),
             gt=_num(schema, "exclusiveMinimum", path), lt=_num(schema, "exclusiveMaximum", path))]
     if kind == "boolean":

@@ -14,7 +14,7 @@ WASMTIME_VERSION = "50"
 
 @dataclass(frozen=True, unsafe_hash=True)
 class EngineConfig:
-    """Everything that changes compiled code. Modules compiled by one config never run in another."""
+    """Everything that changes compiled code; modules never cross configurations."""
 
     fuel: bool
     max_stack: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
@@ -51,11 +52,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def encode_json(value: Any) -> bytes:
-    if isinstance(value, BaseModel):
-        return value.model_dump_json().encode()
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything derived from one manifest that the hot path needs."""
+
+    manifest: ActivityManifest
+    engine: wasmtime.Engine
+    fingerprint: str
+    ticks: int
+    input_check: TypeAdapter[Any]
+    output_check: TypeAdapter[Any]
 
 
 def _paths(exc: ValidationError) -> str:
@@ -91,7 +101,9 @@ class Executor:
             self._secret = secrets
         else:
             self._secret = dict(secrets).get
-        self._validators: dict[tuple[str, str], tuple[TypeAdapter[Any], TypeAdapter[Any]]] = {}
+        self._plans: dict[tuple[str, str], _Plan] = {}
+        self._adhoc = itertools.count(1)
+        self._adhoc_prefix = uuid.uuid4().hex[:12]
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -175,40 +187,33 @@ class Executor:
                 validate: bool = True) -> InvocationResult:
         """Run once and return the output with what the run used (time, fuel, memory, logs)."""
         started = time.perf_counter()
-        manifest = self.registry.get(name, version)
-        key = idempotency_key or f"adhoc:{uuid.uuid4()}"
+        plan = self._plan(self.registry.get(name, version))
+        manifest = plan.manifest
+        key = idempotency_key or f"adhoc:{self._adhoc_prefix}:{next(self._adhoc)}"
         where = {"activity": manifest.name, "version": manifest.version, "idempotency_key": key}
-        limits = manifest.limits
         if isinstance(input, BaseModel):
             input = input.model_dump(mode="json")
         try:
-            data = encode_json(input)
+            data = _ENCODER.encode(input).encode()
         except (TypeError, ValueError) as exc:
             raise errors.InputInvalid(f"input is not JSON-serializable: {exc}", **where) from None
-        if len(data) > limits.max_input_bytes:
-            raise errors.InputTooLarge(
-                f"input of {len(data)} bytes exceeds max_input_bytes={limits.max_input_bytes}",
-                **where)
-        in_check, out_check = self._validators_for(manifest)
+        if len(data) > manifest.limits.max_input_bytes:
+            raise errors.InputTooLarge(f"input of {len(data)} bytes exceeds max_input_bytes="
+                                       f"{manifest.limits.max_input_bytes}", **where)
         if validate:
             try:
-                in_check.validate_python(input, strict=True)
+                plan.input_check.validate_python(input, strict=True)
             except ValidationError as exc:
                 raise errors.InputInvalid(f"input does not match the schema: {_paths(exc)}",
                                           details=exc.errors(include_url=False),
                                           **where) from None
-        config = self._engine_config(manifest)
-        engine = self.engines.get(config)
-        module = self.modules.get(engine, config.fingerprint, manifest.sha256,
-                                  lambda: self.registry.fetch_wasm(manifest))
-        pre = self.linkers.instance_pre(engine, module, manifest)
-        ticks = self.engines.ticks_for(limits.timeout_ms)
-        deadline = time.monotonic() + limits.timeout_ms / 1000
+        deadline = time.monotonic() + manifest.limits.timeout_ms / 1000
         reused = False
         if manifest.abi is AbiKind.WASI_COMMAND:
             session = self._session(manifest)
             session.begin(key, deadline)
-            out, fuel = run_command(engine, pre, manifest, session, data, ticks)
+            out, fuel = run_command(plan.engine, self._pre(plan), manifest, session, data,
+                                    plan.ticks)
             is_error, memory = False, 0
         else:
             pool_key: PoolKey = (manifest.name, manifest.version, manifest.sha256, tenant)
@@ -216,37 +221,37 @@ class Executor:
             if instance is None:
                 session = self._session(manifest)
                 session.begin(key, deadline)
-                instance = CoreInstance(engine, pre, manifest, session, ticks)
+                instance = CoreInstance(plan.engine, self._pre(plan), manifest, session,
+                                        plan.ticks)
                 self.pool.stats.created += 1
             else:
                 reused = True
                 session = instance.session
                 session.begin(key, deadline)
             try:
-                is_error, out = instance.call(data, ticks)
+                is_error, out = instance.call(data, plan.ticks)
                 fuel = instance.fuel_used()
                 memory = instance.memory_view()[1]
             finally:
                 self.pool.release(pool_key, instance, reusable=manifest.reuse_instances)
-        result = InvocationResult(
-            output=None, activity=manifest.name, version=manifest.version, idempotency_key=key,
-            duration_ms=0.0, fuel_used=fuel, memory_bytes=memory, reused_instance=reused,
-            logs=session.logs, logs_dropped=session.logs_dropped)
         if is_error:
             raise self._guest_error(out, where)
         try:
-            result.output = json.loads(out, parse_constant=_reject_constant)
+            output = _DECODER.decode(out.decode("utf-8"))
         except ValueError as exc:
             raise errors.OutputInvalid(f"output is not valid JSON: {exc}", **where) from None
         if validate:
             try:
-                out_check.validate_python(result.output, strict=True)
+                plan.output_check.validate_python(output, strict=True)
             except ValidationError as exc:
                 raise errors.OutputInvalid(f"output does not match the schema: {_paths(exc)}",
                                            details=exc.errors(include_url=False),
                                            **where) from None
-        result.duration_ms = (time.perf_counter() - started) * 1000
-        return result
+        return InvocationResult(
+            output=output, activity=manifest.name, version=manifest.version,
+            idempotency_key=key, duration_ms=(time.perf_counter() - started) * 1000,
+            fuel_used=fuel, memory_bytes=memory, reused_instance=reused, logs=session.logs,
+            logs_dropped=session.logs_dropped)
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -257,13 +262,21 @@ class Executor:
     def _session(self, manifest: ActivityManifest) -> GuestSession:
         return GuestSession(manifest, env=self._env, secret=self._secret)
 
-    def _validators_for(self, m: ActivityManifest) -> tuple[TypeAdapter[Any], TypeAdapter[Any]]:
-        key = (m.ref, m.sha256)
-        found = self._validators.get(key)
-        if found is None:
-            found = (compile_schema(m.input_schema), compile_schema(m.output_schema))
-            self._validators[key] = found
-        return found
+    def _plan(self, m: ActivityManifest) -> _Plan:
+        plan = self._plans.get((m.ref, m.sha256))
+        if plan is None:
+            config = self._engine_config(m)
+            plan = _Plan(m, self.engines.get(config), config.fingerprint,
+                         self.engines.ticks_for(m.limits.timeout_ms),
+                         compile_schema(m.input_schema), compile_schema(m.output_schema))
+            self._plans[(m.ref, m.sha256)] = plan
+        return plan
+
+    def _pre(self, plan: _Plan) -> wasmtime.InstancePre:
+        m = plan.manifest
+        module = self.modules.get(plan.engine, plan.fingerprint, m.sha256,
+                                  lambda: self.registry.fetch_wasm(m))
+        return self.linkers.instance_pre(plan.engine, module, m)
 
     @staticmethod
     def _guest_error(raw: bytes, where: dict[str, Any]) -> errors.GuestError:

@@ -13,13 +13,12 @@ from typing import Any
 
 import wasmtime
 import wasmtime._func as wasmtime_func
+from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
 from runtime import errors
 from runtime.executor.session import SESSIONS, STDERR_TAIL, GuestSession, context_address
 from schemas.manifest import ActivityManifest
-
-from wasmtime import _bindings
 
 _call_unchecked = _bindings._wasmtime_func_call_unchecked
 _set_deadline = _bindings._wasmtime_context_set_epoch_deadline
@@ -172,8 +171,8 @@ class CoreInstance(GuestStore):
             instance = pre.instantiate(self.store)
             exports = instance.exports(self.store)
             self.memory = exports["memory"]
-            self._alloc = exports["loom_alloc"]
-            self._run = exports["loom_run"]
+            self._alloc = _func(exports, "loom_alloc")
+            self._run = _func(exports, "loom_run")
             self._alloc_ref = byref(self._alloc._func)
             self._run_ref = byref(self._run._func)
             self._args = (ffi.wasmtime_val_raw_t * 2)()
@@ -266,6 +265,13 @@ def run_command(engine: wasmtime.Engine, pre: wasmtime.InstancePre, manifest: Ac
         return bytes(session.stdout), guest.fuel_used()
     finally:
         guest.close()
+
+
+def _func(exports: Any, name: str) -> wasmtime.Func:
+    item = exports[name]
+    if not isinstance(item, wasmtime.Func):
+        raise errors.ModuleInvalid(f"export {name} is not a function")
+    return item
 
 
 def _first_line(exc: BaseException) -> str:

@@ -112,7 +112,8 @@ class ModuleCache:
     def path_for(self, fingerprint: str, sha256: str) -> Path | None:
         if self.directory is None:
             return None
-        return self.directory / f"{sha256}.{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}.cwasm"
+        config = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+        return self.directory / f"{sha256}.{config}.cwasm"
 
     def _tag(self, fingerprint: str, sha256: str, body: bytes) -> bytes:
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
@@ -130,7 +131,8 @@ class ModuleCache:
         except FileNotFoundError:
             return None
         tag, body = blob[:TAG_LEN], blob[TAG_LEN:]
-        if len(tag) != TAG_LEN or not hmac.compare_digest(tag, self._tag(fingerprint, sha256, body)):
+        expected = self._tag(fingerprint, sha256, body)
+        if len(tag) != TAG_LEN or not hmac.compare_digest(tag, expected):
             self.stats.rejected += 1
             log.warning("discarding unauthenticated compiled-module cache file %s", path)
             path.unlink(missing_ok=True)

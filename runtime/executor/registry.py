@@ -134,7 +134,8 @@ class ActivityRegistry:
     def versions(self, name: str) -> list[str]:
         """Versions of `name`, lowest first (semver order)."""
         prefix = f"manifests/{name}/"
-        found = [k[len(prefix):-len(".json")] for k in self.blob.list(prefix) if k.endswith(".json")]
+        keys = self.blob.list(prefix)
+        found = [k[len(prefix):-len(".json")] for k in keys if k.endswith(".json")]
         return sorted(found, key=semver_key)
 
     def names(self) -> list[str]:

@@ -1,0 +1,52 @@
+# Loom: `make run` and `make test` do all setup on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+ACTIVITY ?= echo
+INPUT   ?= {"hello": "world"}
+
+.PHONY: run test test-fast bench activities sandbox upload emulators emulators-install lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+activities: $(STAMP)
+	$(BIN)/python activities/build.py
+
+run: activities
+	$(BIN)/python -m runtime.demo
+
+emulators-install:
+	bash tests/emulators/install.sh
+
+test: activities emulators-install
+	$(BIN)/python -m schemas.export --check
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not integration and not system"
+
+bench: activities
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python benchmarks/bench_executor.py
+
+sandbox: activities
+	$(BIN)/loom sandbox activities/build/$(ACTIVITY).wasm \
+		--manifest activities/build/$(ACTIVITY).manifest.json --input '$(INPUT)'
+
+upload: $(STAMP)
+	@test -n "$(WASM)" -a -n "$(MANIFEST)" || { echo "usage: make upload WASM=x.wasm MANIFEST=x.json"; exit 2; }
+	$(BIN)/loom activity upload $(WASM) --manifest $(MANIFEST)
+
+emulators: $(STAMP) emulators-install
+	$(BIN)/python tests/servers.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy runtime wdl schemas
+
+clean:
+	rm -rf .loom activities/build .pytest_cache .mypy_cache .ruff_cache
