@@ -28,7 +28,7 @@ class Strict(BaseModel):
 
 
 class AbiKind(StrEnum):
-    """How the host talks to the guest. See `docs/abi.md`."""
+    """How the host talks to the guest. See `activities/README.md`."""
 
     CORE_V1 = "core-v1"
     WASI_COMMAND = "wasi-command"
