@@ -16,6 +16,9 @@ __all__ = [
     "MemoryLimitExceeded", "ModuleInvalid", "NotFound", "OutOfFuel", "OutputInvalid",
     "OutputTooLarge", "SettingsInvalid", "StackOverflow", "StorageError", "Timeout", "Trap",
     "VersionConflict",
+    # actors and the journal
+    "ActivityFailed", "CircuitOpen", "EventTimeout", "HandlerFailed", "InvariantViolated",
+    "JournalConflict", "LintError", "NonDeterminismError",
 ]
 
 
@@ -138,3 +141,74 @@ class StorageError(LoomError):
 
 class SettingsInvalid(LoomError):
     code = ErrorCode.SETTINGS_INVALID
+
+
+# -- actors and the journal ------------------------------------------------------------------
+
+class JournalConflict(LoomError):
+    """Another writer already committed this (actor, seq): this activation is stale (fenced)."""
+
+    code = ErrorCode.JOURNAL_CONFLICT
+    retryable = True
+
+
+class NonDeterminismError(LoomError):
+    """Replayed code asked for a different step than the journal recorded."""
+
+    code = ErrorCode.NON_DETERMINISM
+
+    def __init__(self, *, actor: str, seq: int, step: int, recorded: str, requested: str) -> None:
+        super().__init__(f"actor {actor} run at seq {seq}, step {step}: the journal recorded "
+                         f"{recorded} but the code now asks for {requested}")
+        self.actor, self.seq, self.step = actor, seq, step
+        self.recorded, self.requested = recorded, requested
+
+
+class InvariantViolated(LoomError):
+    """A commit-time invariant refused the step; nothing it changed was written."""
+
+    code = ErrorCode.INVARIANT_VIOLATED
+
+    def __init__(self, invariant: str, message: str, *, actor: str) -> None:
+        super().__init__(f"invariant {invariant!r} refused the step of {actor}: {message}")
+        self.invariant, self.actor = invariant, actor
+
+
+class CircuitOpen(ActivityError):
+    """The activity's circuit breaker is open: failing fast without running it."""
+
+    code = ErrorCode.CIRCUIT_OPEN
+    retryable = True
+
+
+class EventTimeout(LoomError):
+    """`wait_for_event` reached its timeout before the event arrived."""
+
+    code = ErrorCode.EVENT_TIMEOUT
+
+
+class ActivityFailed(LoomError):
+    """An activity failed for good (retries exhausted or a non-retryable error)."""
+
+    code = ErrorCode.ACTIVITY_FAILED
+
+    def __init__(self, message: str, *, cause_code: str, attempts: int, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.cause_code, self.attempts = cause_code, attempts
+
+
+class HandlerFailed(LoomError):
+    """A handler raised; its state changes were discarded. Carries the original error."""
+
+    code = ErrorCode.HANDLER_FAILED
+
+    def __init__(self, message: str, *, error_type: str, error_code: str | None = None,
+                 **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.error_type, self.error_code = error_type, error_code
+
+
+class LintError(LoomError):
+    """Actor code uses ambient time, randomness, environment or I/O."""
+
+    code = ErrorCode.LINT

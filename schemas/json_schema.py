@@ -1,5 +1,8 @@
 """Compile the JSON Schema subset used by manifests into a Pydantic validator.
 
+Values are checked in strict mode and must be plain JSON values (dict, list, str, int,
+float, bool, None): a set or a tuple is refused even where the schema allows anything.
+
 Supported keywords: type (one or a list), properties, required, additionalProperties
 (boolean, or a schema when there are no properties), items, minItems, maxItems,
 minLength, maxLength, pattern, minimum, maximum, exclusiveMinimum, exclusiveMaximum,
@@ -12,10 +15,20 @@ that is not made.
 from __future__ import annotations
 
 import itertools
-import re
-from typing import Annotated, Any, Literal, Union
+import json
+from typing import Annotated, Any, Union
 
-from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, create_model
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PydanticSchemaGenerationError,
+    StringConstraints,
+    TypeAdapter,
+    create_model,
+)
+from pydantic_core import SchemaError as PydanticCoreSchemaError
 
 ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
                "format", "deprecated", "readOnly", "writeOnly"}
@@ -42,19 +55,19 @@ def compile_schema(schema: Any) -> TypeAdapter[Any]:
 
 def _type_of(schema: Any, path: str) -> Any:
     if schema is True or schema == {}:
-        return Any
+        return JsonValue
     if not isinstance(schema, dict):
         raise SchemaError(path, "must be an object or true")
     unknown = sorted(set(schema) - KEYWORDS)
     if unknown:
         raise SchemaError(f"{path}/{unknown[0]}", "keyword is not supported")
     if "const" in schema:
-        return Literal[_scalar(schema["const"], f"{path}/const")]
+        return _one_of_values([_scalar(schema["const"], f"{path}/const")])
     if "enum" in schema:
         values = schema["enum"]
         if not isinstance(values, list) or not values:
             raise SchemaError(f"{path}/enum", "must be a non-empty array")
-        return Literal[tuple(_scalar(v, f"{path}/enum") for v in values)]
+        return _one_of_values([_scalar(v, f"{path}/enum") for v in values])
     if "anyOf" in schema:
         options = schema["anyOf"]
         if not isinstance(options, list) or not options:
@@ -64,12 +77,31 @@ def _type_of(schema: Any, path: str) -> Any:
     if kinds is None:
         if set(schema) - ANNOTATIONS:
             raise SchemaError(path, "constraints need a 'type'")
-        return Any
+        return JsonValue
     if isinstance(kinds, list):
         if not kinds:
             raise SchemaError(f"{path}/type", "must not be empty")
         return Union[tuple(_single(schema, k, path) for k in kinds)]  # noqa: UP007
     return _single(schema, kinds, path)
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: true/false are not 1/0, but 1 equals 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    return bool(a == b) and (a is None) == (b is None)
+
+
+def _one_of_values(values: list[Any]) -> Any:
+    def check(value: Any) -> Any:
+        if not any(_json_equal(value, v) for v in values):
+            shown = ", ".join(json.dumps(v) for v in values)
+            raise ValueError(f"must be {'one of ' if len(values) > 1 else ''}{shown}")
+        return value
+
+    return Annotated[JsonValue, AfterValidator(check)]
 
 
 def _scalar(value: Any, path: str) -> Any:
@@ -96,10 +128,14 @@ def _single(schema: dict[str, Any], kind: Any, path: str) -> Any:
     if kind == "string":
         pattern = schema.get("pattern")
         if pattern is not None:
-            try:
-                re.compile(pattern)
-            except (re.error, TypeError) as exc:
-                raise SchemaError(f"{path}/pattern", f"invalid regular expression: {exc}") from None
+            if not isinstance(pattern, str):
+                raise SchemaError(f"{path}/pattern", "must be a string")
+            try:  # pydantic's regex engine decides what is supported (no look-around)
+                TypeAdapter(Annotated[str, StringConstraints(pattern=pattern)])
+            except (PydanticCoreSchemaError, PydanticSchemaGenerationError) as exc:
+                reason = str(exc).strip().splitlines()[-1]
+                raise SchemaError(f"{path}/pattern",
+                                  f"unsupported regular expression: {reason}") from None
         return Annotated[str, StringConstraints(
             min_length=_count(schema, "minLength", path),
             max_length=_count(schema, "maxLength", path), pattern=pattern)]
@@ -135,9 +171,9 @@ def _object(schema: dict[str, Any], path: str) -> Any:
         raise SchemaError(f"{path}/required", f"{missing[0]!r} is not among the properties")
     if not props and not required:
         if extra is True:
-            return dict[str, Any]
+            return dict[str, JsonValue]
         if extra is False:
-            return Annotated[dict[str, Any], Field(max_length=0)]
+            return Annotated[dict[str, JsonValue], Field(max_length=0)]
         return dict[str, _type_of(extra, f"{path}/additionalProperties")]  # type: ignore[misc]
     if not isinstance(extra, bool):
         raise SchemaError(f"{path}/additionalProperties",
@@ -150,6 +186,6 @@ def _object(schema: dict[str, Any], path: str) -> Any:
         else:
             fields[f"f{i}"] = (t, Field(default=None, alias=prop))
     for j, prop in enumerate(r for r in required if r not in props):
-        fields[f"r{j}"] = (Any, Field(alias=prop))
+        fields[f"r{j}"] = (JsonValue, Field(alias=prop))
     config = ConfigDict(extra="allow" if extra else "forbid", strict=True)
     return create_model(f"Obj{next(_counter)}", __config__=config, **fields)

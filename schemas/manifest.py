@@ -14,7 +14,7 @@ from schemas.json_schema import SchemaError, compile_schema
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -123,7 +123,7 @@ class ActivityManifest(Strict):
     @field_validator("version")
     @classmethod
     def _semver(cls, v: str) -> str:
-        if not SEMVER.match(v):
+        if not SEMVER.fullmatch(v):
             raise ValueError(f"{v!r} is not a semantic version (MAJOR.MINOR.PATCH)")
         return v
 
@@ -143,7 +143,7 @@ class ActivityManifest(Strict):
 
 def semver_key(version: str) -> tuple[Any, ...]:
     """Sort key implementing semver precedence (pre-releases before releases)."""
-    m = SEMVER.match(version)
+    m = SEMVER.fullmatch(version)
     if m is None:
         raise ValueError(f"{version!r} is not a semantic version")
     major, minor, patch, pre = int(m[1]), int(m[2]), int(m[3]), m[4]

@@ -8,13 +8,15 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 import wasmtime
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from runtime import errors
 from runtime.backends.blob import BlobStore, Progress
@@ -48,12 +50,7 @@ class InvocationResult:
     logs_dropped: int = 0
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,18 @@ class _Plan:
     ticks: int
     input_check: TypeAdapter[Any]
     output_check: TypeAdapter[Any]
+
+
+@contextmanager
+def _naming(where: dict[str, Any]) -> Iterator[None]:
+    """Fill in activity, version and key on errors raised by lower layers."""
+    try:
+        yield
+    except errors.LoomError as exc:
+        exc.activity = exc.activity or where.get("activity")
+        exc.version = exc.version or where.get("version")
+        exc.idempotency_key = exc.idempotency_key or where.get("idempotency_key")
+        raise
 
 
 def _paths(exc: ValidationError) -> str:
@@ -142,7 +151,8 @@ class Executor:
                                        **where)
         config = self._engine_config(manifest)
         engine = self.engines.get(config)
-        module = self.modules.get(engine, config.fingerprint, manifest.sha256, lambda: wasm)
+        with _naming(where):
+            module = self.modules.get(engine, config.fingerprint, manifest.sha256, lambda: wasm)
         check_module(module, manifest)
         return module
 
@@ -194,8 +204,10 @@ class Executor:
         if isinstance(input, BaseModel):
             input = input.model_dump(mode="json")
         try:
-            data = _ENCODER.encode(input).encode()
-        except (TypeError, ValueError) as exc:
+            data = to_json(input)
+            if b"NaN" in data or b"Infinity" in data:  # rare: let the strict encoder decide
+                data = _ENCODER.encode(input).encode()
+        except (TypeError, ValueError, PydanticSerializationError) as exc:
             raise errors.InputInvalid(f"input is not JSON-serializable: {exc}", **where) from None
         if len(data) > manifest.limits.max_input_bytes:
             raise errors.InputTooLarge(f"input of {len(data)} bytes exceeds max_input_bytes="
@@ -204,7 +216,7 @@ class Executor:
             try:
                 plan.input_check.validate_python(input, strict=True)
             except ValidationError as exc:
-                raise errors.InputInvalid(f"input does not match the schema: {_paths(exc)}",
+                raise errors.InputInvalid(f"input is not JSON matching the schema: {_paths(exc)}",
                                           details=exc.errors(include_url=False),
                                           **where) from None
         deadline = time.monotonic() + manifest.limits.timeout_ms / 1000
@@ -212,16 +224,17 @@ class Executor:
         if manifest.abi is AbiKind.WASI_COMMAND:
             session = self._session(manifest)
             session.begin(key, deadline)
-            out, fuel = run_command(plan.engine, self._pre(plan), manifest, session, data,
+            out, fuel = run_command(plan.engine, self._pre(plan, where), manifest, session, data,
                                     plan.ticks)
-            is_error, memory = False, 0
+            output = self._decode(out, plan, validate, where)
+            memory = 0
         else:
             pool_key: PoolKey = (manifest.name, manifest.version, manifest.sha256, tenant)
             instance = self.pool.acquire(pool_key)
             if instance is None:
                 session = self._session(manifest)
                 session.begin(key, deadline)
-                instance = CoreInstance(plan.engine, self._pre(plan), manifest, session,
+                instance = CoreInstance(plan.engine, self._pre(plan, where), manifest, session,
                                         plan.ticks)
                 self.pool.stats.created += 1
             else:
@@ -231,13 +244,26 @@ class Executor:
             try:
                 is_error, out = instance.call(data, plan.ticks)
                 fuel = instance.fuel_used()
-                memory = instance.memory_view()[1]
+                memory = instance.memory_size
+                if is_error:
+                    raise self._guest_error(out, where)
+                output = self._decode(out, plan, validate, where)
+            except errors.OutputInvalid:
+                instance.healthy = False  # a guest that broke its contract is not reused
+                raise
             finally:
                 self.pool.release(pool_key, instance, reusable=manifest.reuse_instances)
-        if is_error:
-            raise self._guest_error(out, where)
+        return InvocationResult(
+            output=output, activity=manifest.name, version=manifest.version,
+            idempotency_key=key, duration_ms=(time.perf_counter() - started) * 1000,
+            fuel_used=fuel, memory_bytes=memory, reused_instance=reused, logs=session.logs,
+            logs_dropped=session.logs_dropped)
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _decode(out: bytes, plan: _Plan, validate: bool, where: dict[str, Any]) -> Any:
         try:
-            output = _DECODER.decode(out.decode("utf-8"))
+            output = from_json(out, allow_inf_nan=False)
         except ValueError as exc:
             raise errors.OutputInvalid(f"output is not valid JSON: {exc}", **where) from None
         if validate:
@@ -247,13 +273,8 @@ class Executor:
                 raise errors.OutputInvalid(f"output does not match the schema: {_paths(exc)}",
                                            details=exc.errors(include_url=False),
                                            **where) from None
-        return InvocationResult(
-            output=output, activity=manifest.name, version=manifest.version,
-            idempotency_key=key, duration_ms=(time.perf_counter() - started) * 1000,
-            fuel_used=fuel, memory_bytes=memory, reused_instance=reused, logs=session.logs,
-            logs_dropped=session.logs_dropped)
+        return output
 
-    # -- helpers ---------------------------------------------------------------------------
     @staticmethod
     def _engine_config(manifest: ActivityManifest) -> EngineConfig:
         return EngineConfig(fuel=manifest.limits.fuel is not None,
@@ -272,11 +293,12 @@ class Executor:
             self._plans[(m.ref, m.sha256)] = plan
         return plan
 
-    def _pre(self, plan: _Plan) -> wasmtime.InstancePre:
+    def _pre(self, plan: _Plan, where: dict[str, Any]) -> wasmtime.InstancePre:
         m = plan.manifest
-        module = self.modules.get(plan.engine, plan.fingerprint, m.sha256,
-                                  lambda: self.registry.fetch_wasm(m))
-        return self.linkers.instance_pre(plan.engine, module, m)
+        with _naming(where):
+            module = self.modules.get(plan.engine, plan.fingerprint, m.sha256,
+                                      lambda: self.registry.fetch_wasm(m))
+            return self.linkers.instance_pre(plan.engine, module, m)
 
     @staticmethod
     def _guest_error(raw: bytes, where: dict[str, Any]) -> errors.GuestError:

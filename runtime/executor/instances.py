@@ -65,6 +65,7 @@ class GuestStore:
         self.address = context_address(self.ctx)
         SESSIONS[self.address] = session
         self.memory: Any = None
+        self._memory_ref: Any = None
         self._trap = POINTER(ffi.wasm_trap_t)()
         self._trap_ref = byref(self._trap)
 
@@ -101,7 +102,7 @@ class GuestStore:
             raise trap
 
     def memory_view(self) -> tuple[int, int]:
-        ref = byref(self.memory._memory)
+        ref = self._memory_ref
         return _memory_data(self.ctx, ref) or 0, _memory_size(self.ctx, ref)
 
     def classify(self, exc: BaseException) -> errors.LoomError:
@@ -171,6 +172,7 @@ class CoreInstance(GuestStore):
             instance = pre.instantiate(self.store)
             exports = instance.exports(self.store)
             self.memory = exports["memory"]
+            self._memory_ref = byref(self.memory._memory)
             self._alloc = _func(exports, "loom_alloc")
             self._run = _func(exports, "loom_run")
             self._alloc_ref = byref(self._alloc._func)
@@ -185,6 +187,7 @@ class CoreInstance(GuestStore):
             raise error from None
         self._buf_ptr = 0
         self._buf_cap = 0
+        self._base, self.memory_size = self.memory_view()
         self.healthy = True
 
     def call(self, data: bytes, ticks: int) -> tuple[bool, bytes]:
@@ -198,6 +201,7 @@ class CoreInstance(GuestStore):
         n = len(data)
         try:
             self.arm(ticks)
+            base, size = self._base, self.memory_size  # valid: memory moves only in guest code
             if n > self._buf_cap:
                 args[0].i32 = n
                 self.raw_call(self._alloc_ref, args, 1)
@@ -206,7 +210,7 @@ class CoreInstance(GuestStore):
                     raise errors.MemoryLimitExceeded(
                         f"guest could not allocate {n} bytes for the input", **self.where())
                 self._buf_ptr, self._buf_cap = ptr, n
-            base, size = self.memory_view()
+                base, size = self.memory_view()
             ptr = self._buf_ptr
             if ptr + n > size:
                 raise errors.Trap("loom_alloc returned a buffer outside linear memory",
@@ -222,7 +226,7 @@ class CoreInstance(GuestStore):
                 raise errors.OutputTooLarge(
                     f"output of {out_len} bytes exceeds max_output_bytes="
                     f"{self.manifest.limits.max_output_bytes}", **self.where())
-            base, size = self.memory_view()
+            base, size = self._base, self.memory_size = self.memory_view()
             if out_ptr + out_len > size:
                 raise errors.OutputInvalid(
                     f"output location {out_ptr}+{out_len} is outside linear memory ({size} "
@@ -245,7 +249,9 @@ def run_command(engine: wasmtime.Engine, pre: wasmtime.InstancePre, manifest: Ac
             instance = pre.instantiate(guest.store)
             exports = instance.exports(guest.store)
             memory = exports.get("memory")
-            guest.memory = memory if isinstance(memory, wasmtime.Memory) else None
+            if isinstance(memory, wasmtime.Memory):
+                guest.memory = memory
+                guest._memory_ref = byref(memory._memory)
             start = exports["_start"]
             assert isinstance(start, wasmtime.Func)
             guest.raw_call(byref(start._func), (ffi.wasmtime_val_raw_t * 1)(), 0)
@@ -275,5 +281,10 @@ def _func(exports: Any, name: str) -> wasmtime.Func:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The reason in a wasmtime error: the line after 'Caused by:' when there is one."""
     text = str(exc).strip()
+    if "Caused by:" in text:
+        cause = [ln.strip() for ln in text.split("Caused by:", 1)[1].splitlines() if ln.strip()]
+        if cause:
+            return cause[0].removeprefix("0: ")
     return text.splitlines()[0] if text else type(exc).__name__

@@ -23,17 +23,19 @@ CLOCK_CALLS = {"clock_time_get", "clock_res_get"}
 ALWAYS_DENIED = {"poll_oneoff", "sock_accept", "sock_recv", "sock_send", "sock_shutdown"}
 LOOM_IMPORTS = {"host_call", "host_result"}
 
-SIGNATURES: dict[str, FuncType] = {
-    "path_open": FuncType([I32, I32, I32, I32, I32, I64, I64, I32, I32], [I32]),
-    "path_filestat_get": FuncType([I32, I32, I32, I32, I32], [I32]),
-    "path_readlink": FuncType([I32, I32, I32, I32, I32, I32], [I32]),
-    "clock_time_get": FuncType([I32, I64, I32], [I32]),
-    "clock_res_get": FuncType([I32, I32], [I32]),
-    "poll_oneoff": FuncType([I32, I32, I32, I32], [I32]),
-    "sock_accept": FuncType([I32, I32, I32], [I32]),
-    "sock_recv": FuncType([I32, I32, I32, I32, I32, I32], [I32]),
-    "sock_send": FuncType([I32, I32, I32, I32, I32], [I32]),
-    "sock_shutdown": FuncType([I32, I32], [I32]),
+# Parameter/result shapes; FuncTypes are built per linker (a FuncType is bound to the first
+# engine it is used with, and wasmtime aborts the process if another engine reuses it).
+SIGNATURES: dict[str, tuple[list[ValType], list[ValType]]] = {
+    "path_open": ([I32, I32, I32, I32, I32, I64, I64, I32, I32], [I32]),
+    "path_filestat_get": ([I32, I32, I32, I32, I32], [I32]),
+    "path_readlink": ([I32, I32, I32, I32, I32, I32], [I32]),
+    "clock_time_get": ([I32, I64, I32], [I32]),
+    "clock_res_get": ([I32, I32], [I32]),
+    "poll_oneoff": ([I32, I32, I32, I32], [I32]),
+    "sock_accept": ([I32, I32, I32], [I32]),
+    "sock_recv": ([I32, I32, I32, I32, I32, I32], [I32]),
+    "sock_send": ([I32, I32, I32, I32, I32], [I32]),
+    "sock_shutdown": ([I32, I32], [I32]),
 }
 
 
@@ -138,7 +140,8 @@ class Linkers:
         linker.define_wasi()
         linker.allow_shadowing = True
         for name, reason in _denied_calls(key.fs, key.clock).items():
-            linker.define_func(WASI, name, SIGNATURES[name], host.deny(reason),
+            params, results = SIGNATURES[name]
+            linker.define_func(WASI, name, FuncType(params, results), host.deny(reason),
                                access_caller=True)
         linker.define_func("loom", "host_call", FuncType([I32, I32], [I32]), host.host_call,
                            access_caller=True)
