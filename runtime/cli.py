@@ -132,6 +132,154 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- actors ------------------------------------------------------------------------------------
+
+def _actor_key(args: argparse.Namespace) -> str:
+    return f"{args.type}/{args.id}"
+
+
+def _describe_event(e: dict[str, Any]) -> str:
+    extra = ""
+    if "attempts" in e:
+        extra += f" attempts={e['attempts']}"
+    if "error" in e:
+        extra += f" error={e['error'].get('code')}: {e['error'].get('message')}"
+    if "result" in e:
+        extra += f" -> {json.dumps(e['result'])[:80]}"
+    if "payload" in e:
+        extra += f" payload={json.dumps(e['payload'])[:80]}"
+    if e.get("fire_at"):
+        extra += f" fire_at={e['fire_at']:.3f}"
+    return f"step {e['step']}: {e['op']} {e['name']}{extra}"
+
+
+def cmd_actor_journal(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from runtime.journal import open_journal
+
+    async def show() -> int:
+        journal = open_journal(load_settings())
+        commits = await journal.read(_actor_key(args))
+        await journal.close()
+        if not commits:
+            print(f"no journal for {_actor_key(args)}")
+            return 1
+        for c in commits:
+            kind = c.get("kind", "step")
+            run = c.get("run") or {}
+            head = f"#{c['seq']:<4} {kind:<9} run={run.get('msg', '-')}"
+            if "message" in c:
+                head += f" handler={c['message'].get('handler')}"
+            print(head)
+            for e in c.get("events", []):
+                print(f"        {_describe_event(e)}")
+            for m in c.get("outbox", []):
+                print(f"        outbox -> {m['target']} {m.get('handler') or m.get('name')}")
+            if "error" in c:
+                print(f"        error: {c['error'].get('type')}: {c['error'].get('message')}")
+            if "state" in c:
+                print(f"        state: {json.dumps(c['state'])[:200]}")
+        return 0
+
+    return asyncio.run(show())
+
+
+def cmd_actor_show(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from runtime.journal import open_journal
+
+    async def show() -> int:
+        journal = open_journal(load_settings())
+        tail = await journal.read_tail(_actor_key(args))
+        await journal.close()
+        if not tail:
+            print(f"{_actor_key(args)} has no journal")
+            return 1
+        state = tail[0].get("state") if "state" in tail[0] else None
+        print(json.dumps({"actor": _actor_key(args), "seq": tail[-1]["seq"],
+                          "state": state, "run_in_progress": "state" not in tail[-1]},
+                         indent=2))
+        return 0
+
+    return asyncio.run(show())
+
+
+def cmd_actor_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from runtime.actors.loading import actor_classes, load_module
+    from runtime.actors.replay import replay_commits
+    from runtime.journal import open_journal
+
+    classes = {c.type_name: c for c in actor_classes(load_module(args.module))}
+    if args.type not in classes:
+        raise errors.NotFound(f"{args.module} defines no actor type {args.type!r} "
+                              f"(it has: {', '.join(classes) or 'none'})")
+
+    async def replay() -> int:
+        journal = open_journal(load_settings())
+        commits = await journal.read(_actor_key(args))
+        await journal.close()
+        report = await replay_commits(classes[args.type], _actor_key(args), commits)
+        for r in report.runs:
+            print(f"#{r.start_seq:<4} {r.handler:<16} {r.status:<10} {r.detail}")
+        print(f"{len(report.runs)} runs replayed: "
+              f"{'no divergence' if report.ok else 'DIVERGENCE FOUND'}")
+        return 0 if report.ok else 1
+
+    return asyncio.run(replay())
+
+
+def cmd_actor_send(args: argparse.Namespace) -> int:
+    import asyncio
+    import uuid
+
+    from runtime.journal import open_journal
+
+    payload = _read_json_arg(args.payload, None, "payload")
+
+    async def send() -> int:
+        journal = open_journal(load_settings())
+        msg_id = args.msg_id or str(uuid.uuid4())
+        env: dict[str, Any] = {"id": msg_id, "target": _actor_key(args), "payload": payload,
+                               "deliver_at": 0.0}
+        if args.event:
+            env.update(kind="event", name=args.name)
+        else:
+            env.update(kind="call", handler=args.name)
+        created = await journal.enqueue(env)
+        await journal.close()
+        print(f"{'queued' if created else 'already queued (same id)'} {msg_id}")
+        return 0
+
+    return asyncio.run(send())
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from runtime.actors.lint import check_file
+
+    bad = 0
+    for path in args.files:
+        for v in check_file(path):
+            print(v)
+            bad += 1
+    print(f"{len(args.files)} file(s) checked, {bad} problem(s)")
+    return 1 if bad else 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from runtime.actors.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(run_worker(args.module, load_settings(), poll_interval_s=args.poll))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loom", description="WASM activities, sandboxed.")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -161,6 +309,35 @@ def build_parser() -> argparse.ArgumentParser:
     sbsrc.add_argument("--input")
     sbsrc.add_argument("--input-file")
     sb.set_defaults(func=None, sandbox=True)
+
+    actor = sub.add_parser("actor", help="inspect, message and replay durable actors")
+    actors = actor.add_subparsers(dest="command", required=True)
+    for name, fn, text in (("journal", cmd_actor_journal, "print an actor's journal"),
+                           ("show", cmd_actor_show, "print an actor's committed state")):
+        p = actors.add_parser(name, help=text)
+        p.add_argument("type")
+        p.add_argument("id")
+        p.set_defaults(func=None, direct=fn)
+    rp = actors.add_parser("replay", help="re-run recorded runs against current code")
+    rp.add_argument("type")
+    rp.add_argument("id")
+    rp.add_argument("--module", required=True, help="module or .py file defining the actor")
+    rp.set_defaults(func=None, direct=cmd_actor_replay)
+    for name, is_event in (("send", False), ("signal", True)):
+        p = actors.add_parser(name, help="queue a message" if not is_event else "raise an event")
+        p.add_argument("type")
+        p.add_argument("id")
+        p.add_argument("name", help="handler name" if not is_event else "event name")
+        p.add_argument("--payload", default="null")
+        p.add_argument("--msg-id")
+        p.set_defaults(func=None, direct=cmd_actor_send, event=is_event)
+    chk = sub.add_parser("check", help="lint actor modules for non-determinism")
+    chk.add_argument("files", nargs="+")
+    chk.set_defaults(func=None, direct=cmd_check)
+    wk = sub.add_parser("worker", help="run the actors of a module")
+    wk.add_argument("--module", required=True)
+    wk.add_argument("--poll", type=float, default=0.05, help="inbox poll interval (s)")
+    wk.set_defaults(func=None, direct=cmd_worker)
     return parser
 
 
@@ -169,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "sandbox", False):
             return cmd_sandbox(args)
+        direct = getattr(args, "direct", None)
+        if direct is not None:
+            code_: int = direct(args)
+            return code_
         with Executor() as ex:
             code: int = args.func(ex, args)
             return code

@@ -11,14 +11,13 @@ from typing import Any
 from schemas.errors import ErrorCode
 
 __all__ = [
-    "ActivityError", "CapabilityDenied", "ErrorCode", "GuestError", "HostCallFailed",
-    "InputInvalid", "InputTooLarge", "IntegrityError", "LoomError", "ManifestInvalid",
-    "MemoryLimitExceeded", "ModuleInvalid", "NotFound", "OutOfFuel", "OutputInvalid",
-    "OutputTooLarge", "SettingsInvalid", "StackOverflow", "StorageError", "Timeout", "Trap",
-    "VersionConflict",
-    # actors and the journal
-    "ActivityFailed", "CircuitOpen", "EventTimeout", "HandlerFailed", "InvariantViolated",
-    "JournalConflict", "LintError", "NonDeterminismError",
+    "ActivityError", "ActivityFailed", "CapabilityDenied", "CircuitOpen", "ErrorCode",
+    "EventTimeout", "GuestError",
+    "HandlerFailed", "HostCallFailed", "InputInvalid", "InputTooLarge", "IntegrityError",
+    "InvariantViolated", "JournalConflict", "LintError", "LoomError", "ManifestInvalid",
+    "MemoryLimitExceeded", "ModuleInvalid", "NonDeterminismError", "NotFound", "OutOfFuel",
+    "OutputInvalid", "OutputTooLarge", "SettingsInvalid", "StackOverflow", "StorageError",
+    "Timeout", "Trap", "VersionConflict",
 ]
 
 

@@ -27,10 +27,22 @@ class LoomSettings(BaseSettings):
     epoch_tick_ms: int = Field(default=5, ge=1, le=1000)
     latest_ttl_s: float = Field(default=2.0, ge=0, description="How long 'latest' stays cached.")
     secrets_dir: Path | None = Field(default=None, description="Files <dir>/<NAME> hold secrets.")
+    journal_url: str = Field(
+        default="", description="sqlite:///<path> (default <home>/loom.db), memory://, "
+        "or cosmos://<host>:<port> (HTTPS).")
+    sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL|EXTRA)$")
+    cosmos_key: SecretStr | None = None
+    cosmos_database: str = "loom"
+    cosmos_container: str = "journal"
+    cosmos_verify_tls: bool = True
 
     @property
     def resolved_blob_url(self) -> str:
         return self.blob_url or f"file://{self.home / 'blobs'}"
+
+    @property
+    def resolved_journal_url(self) -> str:
+        return self.journal_url or f"sqlite:///{self.home / 'loom.db'}"
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -9,8 +9,8 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -160,19 +160,22 @@ class Executor:
     @overload
     def invoke_sync(self, name: str, input: Any, *, output_model: type[M],
                     version: str | None = ..., idempotency_key: str | None = ...,
-                    tenant: str = ..., validate: bool = ...) -> M: ...
+                    tenant: str = ..., validate: bool = ...,
+                    timeout_ms: int | None = ...) -> M: ...
 
     @overload
     def invoke_sync(self, name: str, input: Any, *, output_model: None = ...,
                     version: str | None = ..., idempotency_key: str | None = ...,
-                    tenant: str = ..., validate: bool = ...) -> Any: ...
+                    tenant: str = ..., validate: bool = ...,
+                    timeout_ms: int | None = ...) -> Any: ...
 
     def invoke_sync(self, name: str, input: Any, *, output_model: type[M] | None = None,
                     version: str | None = None, idempotency_key: str | None = None,
-                    tenant: str = "", validate: bool = True) -> Any:
+                    tenant: str = "", validate: bool = True,
+                    timeout_ms: int | None = None) -> Any:
         """Run `name` (latest, or `version`) on `input` (dict or model); return its output."""
         result = self.execute(name, input, version=version, idempotency_key=idempotency_key,
-                              tenant=tenant, validate=validate)
+                              tenant=tenant, validate=validate, timeout_ms=timeout_ms)
         if output_model is None:
             return result.output
         try:
@@ -185,17 +188,22 @@ class Executor:
 
     async def invoke(self, name: str, input: Any, *, output_model: type[M] | None = None,
                      version: str | None = None, idempotency_key: str | None = None,
-                     tenant: str = "", validate: bool = True) -> Any:
+                     tenant: str = "", validate: bool = True,
+                     timeout_ms: int | None = None) -> Any:
         """Async twin of `invoke_sync`; the guest runs on the executor's thread pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, lambda: self.invoke_sync(
             name, input, output_model=output_model, version=version,
-            idempotency_key=idempotency_key, tenant=tenant, validate=validate))
+            idempotency_key=idempotency_key, tenant=tenant, validate=validate,
+            timeout_ms=timeout_ms))
 
     def execute(self, name: str, input: Any, *, version: str | None = None,
                 idempotency_key: str | None = None, tenant: str = "",
-                validate: bool = True) -> InvocationResult:
-        """Run once and return the output with what the run used (time, fuel, memory, logs)."""
+                validate: bool = True, timeout_ms: int | None = None) -> InvocationResult:
+        """Run once and return the output with what the run used (time, fuel, memory, logs).
+
+        `timeout_ms` can shorten (never extend) the manifest's deadline for this call.
+        """
         started = time.perf_counter()
         plan = self._plan(self.registry.get(name, version))
         manifest = plan.manifest
@@ -219,13 +227,16 @@ class Executor:
                 raise errors.InputInvalid(f"input is not JSON matching the schema: {_paths(exc)}",
                                           details=exc.errors(include_url=False),
                                           **where) from None
-        deadline = time.monotonic() + manifest.limits.timeout_ms / 1000
+        ticks, budget_ms = plan.ticks, manifest.limits.timeout_ms
+        if timeout_ms is not None and 0 < timeout_ms < budget_ms:
+            ticks, budget_ms = self.engines.ticks_for(timeout_ms), timeout_ms
+        deadline = time.monotonic() + budget_ms / 1000
         reused = False
         if manifest.abi is AbiKind.WASI_COMMAND:
             session = self._session(manifest)
             session.begin(key, deadline)
             out, fuel = run_command(plan.engine, self._pre(plan, where), manifest, session, data,
-                                    plan.ticks)
+                                    ticks)
             output = self._decode(out, plan, validate, where)
             memory = 0
         else:
@@ -242,7 +253,7 @@ class Executor:
                 session = instance.session
                 session.begin(key, deadline)
             try:
-                is_error, out = instance.call(data, plan.ticks)
+                is_error, out = instance.call(data, ticks)
                 fuel = instance.fuel_used()
                 memory = instance.memory_size
                 if is_error:

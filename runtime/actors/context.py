@@ -1,0 +1,293 @@
+"""`ActorContext`: everything non-pure an actor does goes through it, so it can be replayed.
+
+Each call that has an effect or waits is a *step* with a position in its run. Live, a
+step's outcome is appended to the run's journal events; on replay the recorded outcome
+is returned instead, after checking that the code asks for the same step (kind, name
+and a digest of its arguments) at the same position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from runtime import errors
+from runtime.actors.actor import ActorRef
+from runtime.actors.resilience import RetryPlan
+from schemas.manifest import RetryPolicy
+
+if TYPE_CHECKING:
+    from runtime.actors.activation import Activation, Run
+
+
+def digest(value: Any) -> str:
+    """A short stable fingerprint of JSON-able arguments."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def error_record(exc: errors.LoomError) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "code": exc.code.value, "message": exc.message,
+            "retryable": exc.retryable}
+
+
+def raise_recorded(record: dict[str, Any], **kw: Any) -> None:
+    err = record["error"]
+    raise errors.ActivityFailed(err["message"], cause_code=err.get("code", "unknown"),
+                                attempts=record.get("attempts", 1), **kw)
+
+
+class Saga:
+    """Compensations registered during a run; run in reverse order when the block fails."""
+
+    def __init__(self, ctx: ActorContext) -> None:
+        self.ctx = ctx
+        self.steps: list[tuple[str, Any, str | None]] = []
+
+    def add(self, activity: str, input: Any, *, version: str | None = None) -> None:
+        self.steps.append((activity, input, version))
+
+    async def compensate(self) -> None:
+        while self.steps:
+            activity, input, version = self.steps.pop()
+            await self.ctx.call_activity(activity, input, version=version, compensation=True)
+
+    async def __aenter__(self) -> Saga:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            await self.compensate()
+
+
+class ActorContext:
+    def __init__(self, activation: Activation, run: Run) -> None:
+        self._act = activation
+        self._run = run
+        self.actor: ActorRef = activation.ref
+        self._rng = random.Random(f"{activation.key}:{run.start_seq}")
+
+    # -- deterministic substitutes -----------------------------------------------------------
+    def now(self) -> datetime:
+        """The run's timestamp, recorded in its first commit: the same on every replay."""
+        return datetime.fromtimestamp(self._run.ts, UTC)
+
+    def random(self) -> random.Random:
+        """A generator seeded from (actor, run start seq)."""
+        return self._rng
+
+    def uuid(self) -> uuid.UUID:
+        return uuid.UUID(int=self._rng.getrandbits(128), version=4)
+
+    @property
+    def replaying(self) -> bool:
+        return self._run.step < self._run.replay_until
+
+    # -- steps -----------------------------------------------------------------------------
+    def _begin(self, kind: str, name: str, args: Any) -> tuple[int, list[dict[str, Any]]]:
+        """Allocate the next step; return it with its recorded events (checked for identity)."""
+        run = self._run
+        step = run.step
+        run.step += 1
+        recorded = run.recorded.get(step, [])
+        want = f"{kind} {name!r} ({digest(args)})"
+        if recorded:
+            first = recorded[0]
+            have = f"{first['op'].split('.')[0]} {first['name']!r} ({first['digest']})"
+            if have != want:
+                raise errors.NonDeterminismError(actor=self._act.key, seq=run.start_seq,
+                                                 step=step, recorded=have, requested=want)
+        elif step < run.replay_until:
+            raise errors.NonDeterminismError(actor=self._act.key, seq=run.start_seq, step=step,
+                                             recorded="no step", requested=want)
+        return step, recorded
+
+    def _record(self, step: int, op: str, name: str, args: Any, **fields: Any) -> dict[str, Any]:
+        record = {"step": step, "op": op, "name": name, "digest": digest(args), **fields}
+        self._run.add_event(record)
+        return record
+
+    async def call_activity(self, name: str, input: Any, *, version: str | None = None,
+                            retry: RetryPolicy | dict[str, Any] | None = None,
+                            timeout_ms: int | None = None, output_model: Any = None,
+                            compensation: bool = False) -> Any:
+        """Run an activity with its retry policy and circuit breaker; durable outcome.
+
+        The idempotency key is `actor:start_seq:step` (compensations: `...:comp:step`), the
+        same on every re-execution, so receivers can deduplicate.
+        """
+        if isinstance(input, BaseModel):
+            input = input.model_dump(mode="json")
+        kind = "compensation" if compensation else "activity"
+        step, recorded = self._begin(kind, name, {"input": input, "version": version})
+        key = (f"{self._act.key}:{self._run.start_seq}:"
+               f"{'comp:' if compensation else ''}{step}")
+        where = {"activity": name, "version": version, "idempotency_key": key}
+        attempts = 0
+        for record in recorded:
+            if record["op"].endswith(".done"):
+                return self._shape(record["result"], output_model)
+            if record["op"].endswith(".failed"):
+                raise_recorded(record, **where)
+            if record["op"].endswith(".retry"):
+                attempts = record["attempt"]
+                if not any(r["op"] == "timer.fired" and r.get("timer") == record["timer"]
+                           for r in recorded):
+                    await self._act.wait_timer(self._run, record["timer"])
+        rt = self._act.runtime
+        policy = RetryPolicy.model_validate(retry) if isinstance(retry, dict) else retry
+        if policy is None:
+            policy = await rt.retry_policy_for(name, version)
+        plan = RetryPlan(policy)
+        while True:
+            attempts += 1
+            await self._act.flush(self._run)  # earlier outcomes are durable before a new effect
+            rt.hooks.fire("before_activity", self._act.key)
+            try:
+                result = await rt.run_activity(name, input, version=version,
+                                               idempotency_key=key, timeout_ms=timeout_ms)
+            except errors.LoomError as exc:
+                if not plan.should_retry(exc, attempts):
+                    self._record(step, f"{kind}.failed", name, {"input": input, "version": version},
+                                 error=error_record(exc), attempts=attempts)
+                    raise errors.ActivityFailed(
+                        f"{name} failed after {attempts} attempt(s): {exc.message}",
+                        cause_code=exc.code.value, attempts=attempts, **where) from exc
+                delay = plan.delay(attempts)
+                if delay <= rt.durable_retry_threshold_s:
+                    await rt.sleep(delay)
+                    continue
+                timer = f"timer:{self._run.msg_id}:{step}:{attempts}"
+                self._record(step, f"{kind}.retry", name, {"input": input, "version": version},
+                             attempt=attempts, error=error_record(exc), timer=timer,
+                             fire_at=rt.clock() + delay)
+                await self._act.start_timer(self._run, timer, rt.clock() + delay)
+                await self._act.wait_timer(self._run, timer)
+                continue
+            rt.hooks.fire("after_activity", self._act.key)
+            self._record(step, f"{kind}.done", name, {"input": input, "version": version},
+                         result=result, attempts=attempts)
+            return self._shape(result, output_model)
+
+    @staticmethod
+    def _shape(result: Any, output_model: Any) -> Any:
+        return output_model.model_validate(result) if output_model is not None else result
+
+    async def sleep(self, seconds: float) -> None:
+        """A durable timer: survives restarts; the run resumes when it fires."""
+        step, recorded = self._begin("timer", "sleep", seconds)
+        if recorded:
+            timer = recorded[0]["timer"]
+            if any(r["op"] == "timer.fired" for r in recorded):
+                return
+        else:
+            timer = f"timer:{self._run.msg_id}:{step}"
+            fire_at = self._act.runtime.clock() + seconds
+            self._record(step, "timer.start", "sleep", seconds, timer=timer, fire_at=fire_at)
+            await self._act.start_timer(self._run, timer, fire_at)
+        await self._act.wait_timer(self._run, timer)
+
+    async def wait_for_event(self, name: str, timeout: float | None = None) -> Any:
+        """Wait for `signal(actor, name, payload)`; raise EventTimeout after `timeout` s."""
+        step, recorded = self._begin("wait", name, timeout)
+        for r in recorded:
+            if r["op"] == "wait.event":
+                return r["payload"]
+            if r["op"] == "wait.timeout":
+                raise errors.EventTimeout(f"no {name!r} event within {timeout} s")
+        if recorded:
+            timer = recorded[0].get("timer")
+        else:
+            timer = f"timer:{self._run.msg_id}:{step}" if timeout is not None else None
+            fire_at = self._act.runtime.clock() + timeout if timeout is not None else None
+            self._record(step, "wait.start", name, timeout, timer=timer, fire_at=fire_at)
+            if timer is not None and fire_at is not None:
+                await self._act.start_timer(self._run, timer, fire_at)
+            else:
+                await self._act.flush(self._run)
+        outcome = await self._act.wait_event(self._run, step, name, timer)
+        if outcome is _TIMED_OUT:
+            raise errors.EventTimeout(f"no {name!r} event within {timeout} s")
+        return outcome
+
+    async def send(self, target: ActorRef | str, handler: str, payload: Any = None) -> str:
+        """Send a message; it leaves with this run's next commit (outbox). Returns its id."""
+        ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
+        step, recorded = self._begin("send", f"{ref}.{handler}", payload)
+        msg_id = f"{self._act.key}:{self._run.start_seq}:{step}"
+        if not recorded:
+            self._record(step, "send.sent", f"{ref}.{handler}", payload, msg=msg_id)
+            self._run.outbox.append(self._act.runtime.envelope(
+                ref, handler, payload, msg_id=msg_id, sender=self._act.key))
+        return msg_id
+
+    async def spawn(self, type_: str, id_: str, payload: Any = None, *,
+                    handler: str = "start") -> ActorRef:
+        """Start a child actor by sending it `handler` (default "start") with `payload`."""
+        ref = ActorRef(type_, id_)
+        await self.send(ref, handler, payload)
+        return ref
+
+    async def ask(self, target: ActorRef | str, handler: str, payload: Any = None, *,
+                  timeout: float | None = None) -> Any:
+        """Request/response: send, then wait durably for the handler's result."""
+        ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
+        step, recorded = self._begin("ask", f"{ref}.{handler}", payload)
+        msg_id = f"{self._act.key}:{self._run.start_seq}:{step}"
+        reply = f"reply:{msg_id}"
+        for r in recorded:
+            if r["op"] == "ask.reply":
+                return _unwrap_reply(r["payload"], ref, handler)
+            if r["op"] == "wait.timeout":
+                raise errors.EventTimeout(f"no reply from {ref}.{handler} within {timeout} s")
+        timer = None
+        if recorded:
+            timer = recorded[0].get("timer")
+        else:
+            fire_at = None
+            if timeout is not None:
+                timer = f"timer:{self._run.msg_id}:{step}"
+                fire_at = self._act.runtime.clock() + timeout
+            self._record(step, "ask.sent", f"{ref}.{handler}", payload, msg=msg_id, timer=timer)
+            self._run.outbox.append(self._act.runtime.envelope(
+                ref, handler, payload, msg_id=msg_id, sender=self._act.key,
+                reply_to=self._act.key))
+            if timer is not None and fire_at is not None:
+                await self._act.start_timer(self._run, timer, fire_at)
+            else:
+                await self._act.flush(self._run)
+        outcome = await self._act.wait_event(self._run, step, reply, timer, op="ask.reply")
+        if outcome is _TIMED_OUT:
+            raise errors.EventTimeout(f"no reply from {ref}.{handler} within {timeout} s")
+        return _unwrap_reply(outcome, ref, handler)
+
+    def saga(self) -> Saga:
+        """`async with ctx.saga() as saga: ... saga.add("cancel_x", {...})`."""
+        return Saga(self)
+
+
+class _TimedOut:
+    pass
+
+
+_TIMED_OUT = _TimedOut()
+Sleeper = Callable[[float], Awaitable[None]]
+
+
+def _unwrap_reply(payload: Any, ref: ActorRef, handler: str) -> Any:
+    if isinstance(payload, dict) and "error" in payload:
+        err = payload["error"]
+        raise errors.HandlerFailed(f"{ref}.{handler} failed: {err.get('message')}",
+                                   error_type=err.get("type", "Error"),
+                                   error_code=err.get("code"))
+    return payload.get("result") if isinstance(payload, dict) else payload

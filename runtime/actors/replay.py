@@ -1,0 +1,156 @@
+"""Re-execute an actor's recorded runs against the current code and report divergence.
+
+Every run is replayed from the state before it, with the journal's recorded step
+outcomes; nothing is executed for real. A run diverges when the code asks for a
+different step (non-determinism), ends in a different state or result, or needs a step
+the journal does not have.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime import errors
+from runtime.actors.activation import Activation, Run, _json_copy
+from runtime.actors.actor import Actor, ActorRef
+from runtime.actors.context import ActorContext
+from runtime.actors.runtime import Hooks
+from runtime.journal.store import Commit
+
+
+class _NeedsLiveStep(Exception):
+    """The code asked for a step beyond what the journal recorded."""
+
+
+@dataclass
+class RunReport:
+    msg_id: str
+    handler: str
+    start_seq: int
+    status: str  # ok | diverged | incomplete
+    detail: str = ""
+
+
+@dataclass
+class ReplayReport:
+    actor: str
+    runs: list[RunReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status != "diverged" for r in self.runs)
+
+
+class _ReplayRuntime:
+    def __init__(self) -> None:
+        self.hooks = Hooks()
+        self.durable_retry_threshold_s = 0.0
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def retry_policy_for(self, *_: Any) -> Any:
+        raise _NeedsLiveStep("an activity call that the journal has no outcome for")
+
+    async def run_activity(self, *_: Any, **__: Any) -> Any:
+        raise _NeedsLiveStep("an activity call that the journal has no outcome for")
+
+    def envelope(self, *_: Any, **__: Any) -> dict[str, Any]:
+        return {}
+
+
+class _ReplayActivation(Activation):
+    """An activation whose effects are all refused: only recorded outcomes are allowed."""
+
+    async def flush(self, run: Run) -> None:
+        if run.pending or run.outbox:
+            raise _NeedsLiveStep("a step that the journal did not record")
+
+    async def start_timer(self, run: Run, timer: str, fire_at: float) -> None:
+        raise _NeedsLiveStep("a timer that the journal did not record")
+
+    async def wait_timer(self, run: Run, timer: str) -> None:
+        raise _NeedsLiveStep(f"timer {timer} had not fired when the journal ends")
+
+    async def wait_event(self, run: Run, step: int, event: str, timer: str | None,
+                         op: str = "wait.event") -> Any:
+        raise _NeedsLiveStep(f"event {event!r} had not arrived when the journal ends")
+
+
+def _runs(commits: list[Commit]) -> list[tuple[list[Commit], Any]]:
+    """Split commits into runs, each with the state before it."""
+    out: list[tuple[list[Commit], Any]] = []
+    state: Any = None
+    current: list[Commit] = []
+    for commit in commits:
+        if commit.get("run") is None:
+            continue
+        current.append(commit)
+        if "state" in commit:
+            out.append((current, state))
+            state = commit["state"]
+            current = []
+    if current:
+        out.append((current, state))
+    return out
+
+
+async def replay_commits(cls: type[Actor], key: str, commits: list[Commit]) -> ReplayReport:
+    report = ReplayReport(key)
+    rt = _ReplayRuntime()
+    for run_commits, before in _runs(commits):
+        first = run_commits[0]
+        message = first.get("message")
+        last = run_commits[-1]
+        msg_id = first["run"]["msg"]
+        handler = str((message or {}).get("handler", "?"))
+        if message is None:
+            report.runs.append(RunReport(msg_id, handler, first["seq"], "diverged",
+                                         "the run's first commit lacks its message"))
+            continue
+        act = _ReplayActivation(rt, ActorRef.parse(key), cls)  # type: ignore[arg-type]
+        act.actor.state = act.actor.initial_state() if before is None else None
+        if before is not None:
+            act.actor.load_state(_json_copy(before))
+        run = Run(msg=message, start_seq=first["seq"], ts=first["run"]["ts"], announced=True)
+        for c in run_commits:
+            for event in c.get("events", []):
+                run.recorded.setdefault(event["step"], []).append(event)
+        run.replay_until = max(run.recorded, default=-1) + 1
+        rt.now = first["run"]["ts"]
+        ctx = ActorContext(act, run)
+        method = act.actor.handlers.get(handler)
+        if method is None:
+            report.runs.append(RunReport(msg_id, handler, run.start_seq, "diverged",
+                                         f"handler {handler!r} no longer exists"))
+            continue
+        status, detail = "ok", ""
+        try:
+            result = await getattr(act.actor, method)(ctx, message.get("payload"))
+            if run.step < run.replay_until:
+                status, detail = "diverged", (f"the code returned at step {run.step} but the "
+                                              f"journal has {run.replay_until} steps")
+            elif "state" in last and last.get("kind") == "completed":
+                if _canon(act.actor.dump_state()) != _canon(last["state"]):
+                    status, detail = "diverged", "the final state differs from the journal"
+                elif _canon(result) != _canon(last.get("result")):
+                    status, detail = "diverged", "the result differs from the journal"
+            elif "state" not in last:
+                status, detail = "incomplete", "the journal ends before this run completed"
+        except errors.NonDeterminismError as exc:
+            status, detail = "diverged", exc.message
+        except _NeedsLiveStep as exc:
+            status = "incomplete" if "state" not in last else "diverged"
+            detail = f"the code asks for {exc}"
+        except Exception as exc:
+            if last.get("kind") not in ("failed", "rejected"):
+                status, detail = "diverged", f"the handler now raises {type(exc).__name__}: {exc}"
+        report.runs.append(RunReport(msg_id, handler, run.start_seq, status, detail))
+    return report
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

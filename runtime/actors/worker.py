@@ -1,0 +1,40 @@
+"""`loom worker`: run the actors of a module until SIGTERM/SIGINT, then stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from runtime.actors.loading import actor_classes, load_module
+from runtime.actors.runtime import ActorRuntime
+from runtime.executor import Executor
+from runtime.journal.factory import open_journal
+from runtime.settings import LoomSettings
+
+log = logging.getLogger("loom.worker")
+
+
+async def run_worker(module_spec: str, settings: LoomSettings, *,
+                     poll_interval_s: float = 0.05) -> None:
+    module = load_module(module_spec)
+    classes = actor_classes(module)
+    if not classes:
+        raise SystemExit(f"no Actor subclasses in {module_spec}")
+    journal = open_journal(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with Executor(settings) as executor:
+        runtime = ActorRuntime(journal, executor, poll_interval_s=poll_interval_s)
+        for cls in classes:
+            runtime.register(cls)
+        await runtime.start()
+        log.info("worker running %s on %s", ", ".join(c.type_name for c in classes),
+                 journal.url)
+        print(f"loom worker: {', '.join(c.type_name for c in classes)} on {journal.url}",
+              flush=True)
+        await stop.wait()
+        await runtime.stop()
+    await journal.close()

@@ -1,0 +1,28 @@
+"""Pick the journal from `LOOM_JOURNAL_URL`."""
+
+from __future__ import annotations
+
+from runtime import errors
+from runtime.journal.store import JournalStore
+from runtime.settings import LoomSettings
+
+
+def open_journal(settings: LoomSettings) -> JournalStore:
+    url = settings.resolved_journal_url
+    if url == "memory://":
+        from runtime.journal.memory import MemoryJournal
+        return MemoryJournal()
+    if url.startswith("sqlite:///"):
+        from runtime.journal.sqlite import SqliteJournal
+        return SqliteJournal(url[len("sqlite:///"):], synchronous=settings.sqlite_synchronous)
+    if url.startswith("cosmos://") or url.startswith("https://"):
+        key = settings.cosmos_key
+        if key is None:
+            raise errors.SettingsInvalid("a Cosmos journal needs LOOM_COSMOS_KEY")
+        from runtime.journal.cosmos import CosmosJournal
+        endpoint = url.replace("cosmos://", "https://", 1)
+        return CosmosJournal(endpoint, key.get_secret_value(), database=settings.cosmos_database,
+                             container=settings.cosmos_container,
+                             verify_tls=settings.cosmos_verify_tls)
+    raise errors.SettingsInvalid(f"LOOM_JOURNAL_URL={url!r}: expected memory://, "
+                                 "sqlite:///<path> or cosmos://<host>:<port>")
