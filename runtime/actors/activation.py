@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from pydantic_core import from_json, to_json
 
 from runtime import errors
 from runtime.actors.actor import Actor, ActorRef
@@ -62,7 +63,7 @@ class Run:
 
 
 def _json_copy(value: Any) -> Any:
-    return json.loads(json.dumps(value))
+    return from_json(to_json(value))
 
 
 class Activation:
@@ -138,7 +139,7 @@ class Activation:
                 raise errors.NonDeterminismError(
                     actor=self.key, seq=run.start_seq, step=run.step,
                     recorded=str(run.recorded[run.step][0]["op"]), requested="return")
-            _ = json.dumps(result)
+            to_json(result)  # a handler must return JSON: fail here, not in the commit
         except asyncio.CancelledError:
             return
         except errors.NonDeterminismError as exc:

@@ -33,7 +33,7 @@ def digest(value: Any) -> str:
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def error_record(exc: errors.LoomError) -> dict[str, Any]:
@@ -75,7 +75,7 @@ class ActorContext:
         self._act = activation
         self._run = run
         self.actor: ActorRef = activation.ref
-        self._rng = random.Random(f"{activation.key}:{run.start_seq}")
+        self._rng: random.Random | None = None
 
     # -- deterministic substitutes -----------------------------------------------------------
     def now(self) -> datetime:
@@ -84,23 +84,26 @@ class ActorContext:
 
     def random(self) -> random.Random:
         """A generator seeded from (actor, run start seq)."""
+        if self._rng is None:
+            self._rng = random.Random(f"{self._act.key}:{self._run.start_seq}")
         return self._rng
 
     def uuid(self) -> uuid.UUID:
-        return uuid.UUID(int=self._rng.getrandbits(128), version=4)
+        return uuid.UUID(int=self.random().getrandbits(128), version=4)
 
     @property
     def replaying(self) -> bool:
         return self._run.step < self._run.replay_until
 
     # -- steps -----------------------------------------------------------------------------
-    def _begin(self, kind: str, name: str, args: Any) -> tuple[int, list[dict[str, Any]]]:
+    def _begin(self, kind: str, name: str, args: Any) -> tuple[int, list[dict[str, Any]], str]:
         """Allocate the next step; return it with its recorded events (checked for identity)."""
         run = self._run
         step = run.step
         run.step += 1
         recorded = run.recorded.get(step, [])
-        want = f"{kind} {name!r} ({digest(args)})"
+        fingerprint = digest(args)
+        want = f"{kind} {name!r} ({fingerprint})"
         if recorded:
             first = recorded[0]
             have = f"{first['op'].split('.')[0]} {first['name']!r} ({first['digest']})"
@@ -110,10 +113,10 @@ class ActorContext:
         elif step < run.replay_until:
             raise errors.NonDeterminismError(actor=self._act.key, seq=run.start_seq, step=step,
                                              recorded="no step", requested=want)
-        return step, recorded
+        return step, recorded, fingerprint
 
-    def _record(self, step: int, op: str, name: str, args: Any, **fields: Any) -> dict[str, Any]:
-        record = {"step": step, "op": op, "name": name, "digest": digest(args), **fields}
+    def _record(self, step: int, op: str, name: str, digest_: str, **fields: Any) -> dict[str, Any]:
+        record = {"step": step, "op": op, "name": name, "digest": digest_, **fields}
         self._run.add_event(record)
         return record
 
@@ -129,7 +132,7 @@ class ActorContext:
         if isinstance(input, BaseModel):
             input = input.model_dump(mode="json")
         kind = "compensation" if compensation else "activity"
-        step, recorded = self._begin(kind, name, {"input": input, "version": version})
+        step, recorded, fp = self._begin(kind, name, {"input": input, "version": version})
         key = (f"{self._act.key}:{self._run.start_seq}:"
                f"{'comp:' if compensation else ''}{step}")
         where = {"activity": name, "version": version, "idempotency_key": key}
@@ -158,7 +161,7 @@ class ActorContext:
                                                idempotency_key=key, timeout_ms=timeout_ms)
             except errors.LoomError as exc:
                 if not plan.should_retry(exc, attempts):
-                    self._record(step, f"{kind}.failed", name, {"input": input, "version": version},
+                    self._record(step, f"{kind}.failed", name, fp,
                                  error=error_record(exc), attempts=attempts)
                     raise errors.ActivityFailed(
                         f"{name} failed after {attempts} attempt(s): {exc.message}",
@@ -168,14 +171,14 @@ class ActorContext:
                     await rt.sleep(delay)
                     continue
                 timer = f"timer:{self._run.msg_id}:{step}:{attempts}"
-                self._record(step, f"{kind}.retry", name, {"input": input, "version": version},
+                self._record(step, f"{kind}.retry", name, fp,
                              attempt=attempts, error=error_record(exc), timer=timer,
                              fire_at=rt.clock() + delay)
                 await self._act.start_timer(self._run, timer, rt.clock() + delay)
                 await self._act.wait_timer(self._run, timer)
                 continue
             rt.hooks.fire("after_activity", self._act.key)
-            self._record(step, f"{kind}.done", name, {"input": input, "version": version},
+            self._record(step, f"{kind}.done", name, fp,
                          result=result, attempts=attempts)
             return self._shape(result, output_model)
 
@@ -185,7 +188,7 @@ class ActorContext:
 
     async def sleep(self, seconds: float) -> None:
         """A durable timer: survives restarts; the run resumes when it fires."""
-        step, recorded = self._begin("timer", "sleep", seconds)
+        step, recorded, fp = self._begin("timer", "sleep", seconds)
         if recorded:
             timer = recorded[0]["timer"]
             if any(r["op"] == "timer.fired" for r in recorded):
@@ -193,13 +196,13 @@ class ActorContext:
         else:
             timer = f"timer:{self._run.msg_id}:{step}"
             fire_at = self._act.runtime.clock() + seconds
-            self._record(step, "timer.start", "sleep", seconds, timer=timer, fire_at=fire_at)
+            self._record(step, "timer.start", "sleep", fp, timer=timer, fire_at=fire_at)
             await self._act.start_timer(self._run, timer, fire_at)
         await self._act.wait_timer(self._run, timer)
 
     async def wait_for_event(self, name: str, timeout: float | None = None) -> Any:
         """Wait for `signal(actor, name, payload)`; raise EventTimeout after `timeout` s."""
-        step, recorded = self._begin("wait", name, timeout)
+        step, recorded, fp = self._begin("wait", name, timeout)
         for r in recorded:
             if r["op"] == "wait.event":
                 return r["payload"]
@@ -210,7 +213,7 @@ class ActorContext:
         else:
             timer = f"timer:{self._run.msg_id}:{step}" if timeout is not None else None
             fire_at = self._act.runtime.clock() + timeout if timeout is not None else None
-            self._record(step, "wait.start", name, timeout, timer=timer, fire_at=fire_at)
+            self._record(step, "wait.start", name, fp, timer=timer, fire_at=fire_at)
             if timer is not None and fire_at is not None:
                 await self._act.start_timer(self._run, timer, fire_at)
             else:
@@ -223,10 +226,10 @@ class ActorContext:
     async def send(self, target: ActorRef | str, handler: str, payload: Any = None) -> str:
         """Send a message; it leaves with this run's next commit (outbox). Returns its id."""
         ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
-        step, recorded = self._begin("send", f"{ref}.{handler}", payload)
+        step, recorded, fp = self._begin("send", f"{ref}.{handler}", payload)
         msg_id = f"{self._act.key}:{self._run.start_seq}:{step}"
         if not recorded:
-            self._record(step, "send.sent", f"{ref}.{handler}", payload, msg=msg_id)
+            self._record(step, "send.sent", f"{ref}.{handler}", fp, msg=msg_id)
             self._run.outbox.append(self._act.runtime.envelope(
                 ref, handler, payload, msg_id=msg_id, sender=self._act.key))
         return msg_id
@@ -242,7 +245,7 @@ class ActorContext:
                   timeout: float | None = None) -> Any:
         """Request/response: send, then wait durably for the handler's result."""
         ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
-        step, recorded = self._begin("ask", f"{ref}.{handler}", payload)
+        step, recorded, fp = self._begin("ask", f"{ref}.{handler}", payload)
         msg_id = f"{self._act.key}:{self._run.start_seq}:{step}"
         reply = f"reply:{msg_id}"
         for r in recorded:
@@ -258,7 +261,7 @@ class ActorContext:
             if timeout is not None:
                 timer = f"timer:{self._run.msg_id}:{step}"
                 fire_at = self._act.runtime.clock() + timeout
-            self._record(step, "ask.sent", f"{ref}.{handler}", payload, msg=msg_id, timer=timer)
+            self._record(step, "ask.sent", f"{ref}.{handler}", fp, msg=msg_id, timer=timer)
             self._run.outbox.append(self._act.runtime.envelope(
                 ref, handler, payload, msg_id=msg_id, sender=self._act.key,
                 reply_to=self._act.key))

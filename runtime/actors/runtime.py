@@ -11,13 +11,13 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
 from runtime import errors
 from runtime.actors.activation import Activation
 from runtime.actors.actor import Actor, ActorRef
+from runtime.actors.lane import Lane
 from runtime.actors.resilience import Breakers
 from runtime.executor import Executor
 from runtime.journal.store import Envelope, JournalStore
@@ -99,7 +99,7 @@ class ActorRuntime:
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
-        self._threads = ThreadPoolExecutor(activity_threads, thread_name_prefix="loom-activity")
+        self._lane = Lane(activity_threads, name="loom-activity")
         self._closing = False
 
     # -- registration ----------------------------------------------------------------------
@@ -279,7 +279,7 @@ class ActorRuntime:
         for act in list(self.activations.values()):
             await act.deactivate()
         self.activations.clear()
-        self._threads.shutdown(wait=True)
+        self._lane.close()
 
     async def __aenter__(self) -> ActorRuntime:
         await self.start()
@@ -295,9 +295,7 @@ class ActorRuntime:
             raise errors.NotFound(f"no executor configured to run activity {name!r}")
         call = partial(self.executor.invoke_sync, name, input, version=version,
                        idempotency_key=idempotency_key, timeout_ms=timeout_ms)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads,
-                                          partial(self.breakers.call, name, call))
+        return await self._lane.submit(partial(self.breakers.call, name, call))
 
     async def retry_policy_for(self, name: str, version: str | None) -> RetryPolicy:
         if self.executor is None:
