@@ -52,6 +52,7 @@ class Run:
     outbox: list[Envelope] = field(default_factory=list)
     waits: list[Wait] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    before: Any = None
 
     @property
     def msg_id(self) -> str:
@@ -124,7 +125,7 @@ class Activation:
 
     async def _execute(self, run: Run) -> None:
         rt = self.runtime
-        before = _json_copy(self.committed_state)
+        before = run.before = _json_copy(self.committed_state)
         ctx = ActorContext(self, run)
         method_name = self.actor.handlers.get(str(run.msg["handler"]))
         result: Any = None
@@ -168,6 +169,8 @@ class Activation:
         rt = self.runtime
         after = None if failure else _json_copy(self.actor.dump_state())
         kind = "failed" if failure else "completed"
+        if isinstance(failure, errors.InvariantViolated):
+            kind = "rejected"
         if failure is None:
             violation = rt.check_invariants(self, before, after, run.events)
             if violation is not None:
@@ -226,7 +229,16 @@ class Activation:
                 await rt.journal.consume(self.key, consumed, rt.clock())
 
     async def flush(self, run: Run) -> None:
-        """Commit outstanding events and outbox (before a new effect or a wait)."""
+        """Commit outstanding events and outbox (before a new effect or a wait).
+
+        Invariants gate this point too: a state the run reached must pass them before the
+        run may cause another effect; a violation writes nothing and raises in the handler.
+        """
+        if self.actor.invariants or self.runtime.invariants:
+            current = _json_copy(self.actor.dump_state())
+            violation = self.runtime.check_invariants(self, run.before, current, run.events)
+            if violation is not None:
+                raise violation
         if run.pending or run.outbox:
             await self.commit(run)
 

@@ -18,7 +18,7 @@ from runtime import errors
 from runtime.executor import Executor
 from runtime.settings import load_settings
 
-BUILD = Path(__file__).resolve().parent.parent / "activities" / "build"
+BUILD = Path(__file__).resolve().parents[2] / "activities" / "build"
 
 
 class _Hello(BaseHTTPRequestHandler):

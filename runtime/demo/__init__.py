@@ -1,0 +1,1 @@
+"""`make run`: the embedded default end to end (activities, then durable actors)."""
