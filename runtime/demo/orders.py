@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,18 +84,20 @@ def _upload(ex: Executor, port: int) -> None:
 async def _run(ex: Executor, base: str, provider: Provider) -> None:
     settings = load_settings()
     journal = open_journal(settings)
-    items = [{"sku": "tea", "qty": 2, "unit_cents": 450}, {"sku": "mug", "qty": 1, "unit_cents": 1200}]
+    items = [{"sku": "tea", "qty": 2, "unit_cents": 450},
+             {"sku": "mug", "qty": 1, "unit_cents": 1200}]
     async with ActorRuntime(journal, ex, poll_interval_s=0.01) as rt:
         rt.register(Order)
         run_id = f"{int(rt.clock())}"
-        orders = {
+        orders: dict[str, dict[str, Any]] = {
             f"o{run_id}-happy": {"items": items, "discount_pct": 10, "address": "1 Loom Lane"},
             f"o{run_id}-unshippable": {"items": items, "address": "nowhere"},
             f"o{run_id}-greedy": {"items": items, "discount_pct": 80, "address": "2 Loom Lane"},
         }
         await rt.signal(f"order/o{run_id}-happy", "delivered", {"signed_by": "Ada"})
         for oid, order in orders.items():
-            print(f"\n== order/{oid}: {json.dumps({k: v for k, v in order.items() if k != 'items'})}")
+            shown = {k: v for k, v in order.items() if k != "items"}
+            print(f"\n== order/{oid}: {json.dumps(shown)}")
             try:
                 result = await rt.ask(f"order/{oid}", "place",
                                       {**order, "provider": base, "wait_s": 0.5}, timeout=30)
@@ -120,6 +123,8 @@ async def _run(ex: Executor, base: str, provider: Provider) -> None:
 
 
 def main() -> int:
+    # Guest logs go to the `loom.activity.*` loggers; the demo prints its own summary instead.
+    logging.getLogger("loom.activity").propagate = False
     provider = Provider()
     with serve(provider) as base, Executor(load_settings()) as ex:
         print("\n\nDurable actors: an order = price -> charge -> ship (saga) -> wait for delivery")
