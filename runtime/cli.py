@@ -280,6 +280,92 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- workflows -----------------------------------------------------------------------------
+
+def _load_workflow(path: str, ex: Executor | None = None) -> Any:
+    from wdl import load
+
+    def known(name: str, version: str | None) -> bool:
+        assert ex is not None
+        try:
+            ex.registry.get(name, version)
+            return True
+        except errors.NotFound:
+            return False
+
+    return load(path, known_activity=known if ex is not None else None)
+
+
+def cmd_wdl_validate(args: argparse.Namespace) -> int:
+    if args.offline:
+        wf = _load_workflow(args.file)
+    else:
+        with Executor() as ex:
+            wf = _load_workflow(args.file, ex)
+    print(f"{args.file}: {wf.ref} is valid ({len(wf.steps)} top-level steps)")
+    return 0
+
+
+def cmd_wdl_graph(args: argparse.Namespace) -> int:
+    from wdl import mermaid
+
+    text = mermaid(_load_workflow(args.file))
+    if args.format == "svg":
+        import shutil
+        import subprocess
+
+        mmdc = shutil.which("mmdc")
+        if mmdc is None:
+            raise errors.NotFound("--format svg needs the Mermaid CLI (`mmdc`) on PATH; "
+                                  "use the default mermaid text instead")
+        subprocess.run([mmdc, "-i", "-", "-o", args.output or "workflow.svg"],
+                       input=text.encode(), check=True)
+        return 0
+    print(text, end="")
+    return 0
+
+
+def cmd_wdl_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import uuid
+
+    from runtime.actors import ActorRuntime
+    from runtime.actors.loading import actor_classes, load_module
+    from runtime.journal import open_journal
+    from wdl import run_workflow
+
+    logging.basicConfig(format="  %(message)s")
+    logging.getLogger("loom.wdl").setLevel(logging.INFO)
+    data = _read_json_arg(args.input, args.input_file, "input")
+    settings = load_settings()
+    with Executor(settings) as ex:
+        wf = _load_workflow(args.file, ex)
+        instance = args.instance or f"{wf.name}-{uuid.uuid4().hex[:8]}"
+        print(f"running {wf.ref} as workflow/{instance} (send events with: loom wdl "
+              f"send-event {instance} <event> '<json>')")
+
+        async def go() -> dict[str, Any]:
+            journal = open_journal(settings)
+            async with ActorRuntime(journal, ex, poll_interval_s=0.05) as rt:
+                for spec in args.actors or []:
+                    for cls in actor_classes(load_module(spec)):
+                        rt.register(cls)
+                result = await run_workflow(rt, wf, data, instance=instance)
+            await journal.close()
+            return result
+
+        result = asyncio.run(go())
+    print(json.dumps(result, indent=2))
+    return 0 if result.get("status") == "completed" else 1
+
+
+def cmd_wdl_send_event(args: argparse.Namespace) -> int:
+    args.type, args.id, args.name, args.event, args.msg_id = (
+        "workflow", args.instance, args.event_name, True, None)
+    return cmd_actor_send(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loom", description="WASM activities, sandboxed.")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -334,6 +420,31 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="lint actor modules for non-determinism")
     chk.add_argument("files", nargs="+")
     chk.set_defaults(func=None, direct=cmd_check)
+    wdl = sub.add_parser("wdl", help="validate, draw and run JSON workflows")
+    wdls = wdl.add_subparsers(dest="command", required=True)
+    v = wdls.add_parser("validate", help="report every problem with its JSON path")
+    v.add_argument("file")
+    v.add_argument("--offline", action="store_true", help="do not check the registry")
+    v.set_defaults(func=None, direct=cmd_wdl_validate)
+    g = wdls.add_parser("graph", help="print a Mermaid flowchart")
+    g.add_argument("file")
+    g.add_argument("--format", choices=["mermaid", "svg"], default="mermaid")
+    g.add_argument("--output")
+    g.set_defaults(func=None, direct=cmd_wdl_graph)
+    r = wdls.add_parser("run", help="run a workflow on the embedded default")
+    r.add_argument("file")
+    rsrc = r.add_mutually_exclusive_group()
+    rsrc.add_argument("--input")
+    rsrc.add_argument("--input-file")
+    r.add_argument("--instance", help="instance id (rerun the same id to resume it)")
+    r.add_argument("--actors", action="append", help="module/file with actors for agent steps")
+    r.set_defaults(func=None, direct=cmd_wdl_run)
+    se = wdls.add_parser("send-event", help="raise an event at a running instance")
+    se.add_argument("instance")
+    se.add_argument("event_name")
+    se.add_argument("payload", nargs="?", default="null")
+    se.set_defaults(func=None, direct=cmd_wdl_send_event)
+
     wk = sub.add_parser("worker", help="run the actors of a module")
     wk.add_argument("--module", required=True)
     wk.add_argument("--poll", type=float, default=0.05, help="inbox poll interval (s)")

@@ -17,7 +17,7 @@ __all__ = [
     "InvariantViolated", "JournalConflict", "LintError", "LoomError", "ManifestInvalid",
     "MemoryLimitExceeded", "ModuleInvalid", "NonDeterminismError", "NotFound", "OutOfFuel",
     "OutputInvalid", "OutputTooLarge", "SettingsInvalid", "StackOverflow", "StorageError",
-    "Timeout", "Trap", "VersionConflict",
+    "Timeout", "Trap", "VersionConflict", "WorkflowFailed", "WorkflowInvalid",
 ]
 
 
@@ -211,3 +211,23 @@ class LintError(LoomError):
     """Actor code uses ambient time, randomness, environment or I/O."""
 
     code = ErrorCode.LINT
+
+
+# -- workflows (WDL) --------------------------------------------------------------------------
+
+class WorkflowInvalid(LoomError):
+    """A workflow definition has problems; `problems` lists each with its JSON path."""
+
+    code = ErrorCode.WORKFLOW_INVALID
+
+    def __init__(self, source: str, problems: list[dict[str, str]]) -> None:
+        listing = "\n  ".join(f"{p['path']}: {p['message']}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n  {listing}",
+                         details=problems)
+        self.problems = problems
+
+
+class WorkflowFailed(LoomError):
+    """A workflow step failed at run time (after compensations, if any, ran)."""
+
+    code = ErrorCode.WORKFLOW_FAILED

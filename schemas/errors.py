@@ -31,3 +31,5 @@ class ErrorCode(StrEnum):
     ACTIVITY_FAILED = "activity_failed"
     HANDLER_FAILED = "handler_failed"
     LINT = "lint"
+    WORKFLOW_INVALID = "workflow_invalid"
+    WORKFLOW_FAILED = "workflow_failed"

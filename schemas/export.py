@@ -11,12 +11,14 @@ from pydantic import TypeAdapter
 
 from schemas.guest import GuestErrorResult, HostCallRequest
 from schemas.manifest import ActivityManifest
+from schemas.wdl import Workflow
 
 OUT = Path(__file__).parent / "json"
 EXPORTS: dict[str, Any] = {
     "activity-manifest": ActivityManifest,
     "guest-error-result": GuestErrorResult,
     "host-call-request": HostCallRequest,
+    "workflow": Workflow,
 }
 
 

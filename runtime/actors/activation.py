@@ -31,7 +31,7 @@ log = logging.getLogger("loom.actors")
 
 @dataclass
 class Wait:
-    step: int
+    step: Any
     op: str
     event: str | None
     timer: str | None
@@ -43,7 +43,7 @@ class Run:
     msg: Envelope
     start_seq: int
     ts: float
-    recorded: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    recorded: dict[Any, list[dict[str, Any]]] = field(default_factory=dict)
     replay_until: int = 0
     announced: bool = False
     step: int = 0
@@ -115,7 +115,7 @@ class Activation:
             for event in c.get("events", []):
                 run.recorded.setdefault(event["step"], []).append(event)
                 run.events.append(event)
-        run.replay_until = max(run.recorded, default=-1) + 1
+        run.replay_until = max((k for k in run.recorded if isinstance(k, int)), default=-1) + 1
         self._start(run)
 
     # -- running ---------------------------------------------------------------------------
@@ -247,13 +247,13 @@ class Activation:
                                                 name=timer, deliver_at=fire_at))
         await self.flush(run)
 
-    async def wait_timer(self, run: Run, timer: str) -> None:
+    async def wait_timer(self, run: Run, timer: str, step: Any) -> None:
         fut = asyncio.get_running_loop().create_future()
-        run.waits.append(Wait(step=-1, op="timer.fired", event=None, timer=timer, future=fut))
+        run.waits.append(Wait(step=step, op="timer.fired", event=None, timer=timer, future=fut))
         self.runtime.notify(self.key)
         await fut
 
-    async def wait_event(self, run: Run, step: int, event: str, timer: str | None,
+    async def wait_event(self, run: Run, step: Any, event: str, timer: str | None,
                          op: str = "wait.event") -> Any:
         fut = asyncio.get_running_loop().create_future()
         run.waits.append(Wait(step=step, op=op, event=event, timer=timer, future=fut))
@@ -291,7 +291,7 @@ class Activation:
             if kind == "timer" and wait.timer == name:
                 run.waits.remove(wait)
                 if wait.op == "timer.fired":
-                    run.add_event({"step": self._timer_step(run, wait), "op": "timer.fired",
+                    run.add_event({"step": wait.step, "op": "timer.fired",
                                    "name": "timer", "digest": "", "timer": name})
                     await self.commit(run, consumed=[env["id"]])
                     wait.future.set_result(None)
@@ -301,7 +301,7 @@ class Activation:
                     await self.commit(run, consumed=[env["id"]])
                     wait.future.set_result(_TIMED_OUT)
                 return
-            if kind == "event" and wait.event == name and wait.step >= 0:
+            if kind == "event" and wait.event == name and wait.op != "timer.fired":
                 run.waits.remove(wait)
                 run.add_event({"step": wait.step, "op": wait.op, "name": name or "",
                                "digest": "", "payload": env.get("payload"), "msg": env["id"]})
@@ -310,15 +310,6 @@ class Activation:
                 return
         if kind == "timer" and not str(name).startswith(f"timer:{run.msg_id}:"):
             await self.runtime.journal.consume(self.key, [env["id"]], self.runtime.clock())
-
-    @staticmethod
-    def _timer_step(run: Run, wait: Wait) -> int:
-        # timer ids are timer:<run msg>:<step>[:<attempt>]
-        try:
-            return int(str(wait.timer).rsplit(":", 2)[-2 if str(wait.timer).count(":") > 3
-                                                      else -1])
-        except ValueError:  # pragma: no cover - ids are ours
-            return -1
 
     async def deactivate(self) -> None:
         run = self.run

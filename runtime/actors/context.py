@@ -76,6 +76,19 @@ class ActorContext:
         self._run = run
         self.actor: ActorRef = activation.ref
         self._rng: random.Random | None = None
+        self._prefix: str | None = None
+        self._counter = 0
+
+    def branch(self, name: str) -> ActorContext:
+        """A context for one of several concurrent branches (e.g. a WDL parallel step).
+
+        Steps of a branch are numbered in their own namespace (`<name>/0`, `<name>/1`, ...)
+        so interleaving between branches never changes which record a step replays.
+        """
+        child = ActorContext(self._act, self._run)
+        child._rng = self._rng
+        child._prefix = f"{self._prefix or ''}{name}/"
+        return child
 
     # -- deterministic substitutes -----------------------------------------------------------
     def now(self) -> datetime:
@@ -96,11 +109,16 @@ class ActorContext:
         return self._run.step < self._run.replay_until
 
     # -- steps -----------------------------------------------------------------------------
-    def _begin(self, kind: str, name: str, args: Any) -> tuple[int, list[dict[str, Any]], str]:
+    def _begin(self, kind: str, name: str, args: Any) -> tuple[Any, list[dict[str, Any]], str]:
         """Allocate the next step; return it with its recorded events (checked for identity)."""
         run = self._run
-        step = run.step
-        run.step += 1
+        step: Any
+        if self._prefix is None:
+            step = run.step
+            run.step += 1
+        else:
+            step = f"{self._prefix}{self._counter}"
+            self._counter += 1
         recorded = run.recorded.get(step, [])
         fingerprint = digest(args)
         want = f"{kind} {name!r} ({fingerprint})"
@@ -110,12 +128,12 @@ class ActorContext:
             if have != want:
                 raise errors.NonDeterminismError(actor=self._act.key, seq=run.start_seq,
                                                  step=step, recorded=have, requested=want)
-        elif step < run.replay_until:
+        elif isinstance(step, int) and step < run.replay_until:
             raise errors.NonDeterminismError(actor=self._act.key, seq=run.start_seq, step=step,
                                              recorded="no step", requested=want)
         return step, recorded, fingerprint
 
-    def _record(self, step: int, op: str, name: str, digest_: str, **fields: Any) -> dict[str, Any]:
+    def _record(self, step: Any, op: str, name: str, digest_: str, **fields: Any) -> dict[str, Any]:
         record = {"step": step, "op": op, "name": name, "digest": digest_, **fields}
         self._run.add_event(record)
         return record
@@ -146,7 +164,7 @@ class ActorContext:
                 attempts = record["attempt"]
                 if not any(r["op"] == "timer.fired" and r.get("timer") == record["timer"]
                            for r in recorded):
-                    await self._act.wait_timer(self._run, record["timer"])
+                    await self._act.wait_timer(self._run, record["timer"], step)
         rt = self._act.runtime
         policy = RetryPolicy.model_validate(retry) if isinstance(retry, dict) else retry
         if policy is None:
@@ -175,7 +193,7 @@ class ActorContext:
                              attempt=attempts, error=error_record(exc), timer=timer,
                              fire_at=rt.clock() + delay)
                 await self._act.start_timer(self._run, timer, rt.clock() + delay)
-                await self._act.wait_timer(self._run, timer)
+                await self._act.wait_timer(self._run, timer, step)
                 continue
             rt.hooks.fire("after_activity", self._act.key)
             self._record(step, f"{kind}.done", name, fp,
@@ -198,7 +216,7 @@ class ActorContext:
             fire_at = self._act.runtime.clock() + seconds
             self._record(step, "timer.start", "sleep", fp, timer=timer, fire_at=fire_at)
             await self._act.start_timer(self._run, timer, fire_at)
-        await self._act.wait_timer(self._run, timer)
+        await self._act.wait_timer(self._run, timer, step)
 
     async def wait_for_event(self, name: str, timeout: float | None = None) -> Any:
         """Wait for `signal(actor, name, payload)`; raise EventTimeout after `timeout` s."""

@@ -72,10 +72,10 @@ class _ReplayActivation(Activation):
     async def start_timer(self, run: Run, timer: str, fire_at: float) -> None:
         raise _NeedsLiveStep("a timer that the journal did not record")
 
-    async def wait_timer(self, run: Run, timer: str) -> None:
+    async def wait_timer(self, run: Run, timer: str, step: Any) -> None:
         raise _NeedsLiveStep(f"timer {timer} had not fired when the journal ends")
 
-    async def wait_event(self, run: Run, step: int, event: str, timer: str | None,
+    async def wait_event(self, run: Run, step: Any, event: str, timer: str | None,
                          op: str = "wait.event") -> Any:
         raise _NeedsLiveStep(f"event {event!r} had not arrived when the journal ends")
 
@@ -119,7 +119,7 @@ async def replay_commits(cls: type[Actor], key: str, commits: list[Commit]) -> R
         for c in run_commits:
             for event in c.get("events", []):
                 run.recorded.setdefault(event["step"], []).append(event)
-        run.replay_until = max(run.recorded, default=-1) + 1
+        run.replay_until = max((k for k in run.recorded if isinstance(k, int)), default=-1) + 1
         rt.now = first["run"]["ts"]
         ctx = ActorContext(act, run)
         method = act.actor.handlers.get(handler)

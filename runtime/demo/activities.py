@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.demo import demo_settings
 from runtime.executor import Executor
-from runtime.settings import load_settings
 
 BUILD = Path(__file__).resolve().parents[2] / "activities" / "build"
 
@@ -72,7 +72,7 @@ def main() -> int:
     if not (BUILD / "echo.wasm").exists():
         print("activities are not built: run `make activities` (make run does it for you)")
         return 1
-    settings = load_settings()
+    settings = demo_settings()
     print(f"Loom demo on the embedded default: blobs in {settings.resolved_blob_url}, "
           f"compiled cache in {settings.resolved_cache_dir}")
     secrets = {"GREETING_TOKEN": "tok-demo-4242"}

@@ -14,11 +14,12 @@ from typing import Any
 
 from runtime import errors
 from runtime.actors import ActorRuntime
+from runtime.demo import demo_settings
 from runtime.demo.activities import BUILD
 from runtime.demo.order_actor import Order
 from runtime.executor import Executor
 from runtime.journal import open_journal
-from runtime.settings import load_settings
+from wdl import load, run_workflow
 
 
 class Provider:
@@ -35,7 +36,7 @@ class Provider:
             if key in self._seen:
                 self.duplicates += 1
                 return 200, self._seen[key]
-            if path == "/ship" and body.get("address") == "nowhere":
+            if isinstance(body, dict) and body.get("address") == "nowhere":
                 return 422, b'{"error": "cannot ship to nowhere"}'
             self.effects.append((path, key, body))
             reply = {"id": f"{path.strip('/').replace('/', '-')}-{len(self.effects)}", "ok": True}
@@ -82,7 +83,7 @@ def _upload(ex: Executor, port: int) -> None:
 
 
 async def _run(ex: Executor, base: str, provider: Provider) -> None:
-    settings = load_settings()
+    settings = demo_settings()
     journal = open_journal(settings)
     items = [{"sku": "tea", "qty": 2, "unit_cents": 450},
              {"sku": "mug", "qty": 1, "unit_cents": 1200}]
@@ -106,10 +107,18 @@ async def _run(ex: Executor, base: str, provider: Provider) -> None:
             except errors.LoomError as exc:
                 print(f"   -> {type(exc).__name__}: {exc.message}")
         happy = f"order/o{run_id}-happy"
-        print(f"\n== journal of {happy} (loom actor journal order o{run_id}-happy)")
+        print(f"\n== journal of {happy} (LOOM_HOME={settings.home} .venv/bin/loom actor "
+              f"journal order o{run_id}-happy)")
         for c in await journal.read(happy):
             ops = ", ".join(f"{e['op']} {e['name']}" for e in c.get("events", []))
             print(f"   #{c['seq']} {c.get('kind', 'step'):<9} {ops}")
+        wf = load(BUILD.parents[1] / "wdl" / "examples" / "shipping_saga.json")
+        print(f"\n== WDL workflow {wf.ref} (wdl/examples/shipping_saga.json): carrier B "
+              "refuses, carrier A's booking is cancelled")
+        outcome = await run_workflow(
+            rt, wf, {"provider": base, "order": f"o{run_id}-wdl", "address": "nowhere"},
+            instance=f"saga-{run_id}", timeout=30)
+        print(f"   -> {json.dumps(outcome)}")
         unship = f"order/o{run_id}-unshippable"
         print(f"\n== journal of {unship}: the saga refunded the charge")
         for c in await journal.read(unship):
@@ -124,9 +133,11 @@ async def _run(ex: Executor, base: str, provider: Provider) -> None:
 
 def main() -> int:
     # Guest logs go to the `loom.activity.*` loggers; the demo prints its own summary instead.
-    logging.getLogger("loom.activity").propagate = False
+    quiet = logging.getLogger("loom.activity")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
     provider = Provider()
-    with serve(provider) as base, Executor(load_settings()) as ex:
+    with serve(provider) as base, Executor(demo_settings()) as ex:
         print("\n\nDurable actors: an order = price -> charge -> ship (saga) -> wait for delivery")
         _upload(ex, int(base.rsplit(":", 1)[1]))
         asyncio.run(_run(ex, base, provider))
