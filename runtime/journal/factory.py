@@ -19,10 +19,12 @@ def open_journal(settings: LoomSettings) -> JournalStore:
         key = settings.cosmos_key
         if key is None:
             raise errors.SettingsInvalid("a Cosmos journal needs LOOM_COSMOS_KEY")
+        from runtime.backends.factory import open_blob_store
         from runtime.journal.cosmos import CosmosJournal
         endpoint = url.replace("cosmos://", "https://", 1)
         return CosmosJournal(endpoint, key.get_secret_value(), database=settings.cosmos_database,
                              container=settings.cosmos_container,
-                             verify_tls=settings.cosmos_verify_tls)
+                             verify_tls=settings.cosmos_verify_tls,
+                             blob=open_blob_store(settings))
     raise errors.SettingsInvalid(f"LOOM_JOURNAL_URL={url!r}: expected memory://, "
                                  "sqlite:///<path> or cosmos://<host>:<port>")

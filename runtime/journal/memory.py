@@ -22,10 +22,11 @@ class MemoryJournal:
         self._enq = itertools.count()
 
     async def append(self, commit: Commit) -> None:
+        doc = json.dumps(commit)
         seqs = self._commits.setdefault(commit["actor"], {})
         if commit["seq"] in seqs:
             raise JournalConflict(f"commit {commit['actor']}#{commit['seq']} already exists")
-        seqs[commit["seq"]] = json.dumps(commit)
+        seqs[commit["seq"]] = doc
 
     async def read(self, actor: str, after_seq: int = -1) -> list[Commit]:
         seqs = self._commits.get(actor, {})

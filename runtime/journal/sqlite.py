@@ -69,10 +69,14 @@ class SqliteJournal:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 for write, fut in batch:
+                    # a savepoint per write: one failing write fails only its own caller
+                    self._db.execute("SAVEPOINT w")
                     try:
                         results.append((fut, write(self._db), None))
-                    except JournalConflict as exc:
+                    except Exception as exc:
+                        self._db.execute("ROLLBACK TO w")
                         results.append((fut, None, exc))
+                    self._db.execute("RELEASE w")
                 self._db.execute("COMMIT")
                 self.transactions += 1
                 self.writes += len(batch)
@@ -124,8 +128,8 @@ class SqliteJournal:
                time.time_ns(), envelope.get("deliver_at", 0.0), to_json(envelope))
 
         def write(db: sqlite3.Connection) -> bool:
-            cur = db.execute("INSERT OR IGNORE INTO inbox (actor, id, kind, enq, deliver_at, doc)"
-                             " VALUES (?,?,?,?,?,?)", row)
+            cur = db.execute("INSERT INTO inbox (actor, id, kind, enq, deliver_at, doc) VALUES "
+                             "(?,?,?,?,?,?) ON CONFLICT (actor, id) DO NOTHING", row)
             return cur.rowcount == 1
 
         inserted: bool = await self._submit(write)
