@@ -182,7 +182,9 @@ class Activation:
         if failure is None:
             extra["result"] = result
         else:
-            extra["error"] = {**error_record(failure), "type": type(failure).__name__}
+            kind_name = (failure.error_type if isinstance(failure, errors.HandlerFailed)
+                         else type(failure).__name__)
+            extra["error"] = {**error_record(failure), "type": kind_name}
         reply_to = run.msg.get("reply_to")
         if reply_to:
             payload = {"result": result} if failure is None else {"error": extra["error"]}

@@ -89,6 +89,30 @@ def check_source(source: str, path: str = "<actor module>") -> list[Violation]:
             return
         found.append(Violation(path, line, rule, message))
 
+    # Names bound by imports, so aliases resolve: `import time as t` makes `t` mean `time`,
+    # `from datetime import datetime as dt` makes `dt` mean `datetime.datetime`.
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                aliases[alias.asname or alias.name.split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def canonical(dotted: str) -> str:
+        root, _, rest = dotted.partition(".")
+        full = aliases.get(root, root)
+        return f"{full}.{rest}" if rest else full
+
+    def forbidden_attr(dotted: str) -> str | None:
+        full = canonical(dotted)
+        for pattern, advice in FORBIDDEN_ATTRS.items():
+            if full == pattern or full.endswith("." + pattern):
+                return advice
+        return None
+
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -100,19 +124,20 @@ def check_source(source: str, path: str = "<actor module>") -> list[Violation]:
                 flag(node, "forbidden-import", f"from {node.module} import ...: "
                      f"{FORBIDDEN_MODULES[node.module]}")
             for alias in node.names:
-                if (node.module, alias.name) in FORBIDDEN_FROM:
+                full = f"{node.module}.{alias.name}"
+                if full in FORBIDDEN_MODULES:
+                    flag(node, "forbidden-import", f"from {node.module} import {alias.name}: "
+                         f"{FORBIDDEN_MODULES[full]}")
+                elif (node.module, alias.name) in FORBIDDEN_FROM:
                     flag(node, "ambient-nondeterminism",
                          f"from {node.module} import {alias.name}: not replayable")
         elif isinstance(node, ast.Attribute):
             dotted = _dotted(node)
-            if dotted is None:
-                continue
-            for pattern, advice in FORBIDDEN_ATTRS.items():
-                if dotted == pattern or dotted.endswith("." + pattern):
-                    flag(node, "ambient-nondeterminism", f"{dotted}: {advice}")
-                    break
+            advice = forbidden_attr(dotted) if dotted is not None else None
+            if dotted is not None and advice is not None:
+                flag(node, "ambient-nondeterminism", f"{dotted}: {advice}")
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-              and node.func.id in FORBIDDEN_CALLS):
+              and node.func.id in FORBIDDEN_CALLS and node.func.id not in aliases):
             flag(node, "io", f"{node.func.id}(): {FORBIDDEN_CALLS[node.func.id]}")
     return sorted(found, key=lambda v: v.line)
 

@@ -83,7 +83,8 @@ class Breakers:
         try:
             return breaker.call(fn)
         except pybreaker.CircuitBreakerError as exc:
-            cause = exc.__cause__ if isinstance(exc.__cause__, errors.LoomError) else None
+            origin = exc.__cause__ or exc.__context__  # pybreaker raises inside its except
+            cause = origin if isinstance(origin, errors.LoomError) else None
             raise errors.CircuitOpen(
                 f"circuit breaker for {activity!r} is open"
                 + (f" (tripped by: {cause.message})" if cause else ""), activity=activity,

@@ -27,6 +27,18 @@ log = logging.getLogger("loom.actors")
 Invariant = Callable[[str, Any, Any, list[dict[str, Any]]], "bool | str | None"]
 
 
+def _reply_of(commit: dict[str, Any]) -> Any:
+    """The handler's result from its completing commit, or the error it ended with."""
+    if "error" not in commit:
+        return commit.get("result")
+    err = commit["error"]
+    if err.get("code") == errors.ErrorCode.INVARIANT_VIOLATED.value:
+        raise errors.InvariantViolated("(recorded)", err.get("message", ""),
+                                       actor=str(commit.get("actor")))
+    raise errors.HandlerFailed(err.get("message", "handler failed"),
+                               error_type=err.get("type", "Error"), error_code=err.get("code"))
+
+
 class Hooks:
     """Named points in the commit path where tests inject faults.
 
@@ -146,8 +158,14 @@ class ActorRuntime:
         msg_id = msg_id or str(uuid.uuid4())
         fut = asyncio.get_running_loop().create_future()
         self._waiters[msg_id] = fut
+        ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
         try:
-            await self.send(target, handler, payload, msg_id=msg_id)
+            env = self.envelope(ref, handler, payload, msg_id=msg_id)
+            if not await self.journal.enqueue(env):  # seen before: it may be done already
+                done = await self.outcome(ref, msg_id)
+                if done is not None:
+                    return _reply_of(done)
+            self.notify(str(ref))
             return await asyncio.wait_for(fut, timeout)
         finally:
             self._waiters.pop(msg_id, None)
