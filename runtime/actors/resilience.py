@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pybreaker
@@ -54,7 +55,13 @@ def _not_a_fault(exc: BaseException) -> bool:
 
 
 class Breakers:
-    """One pybreaker.CircuitBreaker per activity name; storage is pluggable."""
+    """One pybreaker.CircuitBreaker per activity name; storage is pluggable.
+
+    pybreaker holds its lock for the whole guarded call, which would serialise every
+    activity of a process. So the call runs outside: an open breaker (or a half-open one
+    whose single trial is in flight) fails fast first, then the finished outcome is passed
+    through `breaker.call` so pybreaker's own state machine counts it.
+    """
 
     def __init__(self, *, fail_max: int = 5, reset_timeout: float = 30.0,
                  storage: Callable[[str], pybreaker.CircuitBreakerStorage] | None = None) -> None:
@@ -62,6 +69,8 @@ class Breakers:
         self.reset_timeout = reset_timeout
         self._storage = storage
         self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
+        self._stores: dict[str, pybreaker.CircuitBreakerStorage] = {}
+        self._trials: set[str] = set()
         self._lock = threading.Lock()
 
     def get(self, activity: str) -> pybreaker.CircuitBreaker:
@@ -70,22 +79,60 @@ class Breakers:
             with self._lock:
                 breaker = self._breakers.get(activity)
                 if breaker is None:
-                    storage = self._storage(activity) if self._storage else None
+                    storage = (self._storage(activity) if self._storage
+                               else pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED))
                     breaker = pybreaker.CircuitBreaker(
                         fail_max=self.fail_max, reset_timeout=self.reset_timeout,
                         exclude=[_not_a_fault], name=activity, state_storage=storage)
+                    self._stores[activity] = storage
                     self._breakers[activity] = breaker
         return breaker
 
+    def _admit(self, activity: str, breaker: pybreaker.CircuitBreaker) -> bool:
+        """Fail fast while open; let exactly one trial through once the timeout passed.
+
+        Returns True when this call is the half-open trial.
+        """
+        state = breaker.current_state
+        if state == pybreaker.STATE_CLOSED:
+            return False
+        opened_at = self._stores[activity].opened_at
+        if state == pybreaker.STATE_OPEN and opened_at is not None and \
+                datetime.now(UTC) < opened_at + timedelta(seconds=self.reset_timeout):
+            raise errors.CircuitOpen(f"circuit breaker for {activity!r} is open",
+                                     activity=activity, details={"state": state})
+        with self._lock:
+            if activity in self._trials:
+                raise errors.CircuitOpen(f"circuit breaker for {activity!r} is half-open and "
+                                         "its trial call is in flight", activity=activity,
+                                         details={"state": "half-open"})
+            self._trials.add(activity)
+        return True
+
     def call(self, activity: str, fn: Callable[[], Any]) -> Any:
-        """Run `fn` through the activity's breaker; an open breaker raises CircuitOpen."""
+        """Run `fn` guarded by the activity's breaker; an open breaker raises CircuitOpen."""
         breaker = self.get(activity)
+        trial = self._admit(activity, breaker)
         try:
-            return breaker.call(fn)
-        except pybreaker.CircuitBreakerError as exc:
-            origin = exc.__cause__ or exc.__context__  # pybreaker raises inside its except
-            cause = origin if isinstance(origin, errors.LoomError) else None
-            raise errors.CircuitOpen(
-                f"circuit breaker for {activity!r} is open"
-                + (f" (tripped by: {cause.message})" if cause else ""), activity=activity,
-                details={"state": breaker.current_state}) from None
+            try:
+                value, error = fn(), None
+            except Exception as exc:
+                value, error = None, exc
+
+            def outcome() -> Any:
+                if error is not None:
+                    raise error
+                return value
+
+            try:
+                return breaker.call(outcome)
+            except pybreaker.CircuitBreakerError:
+                cause = f" (tripped by: {error.message})" if isinstance(
+                    error, errors.LoomError) else ""
+                raise errors.CircuitOpen(
+                    f"circuit breaker for {activity!r} is open{cause}", activity=activity,
+                    details={"state": breaker.current_state}) from error
+        finally:
+            if trial:
+                with self._lock:
+                    self._trials.discard(activity)
