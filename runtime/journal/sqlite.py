@@ -1,9 +1,11 @@
 """The journal on SQLite (WAL, synchronous=FULL by default): the embedded default.
 
-Writes use group commit: every write issued during one event-loop turn joins a single
-transaction, so many actors share one fsync. Each write still succeeds or fails on its
-own (a conflicting append fails only its caller), and no caller resumes before the
-transaction holding its write is durable.
+Writes use group commit on a writer thread with its own connection: every write issued
+while the previous transaction is being written joins the next one, so many actors share
+one fsync and the event loop never waits for the disk. Each write still succeeds or fails
+on its own (a conflicting append fails only its caller), and no caller resumes before the
+transaction holding its write is durable. Reads use a second connection (WAL readers do
+not block on the writer).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,54 +46,77 @@ class SqliteJournal:
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.url = f"sqlite:///{self.path}"
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                                   timeout=30)
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._db = self._connect(synchronous)  # reads, on the event loop
         self._db.executescript(SCHEMA)
+        self._writer = self._connect(synchronous)  # writes, on the writer thread
+        self._lock = threading.Lock()
         self._batch: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._flushing = False
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="loom-journal")
         self.transactions = 0
         self.writes = 0
 
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                             timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        return db
+
     # -- group commit ----------------------------------------------------------------------
+    # Writes queue up while a transaction is being written and fsynced on the writer
+    # thread; the next transaction takes all of them. The loop never waits for the disk.
     def _submit(self, write: Write) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._batch.append((write, fut))
-        if len(self._batch) == 1:
-            loop.call_soon(self._flush)
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._start_flush, loop)
         return fut
 
-    def _flush(self) -> None:
+    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._batch = self._batch, []
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                for write, fut in batch:
-                    # a savepoint per write: one failing write fails only its own caller
-                    self._db.execute("SAVEPOINT w")
-                    try:
-                        results.append((fut, write(self._db), None))
-                    except Exception as exc:
-                        self._db.execute("ROLLBACK TO w")
-                        results.append((fut, None, exc))
-                    self._db.execute("RELEASE w")
-                self._db.execute("COMMIT")
-                self.transactions += 1
-                self.writes += len(batch)
-            except Exception as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                results = [(fut, None, exc) for _, fut in batch]
-        for fut, value, error in results:
+        if not batch:
+            self._flushing = False
+            return
+        done = loop.run_in_executor(self._thread, self._write_batch, batch)
+        done.add_done_callback(lambda f: self._finish(loop, f))
+
+    def _finish(self, loop: asyncio.AbstractEventLoop,
+                done: asyncio.Future[list[tuple[asyncio.Future[Any], Any, Any]]]) -> None:
+        for fut, value, error in done.result():
             if fut.done():
                 continue
             if error is not None:
                 fut.set_exception(error)
             else:
                 fut.set_result(value)
+        self._start_flush(loop)
+
+    def _write_batch(self, batch: list[tuple[Write, asyncio.Future[Any]]]
+                     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        db = self._writer
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for write, fut in batch:
+                # a savepoint per write: one failing write fails only its own caller
+                db.execute("SAVEPOINT w")
+                try:
+                    results.append((fut, write(db), None))
+                except Exception as exc:
+                    db.execute("ROLLBACK TO w")
+                    results.append((fut, None, exc))
+                db.execute("RELEASE w")
+            db.execute("COMMIT")
+            self.transactions += 1
+            self.writes += len(batch)
+        except Exception as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            results = [(fut, None, exc) for _, fut in batch]
+        return results
 
     # -- commits ---------------------------------------------------------------------------
     async def append(self, commit: Commit) -> None:
@@ -186,7 +212,9 @@ class SqliteJournal:
         return purged
 
     async def close(self) -> None:
-        if self._batch:
-            self._flush()
+        while self._flushing or self._batch:
+            await asyncio.sleep(0.001)
+        self._thread.shutdown(wait=True)
         with self._lock:
             self._db.close()
+        self._writer.close()
