@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 bench: activities
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python benchmarks/bench_executor.py
+	$(BIN)/python benchmarks/bench_actors.py
 
 sandbox: activities
 	$(BIN)/loom sandbox activities/build/$(ACTIVITY).wasm \

@@ -106,7 +106,7 @@ class ActivityManifest(Strict):
     """Describes one immutable activity version."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    version: str
+    version: str = Field(json_schema_extra={"pattern": SEMVER.pattern})
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
     abi: AbiKind = AbiKind.CORE_V1
     description: str = ""

@@ -97,7 +97,7 @@ class Workflow(WdlModel):
     """A workflow definition. Running instances keep the version they started with."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    version: str
+    version: str = Field(json_schema_extra={"pattern": SEMVER.pattern})
     description: str = ""
     input_schema: dict[str, Any] | None = None
     output_schema: dict[str, Any] | None = None

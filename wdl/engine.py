@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import ChainMap
 from typing import Any
 
 from runtime import errors
@@ -26,9 +27,13 @@ from schemas.wdl import (
     Workflow,
 )
 from wdl.expressions import ExpressionError, evaluate, interpolate
-from wdl.validate import output_var
+from wdl.validate import declared_vars, output_var
 
 log = logging.getLogger("loom.wdl")
+
+
+class _Aborted(Exception):
+    """A parallel branch stopped because a sibling failed."""
 
 
 class WorkflowActor(Actor, type_name="workflow"):
@@ -40,12 +45,17 @@ class WorkflowActor(Actor, type_name="workflow"):
     @handler
     async def start(self, ctx: ActorContext, payload: dict[str, Any]) -> dict[str, Any]:
         wf = Workflow.model_validate(payload["workflow"])
+        # A variable set only on some paths (one branch of a condition) reads as null.
+        self._unset = {var: None for var in declared_vars(wf.steps)}
         self.state.update(workflow=wf.ref, status="running", vars={"input": payload.get("input")})
         saga = ctx.saga()
         try:
             await self._steps(ctx, wf.steps, self.state["vars"], saga)
-            output = interpolate(wf.output, self.state["vars"]) if wf.output is not None \
+            output = interpolate(wf.output, self._view(self.state["vars"])) \
+                if wf.output is not None \
                 else {k: v for k, v in self.state["vars"].items() if k != "input"}
+        except (errors.NonDeterminismError, errors.JournalConflict):
+            raise  # the runtime stops this actor; compensating now would act on a guess
         except (errors.LoomError, ExpressionError) as exc:
             undone = [activity for activity, _, _ in reversed(saga.steps)]
             await saga.compensate()
@@ -57,10 +67,15 @@ class WorkflowActor(Actor, type_name="workflow"):
         self.state.update(status="completed", output=output)
         return {"status": "completed", "output": output}
 
+    def _view(self, scope: dict[str, Any]) -> ChainMap[str, Any]:
+        return ChainMap(scope, self._unset)
+
     async def _steps(self, ctx: ActorContext, steps: list[Step], scope: dict[str, Any],
-                     saga: Saga) -> Any:
+                     saga: Saga, abort: asyncio.Event | None = None) -> Any:
         last: Any = None
         for step in steps:
+            if abort is not None and abort.is_set() and not ctx.next_step_recorded():
+                raise _Aborted()  # a sibling branch failed: start nothing new
             last = await self._step(ctx, step, scope, saga)
             var = output_var(step)
             if var is not None:
@@ -69,29 +84,46 @@ class WorkflowActor(Actor, type_name="workflow"):
             log.info("workflow %s: step %s (%s) done", ctx.actor, step.id, step.kind)
             if step.compensation is not None:
                 comp = step.compensation
-                saga.add(comp.activity, interpolate(comp.input, scope), version=comp.version)
+                saga.add(comp.activity, interpolate(comp.input, self._view(scope)),
+                         version=comp.version)
         return last
 
     async def _step(self, ctx: ActorContext, step: Step, scope: dict[str, Any],
                     saga: Saga) -> Any:
+        view = self._view(scope)
         if isinstance(step, ActivityStep):
-            return await ctx.call_activity(step.activity, interpolate(step.input, scope),
+            return await ctx.call_activity(step.activity, interpolate(step.input, view),
                                            version=step.version, retry=step.retry,
                                            timeout_ms=step.timeout_ms)
         if isinstance(step, AgentStep):
-            ref = ActorRef(step.type, str(interpolate(step.actor_id, scope)))
-            return await ctx.ask(ref, step.handler, interpolate(step.input, scope),
+            ref = ActorRef(step.type, str(interpolate(step.actor_id, view)))
+            return await ctx.ask(ref, step.handler, interpolate(step.input, view),
                                  timeout=step.timeout_s)
         if isinstance(step, ParallelStep):
+            original = dict(scope)
             scopes = [dict(scope) for _ in step.branches]
-            results = await asyncio.gather(*[
-                self._steps(ctx.branch(f"{step.id}.{i}"), branch, scopes[i], saga)
-                for i, branch in enumerate(step.branches)])
-            for branch_scope in scopes:
-                scope.update({k: v for k, v in branch_scope.items() if k not in scope})
+            abort = asyncio.Event()
+
+            async def branch(i: int, steps: list[Step]) -> Any:
+                try:
+                    return await self._steps(ctx.branch(f"{step.id}.{i}"), steps, scopes[i],
+                                             saga, abort)
+                except BaseException:
+                    abort.set()
+                    raise
+
+            results = await asyncio.gather(*[branch(i, b) for i, b in enumerate(step.branches)],
+                                           return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)
+                        and not isinstance(r, _Aborted)]
+            if failures:
+                raise failures[0]
+            for branch_scope in scopes:  # what each branch wrote, later branches last
+                scope.update({k: v for k, v in branch_scope.items()
+                              if k not in original or v is not original[k]})
             return list(results)
         if isinstance(step, ConditionStep):
-            chosen = step.then if evaluate(step.if_, scope) else step.else_
+            chosen = step.then if evaluate(step.if_, view) else step.else_
             return await self._steps(ctx, chosen, scope, saga)
         if isinstance(step, WaitStep):
             try:

@@ -13,10 +13,10 @@ import ast
 import json
 import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-REF = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+REF = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 LITERALS = {"true": True, "false": False, "null": None, "True": True, "False": False,
             "None": None}
 COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
@@ -89,7 +89,7 @@ def roots(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id not in LITERALS}
 
 
-def _eval(node: ast.AST, scope: dict[str, Any]) -> Any:
+def _eval(node: ast.AST, scope: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name):
@@ -115,7 +115,11 @@ def _eval(node: ast.AST, scope: dict[str, Any]) -> Any:
         return any(_truthy(_eval(v, scope)) for v in node.values)
     if isinstance(node, ast.UnaryOp):
         value = _eval(node.operand, scope)
-        return (not _truthy(value)) if isinstance(node.op, ast.Not) else -value
+        if isinstance(node.op, ast.Not):
+            return not _truthy(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ExpressionError(f"cannot negate {value!r}")
+        return -value
     if isinstance(node, ast.List | ast.Tuple):
         return [_eval(e, scope) for e in node.elts]
     if isinstance(node, ast.Compare):
@@ -142,7 +146,7 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def evaluate(expr: str, scope: dict[str, Any]) -> Any:
+def evaluate(expr: str, scope: Mapping[str, Any]) -> Any:
     return _eval(compile_expression(expr), scope)
 
 
@@ -153,13 +157,14 @@ def references(value: Any, pointer: str = "") -> Iterator[tuple[str, str]]:
             yield pointer, match.group(1)
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from references(v, f"{pointer}/{k}")
+            escaped = str(k).replace("~", "~0").replace("/", "~1")  # RFC 6901
+            yield from references(v, f"{pointer}/{escaped}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
             yield from references(v, f"{pointer}/{i}")
 
 
-def interpolate(value: Any, scope: dict[str, Any]) -> Any:
+def interpolate(value: Any, scope: Mapping[str, Any]) -> Any:
     """Replace references. A string that is exactly one reference keeps the value's type."""
     if isinstance(value, str):
         whole = REF.fullmatch(value.strip())

@@ -63,8 +63,7 @@ def validate(raw: Any, *, source: str = "workflow",
     try:
         wf = Workflow.model_validate(raw)
     except ValidationError as exc:
-        problems = [{"path": "/" + "/".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                    for e in exc.errors()]
+        problems = [{"path": _pointer(e["loc"]), "message": e["msg"]} for e in exc.errors()]
         raise errors.WorkflowInvalid(source, problems) from None
     problems = _Checker(wf, known_activity).run()
     if problems:
@@ -170,6 +169,33 @@ class _Checker:
                     self.problem(f"{here}/compensation/activity",
                                  f"activity {comp.activity} is not registered")
         return defined
+
+
+STEP_KINDS = {"activity", "agent", "parallel", "condition", "wait", "sleep"}
+ALIASES = {"if_": "if", "else_": "else"}
+
+
+def _pointer(loc: tuple[Any, ...]) -> str:
+    """A JSON pointer from a pydantic location, without the union tags pydantic inserts."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and part in STEP_KINDS and i > 0 and isinstance(loc[i - 1], int):
+            continue
+        text = ALIASES.get(str(part), str(part))
+        parts.append(text.replace("~", "~0").replace("/", "~1"))
+    return "/" + "/".join(parts)
+
+
+def declared_vars(steps: list[Step]) -> set[str]:
+    """Every output variable any step (at any depth) can set."""
+    found: set[str] = set()
+    for step in steps:
+        var = output_var(step)
+        if var is not None:
+            found.add(var)
+        for sub, _ in _children(step):
+            found |= declared_vars(sub)
+    return found
 
 
 def _children(step: Any) -> list[tuple[list[Step], str]]:

@@ -212,19 +212,24 @@ class Activation:
                      extra: dict[str, Any] | None = None) -> None:
         rt = self.runtime
         async with self.commit_lock:
+            # Take what is outstanding now: concurrent branches may add more while we wait.
+            events, run.pending = run.pending, []
+            outbox, run.outbox = run.outbox, []
             doc: Commit = {"actor": self.key, "seq": self.seq + 1, "ts": rt.clock(),
                            "run": {"msg": run.msg_id, "ts": run.ts, "start": run.start_seq},
-                           "events": run.pending, "outbox": run.outbox,
-                           "consumed": consumed or []}
+                           "events": events, "outbox": outbox, "consumed": consumed or []}
             if not run.announced:
                 doc["message"] = run.msg
             if extra:
                 doc.update(extra)
             rt.hooks.fire("before_commit", self.key)
-            await rt.journal.append(doc)
+            try:
+                await rt.journal.append(doc)
+            except BaseException:
+                run.pending[:0], run.outbox[:0] = events, outbox
+                raise
             self.seq += 1
             run.announced = True
-            outbox, run.pending, run.outbox = run.outbox, [], []
             rt.hooks.fire("after_commit", self.key)
             await rt.dispatch(outbox)
             if consumed:

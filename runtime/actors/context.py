@@ -104,6 +104,11 @@ class ActorContext:
     def uuid(self) -> uuid.UUID:
         return uuid.UUID(int=self.random().getrandbits(128), version=4)
 
+    def next_step_recorded(self) -> bool:
+        """Whether the journal already holds the step this context will allocate next."""
+        step: Any = self._run.step if self._prefix is None else f"{self._prefix}{self._counter}"
+        return step in self._run.recorded
+
     @property
     def replaying(self) -> bool:
         return self._run.step < self._run.replay_until

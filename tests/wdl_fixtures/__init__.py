@@ -1,0 +1,1 @@
+"""Fixtures of the WDL tests: a lint-clean child actor module and workflow files."""
