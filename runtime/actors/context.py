@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from runtime import errors
 from runtime.actors.actor import ActorRef
@@ -29,11 +29,10 @@ if TYPE_CHECKING:
 
 
 def digest(value: Any) -> str:
-    """A short stable fingerprint of JSON-able arguments."""
+    """A short stable fingerprint of JSON-able arguments (key order as the code built it)."""
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return hashlib.blake2b(to_json(value, fallback=str), digest_size=8).hexdigest()
 
 
 def error_record(exc: errors.LoomError) -> dict[str, Any]:
