@@ -6,7 +6,14 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from schemas.errors import ErrorCode
 from schemas.json_schema import SchemaError, compile_schema
@@ -19,6 +26,17 @@ SEMVER = re.compile(
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 MiB = 1024 * 1024
+
+
+def _check_semver(v: str) -> str:
+    if not SEMVER.fullmatch(v):
+        raise ValueError(f"{v!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+    return v
+
+
+SemVer = Annotated[str, AfterValidator(_check_semver),
+                   Field(json_schema_extra={"pattern": SEMVER.pattern})]
+"""A semantic version string (semver.org 2.0.0)."""
 
 
 class Strict(BaseModel):
@@ -106,7 +124,7 @@ class ActivityManifest(Strict):
     """Describes one immutable activity version."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    version: str = Field(json_schema_extra={"pattern": SEMVER.pattern})
+    version: SemVer
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
     abi: AbiKind = AbiKind.CORE_V1
     description: str = ""
@@ -119,13 +137,6 @@ class ActivityManifest(Strict):
         default=False,
         description="Keep a warm instance between calls of one tenant (guest state survives).",
     )
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, v: str) -> str:
-        if not SEMVER.fullmatch(v):
-            raise ValueError(f"{v!r} is not a semantic version (MAJOR.MINOR.PATCH)")
-        return v
 
     @field_validator("input_schema", "output_schema")
     @classmethod

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.manifest import NAME_PATTERN, SEMVER, RetryPolicy
+from schemas.manifest import NAME_PATTERN, RetryPolicy, SemVer
 
 STEP_ID = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
@@ -97,19 +97,12 @@ class Workflow(WdlModel):
     """A workflow definition. Running instances keep the version they started with."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    version: str = Field(json_schema_extra={"pattern": SEMVER.pattern})
+    version: SemVer
     description: str = ""
     input_schema: dict[str, Any] | None = None
     output_schema: dict[str, Any] | None = None
     steps: Annotated[list[Step], Field(min_length=1)]
     output: Any = None
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, v: str) -> str:
-        if not SEMVER.fullmatch(v):
-            raise ValueError(f"{v!r} is not a semantic version (MAJOR.MINOR.PATCH)")
-        return v
 
     @property
     def ref(self) -> str:
