@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -200,9 +201,11 @@ class Activation:
             run.outbox.append(rt.envelope(ActorRef.parse(reply_to), None, payload,
                                           msg_id=f"reply:{run.msg_id}", kind="event",
                                           name=f"reply:{run.msg_id}", sender=self.key))
-        await self.commit(run, consumed=[run.msg_id], extra=extra)
+        # The asker is answered as soon as the outcome is durable; dispatch and consume
+        # follow before this actor starts its next run.
+        await self.commit(run, consumed=[run.msg_id], extra=extra,
+                          durable=lambda: rt.resolve(run.msg_id, result, failure))
         self.committed_state = state
-        rt.resolve(run.msg_id, result, failure)
 
     def _break(self, run: Run, exc: errors.LoomError) -> None:
         log.error("%s", exc)
@@ -218,7 +221,8 @@ class Activation:
 
     # -- commits ---------------------------------------------------------------------------
     async def commit(self, run: Run, *, consumed: list[str] | None = None,
-                     extra: dict[str, Any] | None = None) -> None:
+                     extra: dict[str, Any] | None = None,
+                     durable: Callable[[], None] | None = None) -> None:
         rt = self.runtime
         async with self.commit_lock:
             # Take what is outstanding now: concurrent branches may add more while we wait.
@@ -239,6 +243,8 @@ class Activation:
                 raise
             self.seq += 1
             run.announced = True
+            if durable is not None:
+                durable()
             rt.hooks.fire("after_commit", self.key)
             await rt.dispatch(outbox)
             # Consumed last: an unconsumed entry marks unfinished business (a dispatch cut
