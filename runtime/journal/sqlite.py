@@ -61,6 +61,8 @@ class SqliteJournal:
                              timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        db.execute("PRAGMA wal_autocheckpoint=8192")
+        db.execute("PRAGMA cache_size=-65536")
         return db
 
     # -- group commit ----------------------------------------------------------------------
