@@ -138,6 +138,11 @@ async def replay_commits(cls: type[Actor], key: str, commits: list[Commit]) -> R
                     status, detail = "diverged", "the final state differs from the journal"
                 elif _canon(result) != _canon(last.get("result")):
                     status, detail = "diverged", "the result differs from the journal"
+                else:  # would today's invariants have refused this recorded step?
+                    events = [e for c in run_commits for e in c.get("events", [])]
+                    verdict = _invariants(act, before, last["state"], events)
+                    if verdict is not None:
+                        status, detail = "diverged", verdict
             elif "state" not in last:
                 status, detail = "incomplete", "the journal ends before this run completed"
         except errors.NonDeterminismError as exc:
@@ -150,6 +155,19 @@ async def replay_commits(cls: type[Actor], key: str, commits: list[Commit]) -> R
                 status, detail = "diverged", f"the handler now raises {type(exc).__name__}: {exc}"
         report.runs.append(RunReport(msg_id, handler, run.start_seq, status, detail))
     return report
+
+
+def _invariants(act: Activation, before: Any, after: Any,
+                events: list[dict[str, Any]]) -> str | None:
+    for name, attr in act.actor.invariants.items():
+        try:
+            verdict = getattr(act.actor, attr)(before, after, events)
+        except Exception as exc:
+            verdict = f"raised {type(exc).__name__}: {exc}"
+        if verdict is False or isinstance(verdict, str):
+            why = verdict if isinstance(verdict, str) else "returned False"
+            return f"invariant {name!r} would refuse this recorded step: {why}"
+    return None
 
 
 def _canon(value: Any) -> str:
