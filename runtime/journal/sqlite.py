@@ -25,16 +25,18 @@ from runtime.journal.store import Commit, Envelope, JournalConflict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
-    actor TEXT NOT NULL, seq INTEGER NOT NULL, has_state INTEGER NOT NULL, doc BLOB NOT NULL,
-    PRIMARY KEY (actor, seq)) WITHOUT ROWID;
+    actor TEXT NOT NULL, seq INTEGER NOT NULL, has_state INTEGER NOT NULL, doc BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS commits_key ON commits (actor, seq);
 CREATE INDEX IF NOT EXISTS commits_state ON commits (actor, seq) WHERE has_state = 1;
 CREATE TABLE IF NOT EXISTS inbox (
     actor TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, enq INTEGER NOT NULL,
-    deliver_at REAL NOT NULL, consumed_at REAL, doc BLOB NOT NULL,
-    PRIMARY KEY (actor, id)) WITHOUT ROWID;
+    deliver_at REAL NOT NULL, consumed_at REAL, doc BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_key ON inbox (actor, id);
 CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (actor, enq) WHERE consumed_at IS NULL;
 CREATE INDEX IF NOT EXISTS inbox_due ON inbox (deliver_at) WHERE consumed_at IS NULL;
 """
+# Rowid tables: new rows append to the same few pages, and the unique indexes carry only
+# the short keys, so one group commit touches far fewer pages than keyed tables would.
 Write = Callable[[sqlite3.Connection], Any]
 
 
