@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import random
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -306,7 +305,6 @@ class _TimedOut:
 
 
 _TIMED_OUT = _TimedOut()
-Sleeper = Callable[[float], Awaitable[None]]
 
 
 def _unwrap_reply(payload: Any, ref: ActorRef, handler: str) -> Any:
