@@ -248,7 +248,8 @@ class Azurite(ProcessServer):
                 f"AccountKey={AZURITE_KEY};BlobEndpoint={self.blob_endpoint};")
 
     def env(self) -> dict[str, str]:
-        return {"LOOM_AZURE_STORAGE_CONNECTION_STRING": self.connection_string}
+        return {"LOOM_BLOB_URL": "azure://loom",
+                "LOOM_AZURE_STORAGE_CONNECTION_STRING": self.connection_string}
 
 
 class CosmosServer(ProcessServer):
@@ -273,8 +274,10 @@ class CosmosServer(ProcessServer):
         return f"https://{HOST}:{self.port}"
 
     def env(self) -> dict[str, str]:
-        return {"LOOM_COSMOS_ENDPOINT": self.endpoint, "LOOM_COSMOS_KEY": self.key,
-                "LOOM_COSMOS_CERT": str(self.cert_path)}
+        # The emulator's certificate is self-signed and expired: loopback use only.
+        return {"LOOM_JOURNAL_URL": self.endpoint.replace("https://", "cosmos://", 1),
+                "LOOM_COSMOS_KEY": self.key, "LOOM_COSMOS_VERIFY_TLS": "false",
+                "SSL_CERT_FILE": str(self.cert_path)}
 
 
 class RedisServer(ProcessServer):
@@ -297,7 +300,7 @@ class RedisServer(ProcessServer):
         return f"redis://{HOST}:{self.port}/0"
 
     def env(self) -> dict[str, str]:
-        return {"LOOM_REDIS_URL": self.url}
+        return {"LOOM_QUEUE_URL": self.url}  # the distributed queue (next milestone)
 
 
 # ---------------------------------------------------------------- in-process HTTP server
@@ -535,8 +538,6 @@ def main(argv: list[str]) -> int:
             for s in servers:
                 for k, v in s.env().items():
                     print(f"export {k}={shlex.quote(v)}")
-            if any(isinstance(s, CosmosServer) for s in servers):
-                print(f"export SSL_CERT_FILE={shlex.quote(str(COSMOS_CERT))}")
             sys.stdout.flush()
             print("# serving; Ctrl-C or SIGTERM stops", file=sys.stderr)
             while not stop.wait(1.0):

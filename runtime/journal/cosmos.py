@@ -40,6 +40,7 @@ import hashlib
 import json
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -47,6 +48,7 @@ from urllib.parse import urlsplit
 from azure.core.exceptions import AzureError
 from azure.cosmos import ContainerProxy, CosmosClient, PartitionKey
 from azure.cosmos.exceptions import CosmosHttpResponseError
+from urllib3.exceptions import InsecureRequestWarning
 
 from runtime import errors
 from runtime.backends.blob import BlobStore
@@ -191,6 +193,8 @@ class CosmosJournal:
             details={"status": status, "actor": actor, "op": op}) from exc
 
     def _connect(self) -> ContainerProxy:
+        if not self.verify_tls:  # an explicit, documented opt-out (the loopback emulator)
+            warnings.filterwarnings("ignore", category=InsecureRequestWarning)
         try:
             client = CosmosClient(self.endpoint, credential=self._key,
                                   connection_verify=self.verify_tls,
