@@ -607,3 +607,17 @@ def test_cosmos_from_settings(cosmos_server: CosmosServer, cosmos_admin: Any) ->
         run(main())
     finally:
         cosmos_admin.delete_container(name)
+
+
+def test_due_actors_without_calls_counts_only_timers_and_events(journal: JournalStore) -> None:
+    async def main() -> None:
+        await journal.enqueue(env("busy/1", "c1"))
+        await journal.enqueue(env("timer/1", "t1", kind="timer", deliver_at=5.0))
+        await journal.enqueue(env("event/1", "e1", kind="event", name="go"))
+        assert sorted(await journal.due_actors(10.0)) == ["busy/1", "event/1", "timer/1"]
+        assert sorted(await journal.due_actors(10.0, calls=False)) == ["event/1", "timer/1"]
+        assert await journal.due_actors(1.0, calls=False) == ["event/1"]  # timer not yet due
+        await journal.consume("event/1", ["e1"], now=2.0)
+        assert await journal.due_actors(1.0, calls=False) == []
+
+    run(main())

@@ -55,6 +55,13 @@ class Run:
     waits: list[Wait] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     before: Any = None
+    inflight: int = 0
+
+    @property
+    def parked(self) -> bool:
+        """Only waiting (timer, event, reply) with nothing running: safe to drop from memory;
+        the journal has everything and the next delivery replays the run."""
+        return bool(self.waits) and self.inflight == 0 and not self.pending and not self.outbox
 
     @property
     def msg_id(self) -> str:
@@ -290,7 +297,6 @@ class Activation:
         if self.broken is not None or self.stale:
             return
         async with self.pump_lock:
-            self.last_used = time.monotonic()
             rt = self.runtime
             calls = 1 if self.run is None else 0
             for env in await rt.journal.inbox(self.key, rt.clock(), calls=calls):
@@ -298,6 +304,7 @@ class Activation:
                 kind = env.get("kind", "call")
                 if kind == "call":
                     if run is None:
+                        self.last_used = time.monotonic()
                         self._start(Run(msg=env, start_seq=self.seq + 1, ts=rt.clock()))
                     continue
                 if run is None or run.task is None or run.task.done():
@@ -308,6 +315,7 @@ class Activation:
 
     async def _deliver(self, run: Run, env: Envelope) -> None:
         kind, name = env.get("kind"), env.get("name")
+        self.last_used = time.monotonic()
         for wait in list(run.waits):
             if wait.future.done():
                 run.waits.remove(wait)

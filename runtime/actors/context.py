@@ -177,10 +177,12 @@ class ActorContext:
             attempts += 1
             await self._act.flush(self._run)  # earlier outcomes are durable before a new effect
             rt.hooks.fire("before_activity", self._act.key)
+            self._run.inflight += 1
             try:
                 result = await rt.run_activity(name, input, version=version,
                                                idempotency_key=key, timeout_ms=timeout_ms)
             except errors.LoomError as exc:
+                self._run.inflight -= 1
                 if not plan.should_retry(exc, attempts):
                     self._record(step, f"{kind}.failed", name, fp,
                                  error=error_record(exc), attempts=attempts)
@@ -198,6 +200,7 @@ class ActorContext:
                 await self._act.start_timer(self._run, timer, rt.clock() + delay)
                 await self._act.wait_timer(self._run, timer, step)
                 continue
+            self._run.inflight -= 1
             rt.hooks.fire("after_activity", self._act.key)
             self._record(step, f"{kind}.done", name, fp,
                          result=result, attempts=attempts)

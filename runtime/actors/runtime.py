@@ -108,6 +108,7 @@ class ActorRuntime:
         self.activations: OrderedDict[str, Activation] = OrderedDict()
         self._pumping: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
+        self._parked: set[str] = set()
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
@@ -232,6 +233,7 @@ class ActorRuntime:
             return None
         activation = Activation(self, ref, cls)
         self.activations[key] = activation
+        self._parked.discard(key)
         await activation.load()
         await self._evict()
         return activation
@@ -240,28 +242,42 @@ class ActorRuntime:
         if self.activations.get(activation.key) is activation:
             del self.activations[activation.key]
 
+    def _evictable(self, key: str, act: Activation) -> bool:
+        """Idle, or parked on a durable wait (a run waiting for days costs no memory)."""
+        return key not in self._pumping and (act.run is None or act.run.parked)
+
+    async def _drop(self, key: str, act: Activation) -> None:
+        if self.activations.get(key) is act:
+            del self.activations[key]
+        if act.run is not None:
+            self._parked.add(key)  # woken by its timer or event, not by its own call
+        await act.deactivate()
+
     async def _evict(self) -> None:
         while len(self.activations) > self.max_activations:
-            for key, act in self.activations.items():
-                if act.run is None and key not in self._pumping:
-                    del self.activations[key]
-                    break
-            else:
+            victim = next(((k, a) for k, a in self.activations.items()
+                           if self._evictable(k, a)), None)
+            if victim is None:
                 return
+            await self._drop(*victim)
 
     async def _sweep_idle(self) -> None:
         cutoff = time.monotonic() - self.idle_timeout_s
         for key, act in list(self.activations.items()):
-            if act.last_used < cutoff and act.run is None and key not in self._pumping:
-                del self.activations[key]
+            if act.last_used < cutoff and self._evictable(key, act):
+                await self._drop(key, act)
 
     async def _timer_loop(self) -> None:
         while not self._closing:
             try:
                 now = self.clock()
+                for key in await self.journal.due_actors(now, calls=False):
+                    self.notify(key)  # a timer fired or an event arrived
                 for key in await self.journal.due_actors(now):
+                    # new calls (e.g. sent by another process); an unfinished run keeps its
+                    # own call unconsumed, so skip actors that are busy or parked
                     act = self.activations.get(key)
-                    if act is None or act.run is None or act.run.waits:
+                    if key not in self._parked and (act is None or act.run is None):
                         self.notify(key)
                 await self._sweep_idle()
                 due = await self.journal.next_due(self.clock())

@@ -414,13 +414,16 @@ class CosmosJournal:
 
         await self._run("consume", actor, patch)
 
-    async def due_actors(self, now: float, limit: int = 1000) -> list[str]:
+    async def due_actors(self, now: float, limit: int = 1000, *,
+                         calls: bool = True) -> list[str]:
+        kinds = "" if calls else " AND c.kind != 'call'"
+
         def due(c: ContainerProxy) -> list[str]:
             found: dict[str, None] = {}
             if limit <= 0:
                 return []
             for actor in self._query(c, f"SELECT VALUE c.actor FROM c WHERE {_PENDING} AND "
-                                        "c.deliver_at <= @now", None, now=now):
+                                        f"c.deliver_at <= @now{kinds}", None, now=now):
                 found[actor] = None
                 if len(found) >= limit:
                     break

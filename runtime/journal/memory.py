@@ -61,9 +61,12 @@ class MemoryJournal:
             if entry is not None and entry[2] is None:
                 box[i] = (entry[0], entry[1], now, entry[3])
 
-    async def due_actors(self, now: float, limit: int = 1000) -> list[str]:
+    async def due_actors(self, now: float, limit: int = 1000, *,
+                         calls: bool = True) -> list[str]:
         return [a for a, box in self._inbox.items()
-                if any(e[2] is None and e[1] <= now for e in box.values())][:limit]
+                if any(e[2] is None and e[1] <= now
+                       and (calls or json.loads(e[3]).get("kind", "call") != "call")
+                       for e in box.values())][:limit]
 
     async def next_due(self, now: float) -> float | None:
         times = [e[1] for box in self._inbox.values() for e in box.values()

@@ -192,9 +192,11 @@ class SqliteJournal:
 
         await self._submit(write)
 
-    async def due_actors(self, now: float, limit: int = 1000) -> list[str]:
+    async def due_actors(self, now: float, limit: int = 1000, *,
+                         calls: bool = True) -> list[str]:
+        kinds = "" if calls else " AND kind != 'call'"
         rows = self._query("SELECT DISTINCT actor FROM inbox WHERE consumed_at IS NULL AND "
-                           "deliver_at<=? LIMIT ?", (now, limit))
+                           f"deliver_at<=?{kinds} LIMIT ?", (now, limit))
         return [r[0] for r in rows]
 
     async def next_due(self, now: float) -> float | None:

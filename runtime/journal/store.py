@@ -49,8 +49,10 @@ class JournalStore(Protocol):
         """Turn entries into tombstones."""
         ...
 
-    async def due_actors(self, now: float, limit: int = 1000) -> list[str]:
-        """Actors with at least one unconsumed inbox entry due at `now`."""
+    async def due_actors(self, now: float, limit: int = 1000, *,
+                         calls: bool = True) -> list[str]:
+        """Actors with at least one unconsumed inbox entry due at `now` (with
+        `calls=False`: only timers and events count)."""
         ...
 
     async def next_due(self, now: float) -> float | None:
