@@ -35,6 +35,9 @@ class LoomSettings(BaseSettings):
     cosmos_database: str = "loom"
     cosmos_container: str = "journal"
     cosmos_verify_tls: bool = True
+    breaker_url: str = Field(default="memory://", description="memory:// or redis://host:port/db")
+    breaker_fail_max: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
 
     @property
     def resolved_blob_url(self) -> str:

@@ -49,6 +49,31 @@ class RetryPlan:
         return float(self.wait(self._state(attempt)))
 
 
+def redis_breaker_storage(url: str, *, prefix: str = "loom:breaker",
+                          ) -> Callable[[str], pybreaker.CircuitBreakerStorage]:
+    """Breaker state shared through Redis, so every worker sees one breaker per activity."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+
+    def storage(activity: str) -> pybreaker.CircuitBreakerStorage:
+        return pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client,
+                                             namespace=f"{prefix}:{activity}")
+
+    return storage
+
+
+def breakers_from_settings(url: str, *, fail_max: int, reset_timeout: float) -> Breakers:
+    """`memory://` (one process) or `redis://host:port/db` (shared by all workers)."""
+    if url.startswith(("redis://", "rediss://")):
+        return Breakers(fail_max=fail_max, reset_timeout=reset_timeout,
+                        storage=redis_breaker_storage(url))
+    if url != "memory://":
+        raise errors.SettingsInvalid(f"LOOM_BREAKER_URL={url!r}: expected memory:// or "
+                                     "redis://host:port/db")
+    return Breakers(fail_max=fail_max, reset_timeout=reset_timeout)
+
+
 def _not_a_fault(exc: BaseException) -> bool:
     """Caller mistakes and business errors do not count against an activity's health."""
     return isinstance(exc, errors.LoomError) and not exc.retryable

@@ -7,6 +7,7 @@ import logging
 import signal
 
 from runtime.actors.loading import actor_classes, load_module
+from runtime.actors.resilience import breakers_from_settings
 from runtime.actors.runtime import ActorRuntime
 from runtime.executor import Executor
 from runtime.journal.factory import open_journal
@@ -27,7 +28,11 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with Executor(settings) as executor:
-        runtime = ActorRuntime(journal, executor, poll_interval_s=poll_interval_s)
+        breakers = breakers_from_settings(settings.breaker_url,
+                                          fail_max=settings.breaker_fail_max,
+                                          reset_timeout=settings.breaker_reset_s)
+        runtime = ActorRuntime(journal, executor, poll_interval_s=poll_interval_s,
+                               breakers=breakers)
         for cls in classes:
             runtime.register(cls)
         await runtime.start()
