@@ -300,7 +300,7 @@ class RedisServer(ProcessServer):
         return f"redis://{HOST}:{self.port}/0"
 
     def env(self) -> dict[str, str]:
-        return {"LOOM_QUEUE_URL": self.url}  # the distributed queue (next milestone)
+        return {"LOOM_BREAKER_URL": self.url}
 
 
 # ---------------------------------------------------------------- in-process HTTP server
