@@ -4,7 +4,8 @@
  * "http" op; the host adds the invocation's Idempotency-Key, which stays the same across
  * retries. The response body is embedded as a JSON value when its Content-Type contains
  * "json" and it is JSON the host can read back, else returned as a string.
- * Errors: host failure (network, timeout, too large) -> retryable, the host's code;
+ * Errors: host failure (network, timeout) -> retryable, the host's code (a response over
+ * the capability's max_response_bytes -> non-retryable response_too_large);
  * 5xx -> retryable upstream_5xx; 4xx -> non-retryable upstream_4xx; any other status
  * outside 200-399 -> non-retryable upstream_status. Logs one line per request. */
 #include "loom.h"
@@ -230,8 +231,10 @@ static int handle(loom_input *in, loom_output *out) {
     log_request(m, url, &r);
 
     if (!r.ok) {
+        /* a response that is too large will be too large again: do not retry it */
+        int again = !(r.error_code && strcmp(r.error_code, "response_too_large") == 0);
         rc = loom_fail_code(out, r.error_code ? r.error_code : "host_call_failed",
-                            r.error ? r.error : "http request failed", 1);
+                            r.error ? r.error : "http request failed", again);
     } else if (r.status >= 500 && r.status <= 599) {
         rc = loom_fail_code(out, "upstream_5xx", status_message(msg, sizeof msg, r.status), 1);
     } else if (r.status >= 400 && r.status <= 499) {
