@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import Response
 
 from runtime import errors
 from runtime.executor import Executor
 from runtime.settings import load_settings
-from servers import Response
 
 BUILD = Path(__file__).resolve().parents[1] / "activities" / "build"
 
