@@ -14,6 +14,7 @@ that is not made.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from typing import Annotated, Any, Union
@@ -49,8 +50,20 @@ class SchemaError(ValueError):
 
 
 def compile_schema(schema: Any) -> TypeAdapter[Any]:
-    """Return a TypeAdapter validating JSON values against `schema` (strict types)."""
-    return TypeAdapter(_type_of(schema, "#"))
+    """Return a TypeAdapter validating JSON values against `schema` (strict types).
+
+    Compiling costs about a millisecond, so equal schemas share one adapter.
+    """
+    try:
+        key = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):
+        raise SchemaError("#", "must be JSON") from None
+    return _compiled(key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(key: str) -> TypeAdapter[Any]:
+    return TypeAdapter(_type_of(json.loads(key), "#"))
 
 
 def _type_of(schema: Any, path: str) -> Any:
