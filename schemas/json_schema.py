@@ -49,53 +49,56 @@ class SchemaError(ValueError):
         self.path = path
 
 
-def compile_schema(schema: Any) -> TypeAdapter[Any]:
+def compile_schema(schema: Any, *, parsed_json: bool = False) -> TypeAdapter[Any]:
     """Return a TypeAdapter validating JSON values against `schema` (strict types).
 
-    Compiling costs about a millisecond, so equal schemas share one adapter.
+    With `parsed_json=True` the values are known to come from a JSON parser, so where the
+    schema allows anything no per-value JSON check is made (faster). Compiling costs
+    about a millisecond, so equal schemas share one adapter.
     """
     try:
         key = json.dumps(schema, sort_keys=True)
     except (TypeError, ValueError):
         raise SchemaError("#", "must be JSON") from None
-    return _compiled(key)
+    return _compiled(key, parsed_json)
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(key: str) -> TypeAdapter[Any]:
-    return TypeAdapter(_type_of(json.loads(key), "#"))
+def _compiled(key: str, parsed_json: bool) -> TypeAdapter[Any]:
+    return TypeAdapter(_type_of(json.loads(key), "#", Any if parsed_json else JsonValue))
 
 
-def _type_of(schema: Any, path: str) -> Any:
+def _type_of(schema: Any, path: str, anything: Any) -> Any:
     if schema is True or schema == {}:
-        return JsonValue
+        return anything
     if not isinstance(schema, dict):
         raise SchemaError(path, "must be an object or true")
     unknown = sorted(set(schema) - KEYWORDS)
     if unknown:
         raise SchemaError(f"{path}/{unknown[0]}", "keyword is not supported")
     if "const" in schema:
-        return _one_of_values([_scalar(schema["const"], f"{path}/const")])
+        return _one_of_values([_scalar(schema["const"], f"{path}/const")], anything)
     if "enum" in schema:
         values = schema["enum"]
         if not isinstance(values, list) or not values:
             raise SchemaError(f"{path}/enum", "must be a non-empty array")
-        return _one_of_values([_scalar(v, f"{path}/enum") for v in values])
+        return _one_of_values([_scalar(v, f"{path}/enum") for v in values], anything)
     if "anyOf" in schema:
         options = schema["anyOf"]
         if not isinstance(options, list) or not options:
             raise SchemaError(f"{path}/anyOf", "must be a non-empty array")
-        return Union[tuple(_type_of(s, f"{path}/anyOf/{i}") for i, s in enumerate(options))]  # noqa: UP007
+        return Union[tuple(  # noqa: UP007
+            _type_of(s, f"{path}/anyOf/{i}", anything) for i, s in enumerate(options))]
     kinds = schema.get("type")
     if kinds is None:
         if set(schema) - ANNOTATIONS:
             raise SchemaError(path, "constraints need a 'type'")
-        return JsonValue
+        return anything
     if isinstance(kinds, list):
         if not kinds:
             raise SchemaError(f"{path}/type", "must not be empty")
-        return Union[tuple(_single(schema, k, path) for k in kinds)]  # noqa: UP007
-    return _single(schema, kinds, path)
+        return Union[tuple(_single(schema, k, path, anything) for k in kinds)]  # noqa: UP007
+    return _single(schema, kinds, path, anything)
 
 
 def _json_equal(a: Any, b: Any) -> bool:
@@ -107,14 +110,14 @@ def _json_equal(a: Any, b: Any) -> bool:
     return bool(a == b) and (a is None) == (b is None)
 
 
-def _one_of_values(values: list[Any]) -> Any:
+def _one_of_values(values: list[Any], anything: Any) -> Any:
     def check(value: Any) -> Any:
         if not any(_json_equal(value, v) for v in values):
             shown = ", ".join(json.dumps(v) for v in values)
             raise ValueError(f"must be {'one of ' if len(values) > 1 else ''}{shown}")
         return value
 
-    return Annotated[JsonValue, AfterValidator(check)]
+    return Annotated[anything, AfterValidator(check)]
 
 
 def _scalar(value: Any, path: str) -> Any:
@@ -137,7 +140,7 @@ def _count(schema: dict[str, Any], key: str, path: str) -> int | None:
     return v
 
 
-def _single(schema: dict[str, Any], kind: Any, path: str) -> Any:
+def _single(schema: dict[str, Any], kind: Any, path: str, anything: Any) -> Any:
     if kind == "string":
         pattern = schema.get("pattern")
         if pattern is not None:
@@ -162,16 +165,16 @@ def _single(schema: dict[str, Any], kind: Any, path: str) -> Any:
     if kind == "null":
         return None
     if kind == "array":
-        item = _type_of(schema.get("items", True), f"{path}/items")
+        item = _type_of(schema.get("items", True), f"{path}/items", anything)
         return Annotated[list[item], Field(  # type: ignore[valid-type]
             min_length=_count(schema, "minItems", path),
             max_length=_count(schema, "maxItems", path))]
     if kind == "object":
-        return _object(schema, path)
+        return _object(schema, path, anything)
     raise SchemaError(f"{path}/type", f"unknown type {kind!r}")
 
 
-def _object(schema: dict[str, Any], path: str) -> Any:
+def _object(schema: dict[str, Any], path: str, anything: Any) -> Any:
     props = schema.get("properties", {})
     required = schema.get("required", [])
     extra = schema.get("additionalProperties", True)
@@ -184,21 +187,21 @@ def _object(schema: dict[str, Any], path: str) -> Any:
         raise SchemaError(f"{path}/required", f"{missing[0]!r} is not among the properties")
     if not props and not required:
         if extra is True:
-            return dict[str, JsonValue]
+            return dict[str, anything]
         if extra is False:
-            return Annotated[dict[str, JsonValue], Field(max_length=0)]
-        return dict[str, _type_of(extra, f"{path}/additionalProperties")]  # type: ignore[misc]
+            return Annotated[dict[str, anything], Field(max_length=0)]
+        return dict[str, _type_of(extra, f"{path}/additionalProperties", anything)]  # type: ignore[misc]
     if not isinstance(extra, bool):
         raise SchemaError(f"{path}/additionalProperties",
                           "must be a boolean when 'properties' are given")
     fields: dict[str, Any] = {}
     for i, (prop, sub) in enumerate(props.items()):
-        t = _type_of(sub, f"{path}/properties/{prop}")
+        t = _type_of(sub, f"{path}/properties/{prop}", anything)
         if prop in required:
             fields[f"f{i}"] = (t, Field(alias=prop))
         else:
             fields[f"f{i}"] = (t, Field(default=None, alias=prop))
     for j, prop in enumerate(r for r in required if r not in props):
-        fields[f"r{j}"] = (JsonValue, Field(alias=prop))
+        fields[f"r{j}"] = (anything, Field(alias=prop))
     config = ConfigDict(extra="allow" if extra else "forbid", strict=True)
     return create_model(f"Obj{next(_counter)}", __config__=config, **fields)

@@ -300,7 +300,8 @@ class Executor:
             config = self._engine_config(m)
             plan = _Plan(m, self.engines.get(config), config.fingerprint,
                          self.engines.ticks_for(m.limits.timeout_ms),
-                         compile_schema(m.input_schema), compile_schema(m.output_schema))
+                         compile_schema(m.input_schema),
+                         compile_schema(m.output_schema, parsed_json=True))
             self._plans[(m.ref, m.sha256)] = plan
         return plan
 
