@@ -36,6 +36,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench_io import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -501,21 +503,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_json(result: dict[str, Any]) -> Path:
-    path = ROOT / ".loom" / "bench.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            loaded = json.loads(path.read_text())
-            if isinstance(loaded, dict):
-                doc = loaded
-        except ValueError:
-            print(f"WARNING: {path} was not valid JSON; rewriting it")
-    doc["executor"] = result
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_section("executor", result)
 
 
 def main() -> int:
