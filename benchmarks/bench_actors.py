@@ -54,7 +54,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench_io import write_section
+from bench_io import fmt, ratio, verdict, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -187,18 +187,6 @@ def per(total: float | None, n: int) -> float | None:
     return None if total is None or n == 0 else total / n
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
-
-
-def fmt(v: float | None, spec: str = ".1f", none: str = "n/a") -> str:
-    return none if v is None else format(v, spec)
-
-
-def verdict(value: float | None, goal: float, *, at_most: bool) -> str:
-    if value is None:
-        return "n/a"
-    return "PASS" if (value <= goal if at_most else value >= goal) else "MISS"
 
 
 def r3(v: float | None) -> float | None:

@@ -36,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench_io import write_section
+from bench_io import fmt, ratio, verdict, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -246,19 +246,6 @@ def percentiles_us(variants: dict[str, Callable[[], Any]], n: int,
     return out
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
-
-
-def fmt(v: float | None, spec: str = ".1f", none: str = "n/a") -> str:
-    return none if v is None else format(v, spec)
-
-
-def verdict(value: float | None, goal: float, *, at_most: bool) -> str:
-    if value is None:
-        return "n/a"
-    ok = value <= goal if at_most else value >= goal
-    return "PASS" if ok else "MISS"
 
 
 # --- 1. warm invocation ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: merge one section into `.loom/bench.json`."""
+"""Shared by the benchmarks: report formatting and merging a section into `.loom/bench.json`."""
 
 from __future__ import annotations
 
@@ -27,3 +27,17 @@ def write_section(key: str, result: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def fmt(v: float | None, spec: str = ".1f", none: str = "n/a") -> str:
+    return none if v is None else format(v, spec)
+
+
+def verdict(value: float | None, goal: float, *, at_most: bool) -> str:
+    if value is None:
+        return "n/a"
+    return "PASS" if (value <= goal if at_most else value >= goal) else "MISS"
