@@ -1,12 +1,22 @@
 """Outbound HTTP for guests: allowlist by (scheme, host, port), no private addresses unless
-granted, connection pinned to the vetted address, bounded time and response size."""
+granted, connection pinned to the vetted address, bounded time and response size.
+
+Time: one overall deadline per request covers name resolution, connect, TLS handshake,
+sending and reading the whole response. A socket timeout alone bounds each read, so a
+server trickling a byte a second would hold the calling (guest) thread indefinitely;
+here every socket operation gets only the time left, and resolution runs on a helper
+thread that is abandoned when the deadline passes (getaddrinfo has no timeout).
+"""
 
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
 import socket
 import ssl
+import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,10 +56,38 @@ def check_url(url: str, cap: HttpCapability) -> tuple[str, str, int, str]:
     raise errors.CapabilityDenied(f"{scheme}://{host}:{port} is not on the HTTP allowlist")
 
 
-def resolve(host: str, port: int, cap: HttpCapability) -> str:
+def _getaddrinfo(host: str, port: int, deadline: float) -> list[Any]:
+    """`socket.getaddrinfo`, given up on at `deadline` (the lookup thread is abandoned)."""
+    try:  # an address literal resolves without any lookup
+        ipaddress.ip_address(host.split("%")[0])
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except ValueError:
+        pass
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            box["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="loom-resolve", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise TimeoutError(f"resolving {host} did not finish before the deadline")
+    if "error" in box:
+        raise box["error"]
+    infos: list[Any] = box["infos"]
+    return infos
+
+
+def resolve(host: str, port: int, cap: HttpCapability, deadline: float | None = None) -> str:
     """Resolve `host` and refuse non-public addresses unless `allow_private` is granted."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _getaddrinfo(host, port, deadline if deadline is not None
+                             else time.monotonic() + cap.timeout_ms / 1000)
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve {host}: {exc}") from None
     addresses = [str(info[4][0]) for info in infos]
@@ -60,28 +98,85 @@ def resolve(host: str, port: int, cap: HttpCapability) -> str:
     return addresses[0]
 
 
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the request's deadline passed")
+    return left
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket with each recv bounded by the time left to an overall deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self._sock.settimeout(_left(self._deadline))
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """The parts of a socket http.client uses, each bounded by one overall deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def sendall(self, data: Any) -> None:
+        self._sock.settimeout(_left(self._deadline))  # sendall's timeout is for all of data
+        self._sock.sendall(data)
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
+        if "r" not in mode or "w" in mode:
+            raise ValueError(f"unsupported makefile mode {mode!r}")
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
+    def __init__(self, host: str, port: int, address: str, deadline: float) -> None:
+        super().__init__(host, port, timeout=_left(deadline))
         self._address = address
+        self._deadline = deadline
+
+    def _open(self) -> socket.socket:
+        return socket.create_connection((self._address, self.port), _left(self._deadline))
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _DeadlineSocket(self._open(), self._deadline)
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    default_port = http.client.HTTPS_PORT
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+        sock = self._open()
+        try:
+            sock.settimeout(_left(self._deadline))  # the handshake is bounded too
+            tls = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = _DeadlineSocket(tls, self._deadline)
 
 
 def perform(request: dict[str, Any], cap: HttpCapability, *, idempotency_key: str | None,
             timeout_s: float) -> dict[str, Any]:
-    """Run one request. Policy violations raise CapabilityDenied; network trouble is returned."""
+    """Run one request. Policy violations raise CapabilityDenied; network trouble is returned.
+
+    `timeout_s` is the whole request's budget: resolving, connecting, sending and reading
+    the complete response all finish within it, or the request fails with
+    `host_call_failed` ("timed out").
+    """
+    started = time.monotonic()
+    deadline = started + max(0.0, timeout_s)
     method = str(request.get("method", "GET")).upper()
     if method not in METHODS:
         raise errors.CapabilityDenied(f"HTTP method {method!r} is not allowed")
@@ -95,9 +190,9 @@ def perform(request: dict[str, Any], cap: HttpCapability, *, idempotency_key: st
     payload = body.encode() if isinstance(body, str) else None
     conn_type = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
     try:
-        conn = conn_type(host, port, resolve(host, port, cap), timeout_s)
+        conn = conn_type(host, port, resolve(host, port, cap, deadline), deadline)
     except OSError as exc:
-        return {"ok": False, "error": {"code": "host_call_failed", "message": str(exc)}}
+        return _failed(exc, started, timeout_s)
     try:
         conn.request(method, path, body=payload, headers=headers)
         resp = conn.getresponse()
@@ -110,7 +205,18 @@ def perform(request: dict[str, Any], cap: HttpCapability, *, idempotency_key: st
                 "headers": {k.lower(): v for k, v in resp.getheaders()},
                 "body": data.decode("utf-8", errors="replace")}
     except (OSError, http.client.HTTPException) as exc:
-        return {"ok": False, "error": {"code": "host_call_failed",
-                                       "message": f"{type(exc).__name__}: {exc}"}}
+        return _failed(exc, started, timeout_s)
     finally:
         conn.close()
+
+
+def _failed(exc: BaseException, started: float, timeout_s: float) -> dict[str, Any]:
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        message = (f"timed out after {(time.monotonic() - started) * 1000:.0f} ms (the "
+                   f"request's budget was {timeout_s * 1000:.0f} ms: the activity's remaining "
+                   "time, host_call_timeout_ms or the http timeout_ms, whichever is least)")
+    elif type(exc) is OSError and len(exc.args) == 1:  # our own message, e.g. from resolve
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    return {"ok": False, "error": {"code": "host_call_failed", "message": message}}
