@@ -1,10 +1,9 @@
-"""One live actor: its state, its current run, and the commits that make both durable.
+"""One live activation of an actor: loads and replays its journal, runs one message at a
+time, commits every step, and delivers timers and events to the run that waits for them.
 
-A *run* is one handler invocation for one inbox message. Its steps are journaled as
-events; the state is written (whole) by the commit that completes the run. Commits of
-an unfinished run carry its events and the message that started it, so after a crash
-the activation rebuilds the state from the last completing commit and re-runs the
-handler against the recorded events (replay), continuing live where they end.
+It talks to its host only through `runtime.actors.host.Host`. Every journal failure ends
+the activation (`ActivationLost`): a storage error is never a handler outcome, no wait is
+ever left half-delivered, and the host reloads the actor by replay after a backoff.
 """
 
 from __future__ import annotations
@@ -12,21 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic_core import from_json, to_json
 
 from runtime import errors
 from runtime.actors.actor import Actor, ActorRef
 from runtime.actors.context import _TIMED_OUT, ActorContext, error_record
+from runtime.actors.host import ActivationLost, Host
 from runtime.journal.store import Commit, Envelope
-
-if TYPE_CHECKING:
-    from runtime.actors.runtime import ActorRuntime
 
 log = logging.getLogger("loom.actors")
 
@@ -38,6 +35,7 @@ class Wait:
     event: str | None
     timer: str | None
     future: asyncio.Future[Any]
+    key: str | None = None
 
 
 @dataclass
@@ -51,21 +49,38 @@ class Run:
     step: int = 0
     pending: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
-    outbox: list[Envelope] = field(default_factory=list)
+    outbox: list[Envelope] = field(default_factory=list)  # leaves with the next commit
+    held: list[Envelope] = field(default_factory=list)  # leaves only if the run completes
     waits: list[Wait] = field(default_factory=list)
+    visited: set[Any] = field(default_factory=set)
+    counters: dict[str, int] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     before: Any = None
     inflight: int = 0
+    committing: int = 0
 
     @property
     def parked(self) -> bool:
-        """Only waiting (timer, event, reply) with nothing running: safe to drop from memory;
-        the journal has everything and the next delivery replays the run."""
-        return bool(self.waits) and self.inflight == 0 and not self.pending and not self.outbox
+        """Only waiting (timer, event, reply) with nothing running or being written: safe to
+        drop from memory; the journal has everything and the next delivery replays it."""
+        return (bool(self.waits) and self.inflight == 0 and self.committing == 0
+                and not self.pending and not self.outbox)
 
     @property
     def msg_id(self) -> str:
         return str(self.msg["id"])
+
+    @property
+    def msg_n(self) -> int:
+        return int(self.msg.get("n", 0))
+
+    @property
+    def base(self) -> str:
+        """The message's identity inside keys: its id, or a hash of a long or ':'-bearing id."""
+        mid = self.msg_id
+        if len(mid) <= 40 and ":" not in mid:
+            return mid
+        return hashlib.blake2b(mid.encode(), digest_size=10).hexdigest()
 
     def add_event(self, record: dict[str, Any]) -> None:
         self.pending.append(record)
@@ -77,8 +92,9 @@ def _json_copy(value: Any) -> Any:
 
 
 class Activation:
-    def __init__(self, runtime: ActorRuntime, ref: ActorRef, cls: type[Actor]) -> None:
-        self.runtime = runtime
+    def __init__(self, host: Host, ref: ActorRef, cls: type[Actor], *,
+                 monotonic: Callable[[], float] | None = None) -> None:
+        self.host = host
         self.ref = ref
         self.key = str(ref)
         self.actor = cls()
@@ -87,18 +103,32 @@ class Activation:
         self.run: Run | None = None
         self.pump_lock = asyncio.Lock()
         self.commit_lock = asyncio.Lock()
-        self.last_used = time.monotonic()
+        self._monotonic = monotonic or asyncio.get_running_loop().time
+        self.last_used = self._monotonic()
         self.broken: errors.LoomError | None = None
         self.stale = False
+        self._reported = False
+        self.seen_n = 0
+        self.epoch = 0
 
     # -- loading and replay ----------------------------------------------------------------
     async def load(self) -> None:
+        """Rebuild state from the journal and resume an unfinished run. Raises ActivationLost
+        when the journal cannot be read or written."""
+        try:
+            await self._load()
+        except ActivationLost:
+            raise
+        except Exception as exc:
+            raise self._fail(exc) from exc
+
+    async def _load(self) -> None:
         # Decoding a long tail allocates many objects at once; a cyclic GC pass in the
         # middle would double the activation time and find nothing to collect.
         gc_was_on = gc.isenabled()
         gc.disable()
         try:
-            tail = await self.runtime.journal.read_tail(self.key)
+            tail = await self.host.journal.read_tail(self.key)
         finally:
             if gc_was_on:
                 gc.enable()
@@ -114,9 +144,9 @@ class Activation:
             self.seq = tail[-1]["seq"]
             last = tail[-1]
             # Only the newest commit can have been cut off before its dispatch.
-            await self.runtime.dispatch(last.get("outbox", []))
-            await self.runtime.journal.consume(self.key, last.get("consumed", []),
-                                               self.runtime.clock())
+            await self.host.dispatch(last.get("outbox", []))
+            await self.host.journal.consume(self.key, last.get("consumed", []),
+                                            self.host.clock())
         in_flight = [c for c in tail[start:] if c.get("run")]
         if in_flight:
             self._resume(in_flight)
@@ -141,7 +171,14 @@ class Activation:
         run.task = asyncio.get_running_loop().create_task(self._execute(run))
 
     async def _execute(self, run: Run) -> None:
-        rt = self.runtime
+        try:
+            await self._execute_run(run)
+        except ActivationLost as exc:
+            self._lose(exc.cause)
+        except asyncio.CancelledError:
+            return
+
+    async def _execute_run(self, run: Run) -> None:
         before = run.before = _json_copy(self.committed_state)
         ctx = ActorContext(self, run)
         method_name = self.actor.handlers.get(str(run.msg["handler"]))
@@ -149,47 +186,37 @@ class Activation:
         failure: errors.LoomError | None = None
         try:
             if method_name is None:
+                valid = ", ".join(sorted(self.actor.handlers)) or "none"
                 raise errors.HandlerFailed(
-                    f"{self.key} has no handler {run.msg['handler']!r}",
+                    f"{self.key} has no handler {run.msg['handler']!r} (handlers: {valid})",
                     error_type="UnknownHandler")
             result = await getattr(self.actor, method_name)(ctx, run.msg.get("payload"))
-            if run.step < run.replay_until:
+            missed = [s for s in run.recorded if s not in run.visited]
+            if missed:
+                first = missed[0]
                 raise errors.NonDeterminismError(
-                    actor=self.key, seq=run.start_seq, step=run.step,
-                    recorded=str(run.recorded[run.step][0]["op"]), requested="return")
+                    actor=self.key, seq=run.start_seq, step=first,
+                    recorded=str(run.recorded[first][0]["op"]), requested="return")
             to_json(result)  # a handler must return JSON: fail here, not in the commit
-        except asyncio.CancelledError:
-            return
         except errors.NonDeterminismError as exc:
             self._break(run, exc)
-            return
-        except errors.JournalConflict as exc:
-            self._fence(exc)
             return
         except Exception as exc:  # the handler failed: discard its state changes
             failure = exc if isinstance(exc, errors.LoomError) else errors.HandlerFailed(
                 f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
-        try:
-            await self._complete(run, before, result, failure)
-        except errors.JournalConflict as exc:
-            self._fence(exc)
-            return
-        except Exception as exc:  # pragma: no cover - storage failure: retry by reloading
-            log.exception("commit of %s failed", self.key)
-            self._fence(exc)
-            return
+        await self._complete(run, before, result, failure)
         self.run = None
-        rt.notify(self.key)
+        self.host.notify(self.key)
 
     async def _complete(self, run: Run, before: Any, result: Any,
                         failure: errors.LoomError | None) -> None:
-        rt = self.runtime
+        host = self.host
         after = None if failure else _json_copy(self.actor.dump_state())
         kind = "failed" if failure else "completed"
         if isinstance(failure, errors.InvariantViolated):
             kind = "rejected"
         if failure is None:
-            violation = rt.check_invariants(self, before, after, run.events)
+            violation = host.check_invariants(self.key, self.actor, before, after, run.events)
             if violation is not None:
                 failure, kind, after = violation, "rejected", None
         if failure is not None:
@@ -198,66 +225,94 @@ class Activation:
         extra: dict[str, Any] = {"kind": kind, "state": state}
         if failure is None:
             extra["result"] = result
+            run.outbox.extend(run.held)  # a run's sends leave only if it completes
         else:
             kind_name = (failure.error_type if isinstance(failure, errors.HandlerFailed)
                          else type(failure).__name__)
             extra["error"] = {**error_record(failure), "type": kind_name}
+        run.held = []
         reply_to = run.msg.get("reply_to")
         if reply_to:
             payload = {"result": result} if failure is None else {"error": extra["error"]}
-            run.outbox.append(rt.envelope(ActorRef.parse(reply_to), None, payload,
-                                          msg_id=f"reply:{run.msg_id}", kind="event",
-                                          name=f"reply:{run.msg_id}", sender=self.key))
+            run.outbox.append(host.envelope(ActorRef.parse(reply_to), None, payload,
+                                            msg_id=f"reply:{run.msg_id}", kind="event",
+                                            name=f"reply:{run.msg_id}", sender=self.key))
         # The asker is answered as soon as the outcome is durable; dispatch and consume
         # follow before this actor starts its next run.
         await self.commit(run, consumed=[run.msg_id], extra=extra,
-                          durable=lambda: rt.resolve(run.msg_id, result, failure))
+                          durable=lambda: host.resolve(run.msg_id, result, failure))
         self.committed_state = state
 
     def _break(self, run: Run, exc: errors.LoomError) -> None:
         log.error("%s", exc)
         self.broken = exc
         self.run = None
-        self.runtime.resolve(run.msg_id, None, exc)
+        self.host.resolve(run.msg_id, None, exc)
 
-    def _fence(self, exc: Exception) -> None:
-        log.warning("%s: %s; dropping this activation", self.key, exc)
+    def _fail(self, cause: BaseException) -> ActivationLost:
+        """Mark this activation stale at once (so nothing else is written or run by it) and
+        return the exception that unwinds the handler."""
         self.stale = True
-        self.run = None
-        self.runtime.forget(self)
+        return ActivationLost(self.key, cause)
+
+    def _lose(self, cause: BaseException) -> None:
+        """Stop everything this activation does; the host reloads the actor later."""
+        if self._reported:
+            return
+        self._reported = self.stale = True
+        run, self.run = self.run, None
+        if run is not None:
+            for wait in run.waits:
+                if not wait.future.done():
+                    wait.future.cancel()
+            if run.task is not None and run.task is not asyncio.current_task():
+                run.task.cancel()
+        self.host.lost(self.key, self, cause)
 
     # -- commits ---------------------------------------------------------------------------
     async def commit(self, run: Run, *, consumed: list[str] | None = None,
                      extra: dict[str, Any] | None = None,
                      durable: Callable[[], None] | None = None) -> None:
-        rt = self.runtime
-        async with self.commit_lock:
-            # Take what is outstanding now: concurrent branches may add more while we wait.
-            events, run.pending = run.pending, []
-            outbox, run.outbox = run.outbox, []
-            doc: Commit = {"actor": self.key, "seq": self.seq + 1, "ts": rt.clock(),
-                           "run": {"msg": run.msg_id, "ts": run.ts, "start": run.start_seq},
-                           "events": events, "outbox": outbox, "consumed": consumed or []}
-            if not run.announced:
-                doc["message"] = run.msg
-            if extra:
-                doc.update(extra)
-            rt.hooks.fire("before_commit", self.key)
-            try:
-                await rt.journal.append(doc)
-            except BaseException:
-                run.pending[:0], run.outbox[:0] = events, outbox
-                raise
-            self.seq += 1
-            run.announced = True
-            if durable is not None:
-                durable()
-            rt.hooks.fire("after_commit", self.key)
-            await rt.dispatch(outbox)
-            # Consumed last: an unconsumed entry marks unfinished business (a dispatch cut
-            # off by a crash), so recovery finds this actor and re-dispatches.
-            if consumed:
-                await rt.journal.consume(self.key, consumed, rt.clock())
+        """Append one commit, then dispatch its outbox, then consume. Any failure raises
+        ActivationLost: the outbox of a commit that did not land never leaves."""
+        if self.stale:
+            raise self._fail(errors.JournalConflict("this activation was dropped"))
+        host = self.host
+        run.committing += 1
+        try:
+            async with self.commit_lock:
+                # Take what is outstanding now: concurrent branches may add more meanwhile.
+                events, run.pending = run.pending, []
+                outbox, run.outbox = run.outbox, []
+                doc: Commit = {"actor": self.key, "seq": self.seq + 1, "ts": host.clock(),
+                               "run": {"msg": run.msg_id, "ts": run.ts, "start": run.start_seq},
+                               "events": events, "outbox": outbox,
+                               "consumed": consumed or [], "epoch": self.epoch}
+                if not run.announced:
+                    doc["message"] = run.msg
+                if extra:
+                    doc.update(extra)
+                try:
+                    host.hooks.fire("before_commit", self.key)
+                    await host.journal.append(doc)
+                except Exception as exc:
+                    raise self._fail(exc) from exc
+                self.seq += 1
+                run.announced = True
+                host.committed(self.key)
+                if durable is not None:
+                    durable()
+                try:
+                    host.hooks.fire("after_commit", self.key)
+                    await host.dispatch(outbox)
+                    # Consumed last: an unconsumed entry marks unfinished business (a
+                    # dispatch cut off by a crash), so recovery re-dispatches.
+                    if consumed:
+                        await host.journal.consume(self.key, consumed, host.clock())
+                except Exception as exc:
+                    raise self._fail(exc) from exc
+        finally:
+            run.committing -= 1
 
     async def flush(self, run: Run) -> None:
         """Commit outstanding events and outbox (before a new effect or a wait).
@@ -265,30 +320,34 @@ class Activation:
         Invariants gate this point too: a state the run reached must pass them before the
         run may cause another effect; a violation writes nothing and raises in the handler.
         """
-        if self.actor.invariants or self.runtime.invariants:
-            current = _json_copy(self.actor.dump_state())
-            violation = self.runtime.check_invariants(self, run.before, current, run.events)
-            if violation is not None:
-                raise violation
+        if not (self.actor.invariants or self.host.invariants):
+            if run.pending or run.outbox:
+                await self.commit(run)
+            return
+        current = _json_copy(self.actor.dump_state())
+        violation = self.host.check_invariants(self.key, self.actor, run.before, current,
+                                               run.events)
+        if violation is not None:
+            raise violation
         if run.pending or run.outbox:
             await self.commit(run)
 
     async def start_timer(self, run: Run, timer: str, fire_at: float) -> None:
-        run.outbox.append(self.runtime.envelope(self.ref, None, None, msg_id=timer, kind="timer",
-                                                name=timer, deliver_at=fire_at))
+        run.outbox.append(self.host.envelope(self.ref, None, None, msg_id=timer, kind="timer",
+                                             name=timer, deliver_at=fire_at))
         await self.flush(run)
 
     async def wait_timer(self, run: Run, timer: str, step: Any) -> None:
         fut = asyncio.get_running_loop().create_future()
         run.waits.append(Wait(step=step, op="timer.fired", event=None, timer=timer, future=fut))
-        self.runtime.notify(self.key)
+        self.host.notify(self.key)
         await fut
 
     async def wait_event(self, run: Run, step: Any, event: str, timer: str | None,
-                         op: str = "wait.event") -> Any:
+                         op: str = "wait.event", key: str | None = None) -> Any:
         fut = asyncio.get_running_loop().create_future()
-        run.waits.append(Wait(step=step, op=op, event=event, timer=timer, future=fut))
-        self.runtime.notify(self.key)
+        run.waits.append(Wait(step=step, op=op, event=event, timer=timer, future=fut, key=key))
+        self.host.notify(self.key)
         return await fut
 
     # -- the inbox -------------------------------------------------------------------------
@@ -296,52 +355,88 @@ class Activation:
         """Deliver due timers and awaited events to the run; start the next run if idle."""
         if self.broken is not None or self.stale:
             return
-        async with self.pump_lock:
-            rt = self.runtime
-            calls = 1 if self.run is None else 0
-            for env in await rt.journal.inbox(self.key, rt.clock(), calls=calls):
-                run = self.run
-                kind = env.get("kind", "call")
-                if kind == "call":
-                    if run is None:
-                        self.last_used = time.monotonic()
-                        self._start(Run(msg=env, start_seq=self.seq + 1, ts=rt.clock()))
-                    continue
-                if run is None or run.task is None or run.task.done():
-                    if kind == "timer":  # a timer of a finished run
-                        await rt.journal.consume(self.key, [env["id"]], rt.clock())
-                    continue
-                await self._deliver(run, env)
+        try:
+            async with self.pump_lock:
+                await self._pump()
+        except ActivationLost as exc:
+            self._lose(exc.cause)
+        except Exception as exc:
+            self._lose(exc)
+
+    async def _pump(self) -> None:
+        host = self.host
+        now = host.clock()
+        calls = 1 if self.run is None else 0
+        for env in await host.journal.inbox(self.key, now, calls=calls):
+            self.seen_n = max(self.seen_n, int(env.get("n", 0)))
+            run = self.run
+            kind = env.get("kind", "call")
+            if kind == "call":
+                if run is None:
+                    self.last_used = self._monotonic()
+                    self._start(Run(msg=env, start_seq=self.seq + 1, ts=host.clock()))
+                continue
+            if run is None or run.task is None or run.task.done():
+                if kind == "timer":  # a timer of a finished run
+                    await host.journal.consume(self.key, [env["id"]], host.clock())
+                continue
+            await self._deliver(run, env)
+            if self.stale:
+                return
+        host.settle_later(self.key, now, self.seen_n, self.run is not None)
+
+    def _matches(self, run: Run, wait: Wait, env: Envelope) -> bool:
+        if env.get("kind") != "event" or wait.event != env.get("name"):
+            return False
+        if wait.op == "timer.fired":
+            return False
+        if wait.key is not None:  # a correlated wait takes only its own events
+            return bool(env.get("key") == wait.key)
+        # Otherwise only events sent after this run's message: a later run never sees an
+        # earlier run's leftovers.
+        return int(env.get("n", 0)) > run.msg_n
 
     async def _deliver(self, run: Run, env: Envelope) -> None:
         kind, name = env.get("kind"), env.get("name")
-        self.last_used = time.monotonic()
+        self.last_used = self._monotonic()
         for wait in list(run.waits):
             if wait.future.done():
                 run.waits.remove(wait)
                 continue
             if kind == "timer" and wait.timer == name:
-                run.waits.remove(wait)
                 if wait.op == "timer.fired":
-                    run.add_event({"step": wait.step, "op": "timer.fired",
-                                   "name": "timer", "digest": "", "timer": name})
-                    await self.commit(run, consumed=[env["id"]])
-                    wait.future.set_result(None)
+                    record = {"step": wait.step, "op": "timer.fired", "name": "timer",
+                              "digest": "", "timer": name}
+                    outcome: Any = None
                 else:
-                    run.add_event({"step": wait.step, "op": "wait.timeout",
-                                   "name": wait.event or "", "digest": ""})
-                    await self.commit(run, consumed=[env["id"]])
-                    wait.future.set_result(_TIMED_OUT)
+                    record = {"step": wait.step, "op": "wait.timeout", "name": wait.event or "",
+                              "digest": ""}
+                    outcome = _TIMED_OUT
+                await self._settle_wait(run, wait, record, env, outcome)
                 return
-            if kind == "event" and wait.event == name and wait.op != "timer.fired":
-                run.waits.remove(wait)
-                run.add_event({"step": wait.step, "op": wait.op, "name": name or "",
-                               "digest": "", "payload": env.get("payload"), "msg": env["id"]})
-                await self.commit(run, consumed=[env["id"]])
-                wait.future.set_result(env.get("payload"))
+            if self._matches(run, wait, env):
+                record = {"step": wait.step, "op": wait.op, "name": name or "", "digest": "",
+                          "payload": env.get("payload"), "msg": env["id"]}
+                await self._settle_wait(run, wait, record, env, env.get("payload"))
                 return
         if kind == "timer" and not str(name).startswith(f"timer:{run.msg_id}:"):
-            await self.runtime.journal.consume(self.key, [env["id"]], self.runtime.clock())
+            await self.host.journal.consume(self.key, [env["id"]], self.host.clock())
+
+    async def _settle_wait(self, run: Run, wait: Wait, record: dict[str, Any], env: Envelope,
+                           outcome: Any) -> None:
+        """Record the wait's outcome durably, then (only then) wake the run."""
+        run.add_event(record)
+        try:
+            await self.commit(run, consumed=[env["id"]])
+        except BaseException:
+            if record in run.pending:
+                run.pending.remove(record)
+            if record in run.events:
+                run.events.remove(record)
+            raise
+        run.waits.remove(wait)
+        if not wait.future.done():
+            wait.future.set_result(outcome)
 
     async def deactivate(self) -> None:
         run = self.run

@@ -8,15 +8,14 @@ and a digest of its arguments) at the same position.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import json
 import random
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from pydantic_core import to_json
 
 from runtime import errors
 from runtime.actors.actor import ActorRef
@@ -27,11 +26,21 @@ if TYPE_CHECKING:
     from runtime.actors.activation import Activation, Run
 
 
-def digest(value: Any) -> str:
-    """A short stable fingerprint of JSON-able arguments (key order as the code built it)."""
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys and no whitespace; refuses what is not JSON (sets, objects)."""
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    return hashlib.blake2b(to_json(value, fallback=str), digest_size=8).hexdigest()
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"step arguments must be JSON (the journal records them): {exc}") \
+            from None
+
+
+def digest(value: Any) -> str:
+    """A short fingerprint of JSON arguments, the same in every process and on replay."""
+    return hashlib.blake2b(canonical_json(value), digest_size=8).hexdigest()
 
 
 def error_record(exc: errors.LoomError) -> dict[str, Any]:
@@ -39,10 +48,18 @@ def error_record(exc: errors.LoomError) -> dict[str, Any]:
             "retryable": exc.retryable}
 
 
-def raise_recorded(record: dict[str, Any], **kw: Any) -> None:
+def activity_failed(name: str, attempts: int, message: str, code: str,
+                    **where: Any) -> errors.ActivityFailed:
+    """The error a handler sees when an activity gave up: built the same way live and on
+    replay, so a handler that keeps its text in state replays to the same state."""
+    return errors.ActivityFailed(f"{name} failed after {attempts} attempt(s): {message}",
+                                 cause_code=code, attempts=attempts, **where)
+
+
+def raise_recorded(record: dict[str, Any], name: str, **kw: Any) -> None:
     err = record["error"]
-    raise errors.ActivityFailed(err["message"], cause_code=err.get("code", "unknown"),
-                                attempts=record.get("attempts", 1), **kw)
+    raise activity_failed(name, record.get("attempts", 1), err["message"],
+                          err.get("code", "unknown"), **kw)
 
 
 class Saga:
@@ -64,7 +81,9 @@ class Saga:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+        # Only a failure of the run compensates: a lost activation (storage error, fenced)
+        # or a cancelled task is not one; the run resumes elsewhere by replay.
+        if isinstance(exc, Exception):
             await self.compensate()
 
 
@@ -75,16 +94,18 @@ class ActorContext:
         self.actor: ActorRef = activation.ref
         self._rng: random.Random | None = None
         self._prefix: str | None = None
-        self._counter = 0
 
     def branch(self, name: str) -> ActorContext:
         """A context for one of several concurrent branches (e.g. a WDL parallel step).
 
         Steps of a branch are numbered in their own namespace (`<name>/0`, `<name>/1`, ...)
-        so interleaving between branches never changes which record a step replays.
+        so interleaving between branches never changes which record a step replays. Asking
+        for the same branch twice continues its numbering; its random numbers come from
+        its own path.
         """
+        if "/" in name:
+            raise ValueError(f"branch name {name!r} must not contain '/'")
         child = ActorContext(self._act, self._run)
-        child._rng = self._rng
         child._prefix = f"{self._prefix or ''}{name}/"
         return child
 
@@ -94,9 +115,10 @@ class ActorContext:
         return datetime.fromtimestamp(self._run.ts, UTC)
 
     def random(self) -> random.Random:
-        """A generator seeded from (actor, run start seq)."""
+        """A generator seeded from (actor, message id, branch path): the same on replay,
+        whatever else arrived first, and different in every branch."""
         if self._rng is None:
-            self._rng = random.Random(f"{self._act.key}:{self._run.start_seq}")
+            self._rng = random.Random(f"{self._act.key}:{self._run.msg_id}:{self._prefix or ''}")
         return self._rng
 
     def uuid(self) -> uuid.UUID:
@@ -104,7 +126,8 @@ class ActorContext:
 
     def next_step_recorded(self) -> bool:
         """Whether the journal already holds the step this context will allocate next."""
-        step: Any = self._run.step if self._prefix is None else f"{self._prefix}{self._counter}"
+        step: Any = (self._run.step if self._prefix is None
+                     else f"{self._prefix}{self._run.counters.get(self._prefix, 0)}")
         return step in self._run.recorded
 
     @property
@@ -120,8 +143,10 @@ class ActorContext:
             step = run.step
             run.step += 1
         else:
-            step = f"{self._prefix}{self._counter}"
-            self._counter += 1
+            index = run.counters.get(self._prefix, 0)
+            run.counters[self._prefix] = index + 1
+            step = f"{self._prefix}{index}"
+        run.visited.add(step)
         recorded = run.recorded.get(step, [])
         fingerprint = digest(args)
         want = f"{kind} {name!r} ({fingerprint})"
@@ -147,28 +172,27 @@ class ActorContext:
                             compensation: bool = False) -> Any:
         """Run an activity with its retry policy and circuit breaker; durable outcome.
 
-        The idempotency key is `actor:start_seq:step` (compensations: `...:comp:step`), the
+        The idempotency key is `actor:message:step` (compensations: `...:comp:step`), the
         same on every re-execution, so receivers can deduplicate.
         """
         if isinstance(input, BaseModel):
             input = input.model_dump(mode="json")
         kind = "compensation" if compensation else "activity"
         step, recorded, fp = self._begin(kind, name, {"input": input, "version": version})
-        key = (f"{self._act.key}:{self._run.start_seq}:"
-               f"{'comp:' if compensation else ''}{step}")
+        key = f"{self._act.key}:{self._run.base}:{'comp:' if compensation else ''}{step}"
         where = {"activity": name, "version": version, "idempotency_key": key}
         attempts = 0
         for record in recorded:
             if record["op"].endswith(".done"):
                 return self._shape(record["result"], output_model)
             if record["op"].endswith(".failed"):
-                raise_recorded(record, **where)
+                raise_recorded(record, name, **where)
             if record["op"].endswith(".retry"):
                 attempts = record["attempt"]
                 if not any(r["op"] == "timer.fired" and r.get("timer") == record["timer"]
                            for r in recorded):
                     await self._act.wait_timer(self._run, record["timer"], step)
-        rt = self._act.runtime
+        rt = self._act.host
         policy = RetryPolicy.model_validate(retry) if isinstance(retry, dict) else retry
         if policy is None:
             policy = await rt.retry_policy_for(name, version)
@@ -180,15 +204,15 @@ class ActorContext:
             self._run.inflight += 1
             try:
                 result = await rt.run_activity(name, input, version=version,
-                                               idempotency_key=key, timeout_ms=timeout_ms)
+                                               idempotency_key=key, timeout_ms=timeout_ms,
+                                               tenant=rt.tenant_of(self._act.key))
             except errors.LoomError as exc:
                 self._run.inflight -= 1
                 if not plan.should_retry(exc, attempts):
                     self._record(step, f"{kind}.failed", name, fp,
                                  error=error_record(exc), attempts=attempts)
-                    raise errors.ActivityFailed(
-                        f"{name} failed after {attempts} attempt(s): {exc.message}",
-                        cause_code=exc.code.value, attempts=attempts, **where) from exc
+                    raise activity_failed(name, attempts, exc.message, exc.code.value,
+                                          **where) from exc
                 delay = plan.delay(attempts)
                 if delay <= rt.durable_retry_threshold_s:
                     await rt.sleep(delay)
@@ -219,14 +243,20 @@ class ActorContext:
                 return
         else:
             timer = f"timer:{self._run.msg_id}:{step}"
-            fire_at = self._act.runtime.clock() + seconds
+            fire_at = self._act.host.clock() + seconds
             self._record(step, "timer.start", "sleep", fp, timer=timer, fire_at=fire_at)
             await self._act.start_timer(self._run, timer, fire_at)
         await self._act.wait_timer(self._run, timer, step)
 
-    async def wait_for_event(self, name: str, timeout: float | None = None) -> Any:
-        """Wait for `signal(actor, name, payload)`; raise EventTimeout after `timeout` s."""
-        step, recorded, fp = self._begin("wait", name, timeout)
+    async def wait_for_event(self, name: str, timeout: float | None = None, *,
+                             key: str | None = None) -> Any:
+        """Wait for `signal(actor, name, payload)`; raise EventTimeout after `timeout` s.
+
+        The wait takes only events sent after this run's message arrived; with `key`, it
+        takes only events signalled with that correlation key (sent at any time).
+        """
+        step, recorded, fp = self._begin("wait", name, timeout if key is None
+                                         else {"timeout": timeout, "key": key})
         for r in recorded:
             if r["op"] == "wait.event":
                 return r["payload"]
@@ -236,26 +266,31 @@ class ActorContext:
             timer = recorded[0].get("timer")
         else:
             timer = f"timer:{self._run.msg_id}:{step}" if timeout is not None else None
-            fire_at = self._act.runtime.clock() + timeout if timeout is not None else None
+            fire_at = self._act.host.clock() + timeout if timeout is not None else None
             self._record(step, "wait.start", name, fp, timer=timer, fire_at=fire_at)
             if timer is not None and fire_at is not None:
                 await self._act.start_timer(self._run, timer, fire_at)
             else:
                 await self._act.flush(self._run)
-        outcome = await self._act.wait_event(self._run, step, name, timer)
+        outcome = await self._act.wait_event(self._run, step, name, timer, key=key)
         if outcome is _TIMED_OUT:
             raise errors.EventTimeout(f"no {name!r} event within {timeout} s")
         return outcome
 
     async def send(self, target: ActorRef | str, handler: str, payload: Any = None) -> str:
-        """Send a message; it leaves with this run's next commit (outbox). Returns its id."""
+        """Send a message. It is journaled now and leaves with the commit that completes
+        this run; a run that fails or is rejected sends nothing. Returns its id."""
         ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
         step, recorded, fp = self._begin("send", f"{ref}.{handler}", payload)
-        msg_id = f"{self._act.key}:{self._run.start_seq}:{step}"
-        if not recorded:
-            self._record(step, "send.sent", f"{ref}.{handler}", fp, msg=msg_id)
-            self._run.outbox.append(self._act.runtime.envelope(
-                ref, handler, payload, msg_id=msg_id, sender=self._act.key))
+        msg_id = f"{self._act.key}:{self._run.base}:{step}"
+        if recorded:
+            env = recorded[0].get("env")
+        else:
+            env = self._act.host.envelope(ref, handler, payload, msg_id=msg_id,
+                                          sender=self._act.key)
+            self._record(step, "send.sent", f"{ref}.{handler}", fp, msg=msg_id, env=env)
+        if env is not None:
+            self._run.held.append(env)
         return msg_id
 
     async def spawn(self, type_: str, id_: str, payload: Any = None, *,
@@ -270,7 +305,7 @@ class ActorContext:
         """Request/response: send, then wait durably for the handler's result."""
         ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
         step, recorded, fp = self._begin("ask", f"{ref}.{handler}", payload)
-        msg_id = f"{self._act.key}:{self._run.start_seq}:{step}"
+        msg_id = f"{self._act.key}:{self._run.base}:{step}"
         reply = f"reply:{msg_id}"
         for r in recorded:
             if r["op"] == "ask.reply":
@@ -284,9 +319,9 @@ class ActorContext:
             fire_at = None
             if timeout is not None:
                 timer = f"timer:{self._run.msg_id}:{step}"
-                fire_at = self._act.runtime.clock() + timeout
+                fire_at = self._act.host.clock() + timeout
             self._record(step, "ask.sent", f"{ref}.{handler}", fp, msg=msg_id, timer=timer)
-            self._run.outbox.append(self._act.runtime.envelope(
+            self._run.outbox.append(self._act.host.envelope(
                 ref, handler, payload, msg_id=msg_id, sender=self._act.key,
                 reply_to=self._act.key))
             if timer is not None and fire_at is not None:

@@ -16,7 +16,7 @@ from runtime import errors
 from runtime.actors.activation import Activation, Run, _json_copy
 from runtime.actors.actor import Actor, ActorRef
 from runtime.actors.context import ActorContext
-from runtime.actors.runtime import Hooks
+from runtime.actors.hooks import Hooks
 from runtime.journal.store import Commit
 
 
@@ -44,13 +44,45 @@ class ReplayReport:
 
 
 class _ReplayRuntime:
+    """A host that refuses every effect: only recorded outcomes are allowed."""
+
+    journal: Any = None
+
     def __init__(self) -> None:
         self.hooks = Hooks()
         self.durable_retry_threshold_s = 0.0
+        self.invariants: dict[str, Any] = {}
         self.now = 0.0
 
     def clock(self) -> float:
         return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        raise _NeedsLiveStep("a retry that the journal has no outcome for")
+
+    async def dispatch(self, envelopes: list[dict[str, Any]]) -> None:
+        pass
+
+    def resolve(self, *_: Any) -> None:
+        pass
+
+    def notify(self, key: str) -> None:
+        pass
+
+    def settle_later(self, *_: Any) -> None:
+        pass
+
+    def lost(self, *_: Any) -> None:
+        pass
+
+    def committed(self, key: str) -> None:
+        pass
+
+    def tenant_of(self, key: str) -> str:
+        return ""
+
+    def check_invariants(self, *_: Any) -> None:
+        return None
 
     async def retry_policy_for(self, *_: Any) -> Any:
         raise _NeedsLiveStep("an activity call that the journal has no outcome for")
@@ -111,7 +143,7 @@ async def replay_commits(cls: type[Actor], key: str, commits: list[Commit]) -> R
             report.runs.append(RunReport(msg_id, handler, first["seq"], "diverged",
                                          "the run's first commit lacks its message"))
             continue
-        act = _ReplayActivation(rt, ActorRef.parse(key), cls)  # type: ignore[arg-type]
+        act = _ReplayActivation(rt, ActorRef.parse(key), cls)
         act.actor.state = act.actor.initial_state() if before is None else None
         if before is not None:
             act.actor.load_state(_json_copy(before))

@@ -1,4 +1,11 @@
-"""The in-process actor runtime: activation, scheduling, outbox dispatch, timers, recovery."""
+"""The in-process actor runtime: leases, scheduling, activation, outbox dispatch, timers.
+
+One live activation per actor across processes: a process activates an actor only while
+it holds the actor's lease in the journal, and every commit is create-if-absent on
+(actor, seq), so a stale holder (paused past its lease) is fenced out by its next write.
+Which actors need attention comes from the journal's schedule (O(what is due)), so any
+process can send, ask or signal any actor and the owner picks the message up.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +13,30 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
+import socket
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from runtime import errors
 from runtime.actors.activation import Activation
 from runtime.actors.actor import Actor, ActorRef
+from runtime.actors.hooks import Hooks
+from runtime.actors.host import ActivationLost
 from runtime.actors.lane import Lane
 from runtime.actors.resilience import Breakers
 from runtime.executor import Executor
 from runtime.journal.store import Envelope, JournalStore
 from schemas.manifest import RetryPolicy
 
+__all__ = ["ActivityRunner", "ActorRuntime", "Hooks"]
 log = logging.getLogger("loom.actors")
 Invariant = Callable[[str, Any, Any, list[dict[str, Any]]], "bool | str | None"]
+_LIVE_OWNERS: set[str] = set()  # owner ids of the runtimes alive in this process
+_HOST = socket.gethostname()
 
 
 def _reply_of(commit: dict[str, Any]) -> Any:
@@ -39,50 +51,41 @@ def _reply_of(commit: dict[str, Any]) -> Any:
                                error_type=err.get("type", "Error"), error_code=err.get("code"))
 
 
-class Hooks:
-    """Named points in the commit path where tests inject faults.
+def _owner_dead(owner: str) -> bool:
+    """True only when `owner` (host:pid:nonce) is certainly gone: a runtime of this host
+    whose process has exited, or of this process that has stopped or been abandoned."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return owner not in _LIVE_OWNERS
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
-    `LOOM_CRASH_AT=<point>` (and optionally `LOOM_CRASH_AFTER=<n>`, default 1) makes the
-    process SIGKILL itself the n-th time the point is reached. Points: before_activity,
-    after_activity (ran, not yet committed), before_commit, after_commit (committed, not
-    yet dispatched).
-    """
 
-    POINTS = ("before_activity", "after_activity", "before_commit", "after_commit")
+class ActivityRunner(Protocol):
+    """Runs activities for actors: the executor by default; stubs in tests/simulations."""
 
-    def __init__(self) -> None:
-        self._handlers: dict[str, list[Callable[[str], None]]] = {}
+    async def run(self, name: str, input: Any, *, version: str | None, idempotency_key: str,
+                  timeout_ms: int | None, tenant: str) -> Any: ...
 
-    def on(self, point: str, fn: Callable[[str], None]) -> None:
-        if point not in self.POINTS:
-            raise ValueError(f"unknown hook point {point!r}; one of {', '.join(self.POINTS)}")
-        self._handlers.setdefault(point, []).append(fn)
-
-    def fire(self, point: str, actor: str) -> None:
-        for fn in self._handlers.get(point, ()):
-            fn(actor)
-
-    @classmethod
-    def from_env(cls) -> Hooks:
-        hooks = cls()
-        point = os.environ.get("LOOM_CRASH_AT")
-        if point:
-            remaining = [int(os.environ.get("LOOM_CRASH_AFTER", "1"))]
-
-            def crash(_: str) -> None:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-            hooks.on(point, crash)
-        return hooks
+    async def retry_policy(self, name: str, version: str | None) -> RetryPolicy: ...
 
 
 class ActorRuntime:
     """Runs registered actors against a journal, calling activities through an executor.
 
-    Use as `async with ActorRuntime(journal, executor) as rt:`; `start()` recovers every
-    actor with pending work (replaying unfinished runs) and starts the timer loop.
+    Use as `async with ActorRuntime(journal, executor) as rt:`. `start()` begins the
+    scheduling loop, which takes every due actor this process may own (unfinished runs of
+    a crashed process included, once their lease has run out or their process is known to
+    be dead); `stop()` releases every lease so another process can take over at once.
     """
 
     def __init__(self, journal: JournalStore, executor: Executor | None = None, *,
@@ -91,11 +94,14 @@ class ActorRuntime:
                  breakers: Breakers | None = None, hooks: Hooks | None = None,
                  max_activations: int = 10_000, idle_timeout_s: float = 300.0,
                  durable_retry_threshold_s: float = 5.0, poll_interval_s: float = 0.05,
-                 lint: bool = True, activity_threads: int = 8) -> None:
+                 lint: bool = True, activity_threads: int = 8,
+                 activities: ActivityRunner | None = None, lease_ttl_s: float = 10.0,
+                 owner: str | None = None, tenant_of: Callable[[str], str] | None = None,
+                 due_batch: int = 256) -> None:
         self.journal = journal
         self.executor = executor
         self.clock = clock
-        self.sleep = sleep
+        self._sleep = sleep
         self.breakers = breakers or Breakers()
         self.hooks = hooks or Hooks.from_env()
         self.max_activations = max_activations
@@ -103,17 +109,31 @@ class ActorRuntime:
         self.durable_retry_threshold_s = durable_retry_threshold_s
         self.poll_interval_s = poll_interval_s
         self.lint = lint
+        self.activities = activities
+        self.lease_ttl_s = lease_ttl_s
+        self.owner = owner or f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._tenant_of = tenant_of
+        self.due_batch = due_batch
         self.types: dict[str, type[Actor]] = {}
         self.invariants: dict[str, Invariant] = {}
         self.activations: OrderedDict[str, Activation] = OrderedDict()
         self._pumping: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
-        self._parked: set[str] = set()
-        self._waiters: dict[str, asyncio.Future[Any]] = {}
+        self._unsettled: dict[str, tuple[float, int, bool]] = {}
+        self._backoff: dict[str, int] = {}
+        self._waiters: dict[str, tuple[str, asyncio.Future[Any]]] = {}
+        self._unknown: set[str] = set()
         self._wake = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
-        self._lane = Lane(activity_threads, name="loom-activity")
+        self._lane: Lane | None = None if activities is not None else \
+            Lane(activity_threads, name="loom-activity")
+        self._activity_threads = activity_threads
         self._closing = False
+        self._renew_at = 0.0
+        self._reap_at = 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        await self._sleep(seconds)
 
     # -- registration ----------------------------------------------------------------------
     def register(self, cls: type[Actor]) -> type[Actor]:
@@ -128,11 +148,18 @@ class ActorRuntime:
         """A platform invariant `check(actor_key, before, after, events)` for every commit."""
         self.invariants[name] = check
 
+    def tenant_of(self, key: str) -> str:
+        """The tenant an actor's activity calls run as: its type unless configured, so warm
+        instances are never shared across namespaces."""
+        if self._tenant_of is not None:
+            return self._tenant_of(key)
+        return key.partition("/")[0]
+
     # -- messages --------------------------------------------------------------------------
     def envelope(self, target: ActorRef, handler: str | None, payload: Any, *,
                  msg_id: str | None = None, kind: str = "call", name: str | None = None,
                  reply_to: str | None = None, sender: str | None = None,
-                 deliver_at: float = 0.0) -> Envelope:
+                 deliver_at: float = 0.0, key: str | None = None) -> Envelope:
         env: Envelope = {"id": msg_id or str(uuid.uuid4()), "target": str(target), "kind": kind,
                          "payload": payload, "deliver_at": deliver_at}
         if handler is not None:
@@ -143,6 +170,8 @@ class ActorRuntime:
             env["reply_to"] = reply_to
         if sender is not None:
             env["sender"] = sender
+        if key is not None:
+            env["key"] = key
         return env
 
     async def send(self, target: ActorRef | str, handler: str, payload: Any = None, *,
@@ -155,15 +184,16 @@ class ActorRuntime:
 
     async def ask(self, target: ActorRef | str, handler: str, payload: Any = None, *,
                   msg_id: str | None = None, timeout: float | None = None) -> Any:
-        """Send and wait for the handler's result (raises what the handler raised)."""
+        """Send and wait for the handler's durable result (raises what the handler raised),
+        whichever process runs the actor."""
         msg_id = msg_id or str(uuid.uuid4())
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters[msg_id] = fut
         ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[msg_id] = (str(ref), fut)
         try:
             env = self.envelope(ref, handler, payload, msg_id=msg_id)
             if not await self.journal.enqueue(env):  # seen before: it may be done already
-                done = await self.outcome(ref, msg_id)
+                done = await self.journal.outcome(str(ref), msg_id)
                 if done is not None:
                     return _reply_of(done)
             self.notify(str(ref))
@@ -172,10 +202,11 @@ class ActorRuntime:
             self._waiters.pop(msg_id, None)
 
     async def signal(self, target: ActorRef | str, event: str, payload: Any = None, *,
-                     msg_id: str | None = None) -> str:
-        """Raise event `event` at an actor (for `ctx.wait_for_event`)."""
+                     msg_id: str | None = None, key: str | None = None) -> str:
+        """Raise event `event` at an actor (for `ctx.wait_for_event`). It reaches a wait of a
+        run whose message arrived before it, or a wait that names the same `key`."""
         ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
-        env = self.envelope(ref, None, payload, msg_id=msg_id, kind="event", name=event)
+        env = self.envelope(ref, None, payload, msg_id=msg_id, kind="event", name=event, key=key)
         await self.dispatch([env])
         return str(env["id"])
 
@@ -190,13 +221,13 @@ class ActorRuntime:
                 self._wake.set()
 
     def resolve(self, msg_id: str, result: Any, failure: BaseException | None) -> None:
-        fut = self._waiters.get(msg_id)
-        if fut is None or fut.done():
+        waiter = self._waiters.get(msg_id)
+        if waiter is None or waiter[1].done():
             return
         if failure is None:
-            fut.set_result(result)
+            waiter[1].set_result(result)
         else:
-            fut.set_exception(failure)
+            waiter[1].set_exception(failure)
 
     # -- scheduling ------------------------------------------------------------------------
     def notify(self, key: str) -> None:
@@ -223,35 +254,81 @@ class ActorRuntime:
 
     async def _activation(self, key: str) -> Activation | None:
         found = self.activations.get(key)
-        if found is not None:
+        if found is not None and not found.stale:
             self.activations.move_to_end(key)
             return found
         ref = ActorRef.parse(key)
         cls = self.types.get(ref.type)
         if cls is None:
-            log.warning("no actor type %r registered; %s keeps its messages", ref.type, key)
+            if key not in self._unknown:
+                self._unknown.add(key)
+                log.warning("no actor type %r registered here (types: %s); %s keeps its "
+                            "messages", ref.type, ", ".join(sorted(self.types)) or "none", key)
             return None
+        try:
+            epoch = await self.journal.acquire(key, self.owner, self.clock(), self.lease_ttl_s)
+        except Exception as exc:
+            self._retry_later(key, exc)
+            return None
+        if epoch is None:
+            return None  # another live process owns it and will take the message
         activation = Activation(self, ref, cls)
+        activation.epoch = epoch
         self.activations[key] = activation
-        self._parked.discard(key)
-        await activation.load()
+        try:
+            await activation.load()
+        except ActivationLost as exc:
+            self.lost(key, activation, exc.cause)
+            return None
         await self._evict()
         return activation
 
-    def forget(self, activation: Activation) -> None:
-        if self.activations.get(activation.key) is activation:
-            del self.activations[activation.key]
+    def settle_later(self, key: str, now: float, seen_n: int, busy: bool) -> None:
+        self._unsettled[key] = (now, seen_n, busy)
+
+    def committed(self, key: str) -> None:
+        self._backoff.pop(key, None)
+
+    def lost(self, key: str, activation: object, cause: BaseException) -> None:
+        """An activation stopped on a storage error or a fence: drop it, retry later."""
+        if self.activations.get(key) is activation:
+            del self.activations[key]
+        self._unsettled.pop(key, None)
+        self._retry_later(key, cause)
+
+    def _retry_later(self, key: str, cause: BaseException) -> None:
+        attempt = self._backoff.get(key, 0) + 1
+        self._backoff[key] = attempt
+        delay = min(5.0, 0.02 * 2 ** min(attempt, 10))
+        level = logging.INFO if isinstance(cause, errors.JournalConflict) else logging.WARNING
+        log.log(level, "%s: activation dropped (%s: %s); retrying in %.2f s", key,
+                type(cause).__name__, cause, delay)
+        if not self._closing:
+            asyncio.get_running_loop().call_later(delay, self.notify, key)
 
     def _evictable(self, key: str, act: Activation) -> bool:
         """Idle, or parked on a durable wait (a run waiting for days costs no memory)."""
         return key not in self._pumping and (act.run is None or act.run.parked)
 
+    async def _release(self, key: str, act: Activation) -> None:
+        run = act.run
+        await act.deactivate()
+        if act.stale:
+            return
+        parked = run is not None and run.parked
+        # A run cut off in the middle (not parked) must be due at once for whoever is next.
+        await self.journal.settle(key, self.owner, now=self.clock(),
+                                  seen_n=act.seen_n if run is None or parked else -1,
+                                  busy=parked, release=True)
+
     async def _drop(self, key: str, act: Activation) -> None:
         if self.activations.get(key) is act:
             del self.activations[key]
-        if act.run is not None:
-            self._parked.add(key)  # woken by its timer or event, not by its own call
-        await act.deactivate()
+        self._unsettled.pop(key, None)
+        try:
+            await self._release(key, act)
+        except Exception as exc:
+            log.warning("releasing %s failed: %s", key, exc)
 
     async def _evict(self) -> None:
         while len(self.activations) > self.max_activations:
@@ -262,24 +339,67 @@ class ActorRuntime:
             await self._drop(*victim)
 
     async def _sweep_idle(self) -> None:
-        cutoff = time.monotonic() - self.idle_timeout_s
+        cutoff = asyncio.get_running_loop().time() - self.idle_timeout_s
         for key, act in list(self.activations.items()):
             if act.last_used < cutoff and self._evictable(key, act):
                 await self._drop(key, act)
 
+    async def _settle_all(self) -> None:
+        pending, self._unsettled = self._unsettled, {}
+        jobs = []
+        for key, (now, seen_n, busy) in pending.items():
+            act = self.activations.get(key)
+            if act is None or act.stale:
+                continue
+            jobs.append(self.journal.settle(key, self.owner, now=now, seen_n=seen_n,
+                                            busy=busy or act.run is not None))
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    async def _renew(self, now: float) -> None:
+        held = await self.journal.renew(self.owner, now, self.lease_ttl_s)
+        for key, act in list(self.activations.items()):
+            if key not in held and not act.stale:
+                act._lose(errors.JournalConflict(f"the lease on {key} was lost"))
+
+    async def _reap(self) -> None:
+        for owner in await self.journal.owners():
+            if owner != self.owner and _owner_dead(owner):
+                n = await self.journal.expire_owner(owner)
+                log.info("took back %d lease(s) of %s, which is gone", n, owner)
+
+    async def _answer_remote_asks(self) -> None:
+        for msg_id, (key, fut) in list(self._waiters.items()):
+            act = self.activations.get(key)
+            if fut.done() or (act is not None and not act.stale):
+                continue
+            done = await self.journal.outcome(key, msg_id)
+            if done is not None and not fut.done():
+                try:
+                    fut.set_result(_reply_of(done))
+                except errors.LoomError as exc:
+                    fut.set_exception(exc)
+
+    async def tick(self) -> None:
+        """One round of the scheduling loop (the loop calls it; tests may too)."""
+        await self._settle_all()
+        now = self.clock()
+        if now >= self._renew_at:
+            self._renew_at = now + self.lease_ttl_s / 3
+            await self._renew(now)
+        if now >= self._reap_at:
+            self._reap_at = now + max(1.0, self.lease_ttl_s / 2)
+            await self._reap()
+        for key in await self.journal.due_actors(now, self.due_batch, owner=self.owner):
+            if key.partition("/")[0] in self.types:
+                self.notify(key)
+        await self._answer_remote_asks()
+        await self._sweep_idle()
+
     async def _timer_loop(self) -> None:
         while not self._closing:
             try:
-                now = self.clock()
-                for key in await self.journal.due_actors(now, calls=False):
-                    self.notify(key)  # a timer fired or an event arrived
-                for key in await self.journal.due_actors(now):
-                    # new calls (e.g. sent by another process); an unfinished run keeps its
-                    # own call unconsumed, so skip actors that are busy or parked
-                    act = self.activations.get(key)
-                    if key not in self._parked and (act is None or act.run is None):
-                        self.notify(key)
-                await self._sweep_idle()
+                await self.tick()
                 due = await self.journal.next_due(self.clock())
                 delay = self.poll_interval_s
                 if due is not None:
@@ -290,19 +410,17 @@ class ActorRuntime:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("timer loop")
+                log.exception("scheduling loop")
                 await asyncio.sleep(self.poll_interval_s)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Recover actors with pending work and start delivering timers."""
-        # An unfinished run keeps its message in the inbox until it completes, so every
-        # actor with work to resume (or to start) shows up here.
-        for key in await self.journal.due_actors(self.clock(), limit=1_000_000):
-            self.notify(key)
+        """Start the scheduling loop: it recovers every due actor this process may own."""
+        _LIVE_OWNERS.add(self.owner)
         self._timer_task = asyncio.get_running_loop().create_task(self._timer_loop())
 
     async def stop(self) -> None:
+        """Stop running actors and release their leases (unfinished runs resume elsewhere)."""
         self._closing = True
         if self._timer_task is not None:
             self._timer_task.cancel()
@@ -310,10 +428,31 @@ class ActorRuntime:
                 await self._timer_task
         for task in list(self._pumping.values()):
             task.cancel()
-        for act in list(self.activations.values()):
-            await act.deactivate()
+        for task in list(self._pumping.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for key, act in list(self.activations.items()):
+            try:
+                await self._release(key, act)
+            except Exception as exc:
+                log.warning("releasing %s failed: %s", key, exc)
         self.activations.clear()
-        self._lane.close()
+        _LIVE_OWNERS.discard(self.owner)
+        if self._lane is not None:
+            self._lane.close()
+
+    def abandon(self) -> None:
+        """Stop at once as a crash would: no lease released, nothing flushed (tests)."""
+        self._closing = True
+        _LIVE_OWNERS.discard(self.owner)
+        tasks = [self._timer_task, *self._pumping.values()]
+        tasks += [a.run.task for a in self.activations.values() if a.run and a.run.task]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+        self.activations.clear()
+        if self._lane is not None:
+            self._lane.close()
 
     async def __aenter__(self) -> ActorRuntime:
         await self.start()
@@ -324,14 +463,21 @@ class ActorRuntime:
 
     # -- activities ------------------------------------------------------------------------
     async def run_activity(self, name: str, input: Any, *, version: str | None,
-                           idempotency_key: str, timeout_ms: int | None) -> Any:
-        if self.executor is None:
+                           idempotency_key: str, timeout_ms: int | None,
+                           tenant: str = "") -> Any:
+        if self.activities is not None:
+            return await self.activities.run(name, input, version=version,
+                                             idempotency_key=idempotency_key,
+                                             timeout_ms=timeout_ms, tenant=tenant)
+        if self.executor is None or self._lane is None:
             raise errors.NotFound(f"no executor configured to run activity {name!r}")
         call = partial(self.executor.invoke_sync, name, input, version=version,
-                       idempotency_key=idempotency_key, timeout_ms=timeout_ms)
+                       idempotency_key=idempotency_key, timeout_ms=timeout_ms, tenant=tenant)
         return await self._lane.submit(partial(self.breakers.call, name, call))
 
     async def retry_policy_for(self, name: str, version: str | None) -> RetryPolicy:
+        if self.activities is not None:
+            return await self.activities.retry_policy(name, version)
         if self.executor is None:
             return RetryPolicy(max_attempts=1)
         try:
@@ -340,12 +486,12 @@ class ActorRuntime:
             return RetryPolicy(max_attempts=1)
 
     # -- invariants ------------------------------------------------------------------------
-    def check_invariants(self, activation: Activation, before: Any, after: Any,
+    def check_invariants(self, key: str, actor: Actor, before: Any, after: Any,
                          events: list[dict[str, Any]]) -> errors.InvariantViolated | None:
         checks: list[tuple[str, Callable[[], Any]]] = [
-            (name, partial(getattr(activation.actor, attr), before, after, events))
-            for name, attr in activation.actor.invariants.items()]
-        checks += [(name, partial(fn, activation.key, before, after, events))
+            (name, partial(getattr(actor, attr), before, after, events))
+            for name, attr in actor.invariants.items()]
+        checks += [(name, partial(fn, key, before, after, events))
                    for name, fn in self.invariants.items()]
         for name, check in checks:
             try:
@@ -354,7 +500,7 @@ class ActorRuntime:
                 verdict = f"the check raised {type(exc).__name__}: {exc}"
             if verdict is False or isinstance(verdict, str):
                 message = verdict if isinstance(verdict, str) else "returned False"
-                return errors.InvariantViolated(name, message, actor=activation.key)
+                return errors.InvariantViolated(name, message, actor=key)
         return None
 
     # -- reading ---------------------------------------------------------------------------
@@ -365,7 +511,4 @@ class ActorRuntime:
 
     async def outcome(self, target: ActorRef | str, msg_id: str) -> dict[str, Any] | None:
         """The completing commit of message `msg_id`, if it has completed."""
-        for commit in reversed(await self.journal.read(str(target))):
-            if commit.get("run", {}).get("msg") == msg_id and "state" in commit:
-                return commit
-        return None
+        return await self.journal.outcome(str(target), msg_id)

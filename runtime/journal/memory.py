@@ -1,32 +1,58 @@
-"""The journal in memory: for unit tests. Documents are JSON round-tripped like a real store."""
+"""The journal in memory: for unit tests and simulations. Documents are JSON round-tripped
+like a real store, and scheduling costs O(what is due) like the SQLite index does."""
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
-from typing import Any
+from dataclasses import dataclass
 
 from runtime.journal.store import Commit, Envelope, JournalConflict
 
+INF = float("inf")
 
-def _copy(doc: dict[str, Any]) -> dict[str, Any]:
-    copied: dict[str, Any] = json.loads(json.dumps(doc))
-    return copied
+
+@dataclass
+class _Entry:
+    n: int
+    kind: str
+    deliver_at: float
+    consumed_at: float | None
+    doc: str
+
+
+@dataclass
+class _Sched:
+    last_n: int = 0
+    due_at: float | None = None  # 0 = ready now (ordered by ready_n)
+    ready_n: int = 0
+    owner: str | None = None
+    lease_until: float = 0.0
+    epoch: int = 0
 
 
 class MemoryJournal:
     def __init__(self) -> None:
         self.url = "memory://"
         self._commits: dict[str, dict[int, str]] = {}
-        self._inbox: dict[str, dict[str, tuple[int, float, float | None, str]]] = {}
-        self._enq = itertools.count()
+        self._outcomes: dict[tuple[str, str], int] = {}
+        self._inbox: dict[str, dict[str, _Entry]] = {}
+        self._sched: dict[str, _Sched] = {}
+        self._ready: dict[str, int] = {}  # actor -> ready_n, for due_at == 0
+        self._timed: list[tuple[float, str]] = []  # heap of (due_at, actor), lazily pruned
+        self._timed_due: dict[str, float] = {}  # timed actors whose time has come
+        self._counter = itertools.count(1)
 
+    # -- commits ---------------------------------------------------------------------------
     async def append(self, commit: Commit) -> None:
         doc = json.dumps(commit)
         seqs = self._commits.setdefault(commit["actor"], {})
         if commit["seq"] in seqs:
             raise JournalConflict(f"commit {commit['actor']}#{commit['seq']} already exists")
         seqs[commit["seq"]] = doc
+        if "kind" in commit and commit.get("run"):
+            self._outcomes[(commit["actor"], commit["run"]["msg"])] = commit["seq"]
 
     async def read(self, actor: str, after_seq: int = -1) -> list[Commit]:
         seqs = self._commits.get(actor, {})
@@ -37,49 +63,153 @@ class MemoryJournal:
         start = max((i for i, d in enumerate(docs) if "state" in d), default=0)
         return docs[start:]
 
+    async def outcome(self, actor: str, msg_id: str) -> Commit | None:
+        seq = self._outcomes.get((actor, msg_id))
+        if seq is None:
+            return None
+        found: Commit = json.loads(self._commits[actor][seq])
+        return found
+
+    # -- inbox -----------------------------------------------------------------------------
     async def enqueue(self, envelope: Envelope) -> bool:
-        box = self._inbox.setdefault(envelope["target"], {})
+        actor = envelope["target"]
+        box = self._inbox.setdefault(actor, {})
         if envelope["id"] in box:
             return False
-        box[envelope["id"]] = (next(self._enq), float(envelope.get("deliver_at", 0.0)), None,
-                               json.dumps(envelope))
+        doc = json.dumps(envelope)  # fails before anything changes
+        row = self._sched.setdefault(actor, _Sched())
+        row.last_n += 1
+        deliver_at = float(envelope.get("deliver_at", 0.0))
+        box[envelope["id"]] = _Entry(row.last_n, envelope.get("kind") or "call", deliver_at,
+                                     None, doc)
+        self._set_due(actor, row, deliver_at if row.due_at is None
+                      else min(row.due_at, deliver_at))
         return True
 
     async def inbox(self, actor: str, now: float, *, calls: int | None = None) -> list[Envelope]:
         entries = sorted((e for e in self._inbox.get(actor, {}).values()
-                          if e[2] is None and e[1] <= now), key=lambda e: e[0])
-        docs = [json.loads(e[3]) for e in entries]
-        if calls is None:
-            return docs
-        others = [d for d in docs if d.get("kind", "call") != "call"]
-        return others + [d for d in docs if d.get("kind", "call") == "call"][:calls]
+                          if e.consumed_at is None and e.deliver_at <= now), key=lambda e: e.n)
+        if calls is not None:
+            taken = [e for e in entries if e.kind == "call"][:calls]
+            entries = [e for e in entries if e.kind != "call"] + taken
+        return [{**json.loads(e.doc), "n": e.n} for e in entries]
 
     async def consume(self, actor: str, ids: list[str], now: float) -> None:
         box = self._inbox.get(actor, {})
         for i in ids:
             entry = box.get(i)
-            if entry is not None and entry[2] is None:
-                box[i] = (entry[0], entry[1], now, entry[3])
+            if entry is not None and entry.consumed_at is None:
+                entry.consumed_at = now
 
-    async def due_actors(self, now: float, limit: int = 1000, *,
-                         calls: bool = True) -> list[str]:
-        return [a for a, box in self._inbox.items()
-                if any(e[2] is None and e[1] <= now
-                       and (calls or json.loads(e[3]).get("kind", "call") != "call")
-                       for e in box.values())][:limit]
+    # -- schedule --------------------------------------------------------------------------
+    def _set_due(self, actor: str, row: _Sched, due_at: float | None) -> None:
+        if due_at == row.due_at and (due_at != 0 or actor in self._ready):
+            return
+        row.due_at = due_at
+        self._ready.pop(actor, None)
+        self._timed_due.pop(actor, None)
+        if due_at is None:
+            return
+        if due_at <= 0:
+            row.ready_n = next(self._counter)
+            self._ready[actor] = row.ready_n
+        else:
+            heapq.heappush(self._timed, (due_at, actor))
+
+    def _free_for(self, row: _Sched, owner: str | None, now: float) -> bool:
+        return owner is None or row.owner in (None, owner) or row.lease_until < now
+
+    async def due_actors(self, now: float, limit: int = 256, *,
+                         owner: str | None = None) -> list[str]:
+        while self._timed and self._timed[0][0] <= now:
+            due_at, actor = heapq.heappop(self._timed)
+            row = self._sched.get(actor)
+            if row is not None and row.due_at == due_at:
+                self._timed_due[actor] = due_at
+        ready = [a for a, _ in sorted(self._ready.items(), key=lambda kv: kv[1])
+                 if self._free_for(self._sched[a], owner, now)][:limit]
+        timed = [a for a, _ in sorted(self._timed_due.items(), key=lambda kv: kv[1])
+                 if self._free_for(self._sched[a], owner, now)][:limit]
+        out = list(dict.fromkeys(ready + timed))
+        return out
 
     async def next_due(self, now: float) -> float | None:
-        times = [e[1] for box in self._inbox.values() for e in box.values()
-                 if e[2] is None and e[1] > now]
-        return min(times) if times else None
+        while self._timed:
+            due_at, actor = self._timed[0]
+            row = self._sched.get(actor)
+            if row is not None and row.due_at == due_at and due_at > now:
+                return due_at
+            if row is not None and row.due_at == due_at:  # due already: due_actors takes it
+                self._timed_due[actor] = due_at
+            heapq.heappop(self._timed)
+        return None
 
+    async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> int | None:
+        row = self._sched.setdefault(actor, _Sched())
+        if row.owner not in (None, owner) and row.lease_until >= now:
+            return None
+        if row.owner != owner:
+            row.epoch += 1
+            row.owner = owner
+        row.lease_until = now + ttl
+        return row.epoch
+
+    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+        held: set[str] = set()
+        until = now + ttl
+        for actor, row in self._sched.items():
+            if row.owner != owner:
+                continue
+            if row.due_at is not None and row.due_at == row.lease_until:
+                self._set_due(actor, row, until)
+            row.lease_until = until
+            held.add(actor)
+        return held
+
+    async def settle(self, actor: str, owner: str, *, now: float, seen_n: int, busy: bool,
+                     release: bool = False) -> None:
+        row = self._sched.get(actor)
+        if row is None or row.owner != owner:
+            return
+        due = INF
+        for e in self._inbox.get(actor, {}).values():
+            if e.consumed_at is not None:
+                continue
+            if e.deliver_at > now or (e.n > seen_n and not (busy and e.kind == "call")):
+                due = min(due, e.deliver_at)
+        if release:
+            row.owner = None
+            row.lease_until = 0.0
+        elif busy:
+            due = min(due, row.lease_until)
+        self._set_due(actor, row, None if due == INF else due)
+
+    async def owners(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self._sched.values():
+            if row.owner is not None:
+                counts[row.owner] = counts.get(row.owner, 0) + 1
+        return counts
+
+    async def expire_owner(self, owner: str) -> int:
+        n = 0
+        for actor, row in self._sched.items():
+            if row.owner == owner:
+                row.lease_until = 0.0
+                if row.due_at is not None and row.due_at > 0:
+                    self._set_due(actor, row, 0.0)
+                n += 1
+        return n
+
+    # -- listing and upkeep ------------------------------------------------------------------
     async def actors(self, prefix: str = "") -> list[str]:
         return sorted(a for a in self._commits if a.startswith(prefix))
 
     async def purge_tombstones(self, older_than: float) -> int:
         n = 0
         for box in self._inbox.values():
-            for i in [i for i, e in box.items() if e[2] is not None and e[2] < older_than]:
+            for i in [i for i, e in box.items()
+                      if e.consumed_at is not None and e.consumed_at < older_than]:
                 del box[i]
                 n += 1
         return n

@@ -25,16 +25,33 @@ from runtime.journal.store import Commit, Envelope, JournalConflict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
-    actor TEXT NOT NULL, seq INTEGER NOT NULL, has_state INTEGER NOT NULL, doc BLOB NOT NULL);
+    actor TEXT NOT NULL, seq INTEGER NOT NULL, has_state INTEGER NOT NULL, doc BLOB NOT NULL,
+    done_msg TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS commits_key ON commits (actor, seq);
 CREATE INDEX IF NOT EXISTS commits_state ON commits (actor, seq) WHERE has_state = 1;
 CREATE TABLE IF NOT EXISTS inbox (
-    actor TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, enq INTEGER NOT NULL,
+    actor TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, n INTEGER NOT NULL,
     deliver_at REAL NOT NULL, consumed_at REAL, doc BLOB NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS inbox_key ON inbox (actor, id);
-CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (actor, enq) WHERE consumed_at IS NULL;
-CREATE INDEX IF NOT EXISTS inbox_due ON inbox (deliver_at) WHERE consumed_at IS NULL;
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (actor, n) WHERE consumed_at IS NULL;
+CREATE TABLE IF NOT EXISTS sched (
+    actor TEXT PRIMARY KEY, last_n INTEGER NOT NULL DEFAULT 0, due_at REAL,
+    ready_n INTEGER NOT NULL DEFAULT 0, owner TEXT, lease_until REAL NOT NULL DEFAULT 0,
+    epoch INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS sched_due ON sched (due_at, ready_n) WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sched_owner ON sched (owner) WHERE owner IS NOT NULL;
 """
+MIGRATE_V1 = """
+ALTER TABLE inbox RENAME COLUMN enq TO n;
+DROP INDEX IF EXISTS inbox_due;
+ALTER TABLE commits ADD COLUMN done_msg TEXT;
+UPDATE commits SET done_msg = json_extract(CAST(doc AS TEXT), '$.run.msg')
+    WHERE json_extract(CAST(doc AS TEXT), '$.kind') IS NOT NULL;
+INSERT OR IGNORE INTO sched (actor, last_n, due_at)
+    SELECT actor, MAX(n), CASE WHEN SUM(consumed_at IS NULL) > 0 THEN 0 END FROM inbox
+    GROUP BY actor;
+"""
+VERSION = 2
 # Rowid tables: new rows append to the same few pages, and the unique indexes carry only
 # the short keys, so one group commit touches far fewer pages than keyed tables would.
 Write = Callable[[sqlite3.Connection], Any]
@@ -49,7 +66,7 @@ class SqliteJournal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.url = f"sqlite:///{self.path}"
         self._db = self._connect(synchronous)  # reads, on the event loop
-        self._db.executescript(SCHEMA)
+        self._setup()
         self._writer = self._connect(synchronous)  # writes, on the writer thread
         self._lock = threading.Lock()
         self._batch: list[tuple[Write, asyncio.Future[Any]]] = []
@@ -57,6 +74,16 @@ class SqliteJournal:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="loom-journal")
         self.transactions = 0
         self.writes = 0
+
+    def _setup(self) -> None:
+        db = self._db
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        columns = {r[1] for r in db.execute("PRAGMA table_info(inbox)")}
+        db.executescript(SCHEMA)
+        if "enq" in columns:  # a journal written by Loom 0.1: number the inboxes, add a schedule
+            db.executescript(f"BEGIN IMMEDIATE; {MIGRATE_V1} COMMIT;")
+        if version < VERSION:
+            db.execute(f"PRAGMA user_version={VERSION}")
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
@@ -125,12 +152,13 @@ class SqliteJournal:
     # -- commits ---------------------------------------------------------------------------
     async def append(self, commit: Commit) -> None:
         doc = to_json(commit)
-        row = (commit["actor"], commit["seq"], int("state" in commit), doc)
+        done = commit["run"]["msg"] if "kind" in commit and commit.get("run") else None
+        row = (commit["actor"], commit["seq"], int("state" in commit), doc, done)
 
         def write(db: sqlite3.Connection) -> None:
             try:
-                db.execute("INSERT INTO commits (actor, seq, has_state, doc) VALUES (?,?,?,?)",
-                           row)
+                db.execute("INSERT INTO commits (actor, seq, has_state, doc, done_msg) "
+                           "VALUES (?,?,?,?,?)", row)
             except sqlite3.IntegrityError:
                 raise JournalConflict(
                     f"commit {commit['actor']}#{commit['seq']} already exists") from None
@@ -152,34 +180,51 @@ class SqliteJournal:
             "FROM commits WHERE actor=? AND has_state=1), 0) ORDER BY seq", (actor, actor))
         return [from_json(r[0]) for r in rows]
 
+    async def outcome(self, actor: str, msg_id: str) -> Commit | None:
+        rows = self._query("SELECT doc FROM commits WHERE actor=? AND done_msg=? "
+                           "ORDER BY seq DESC LIMIT 1", (actor, msg_id))
+        return from_json(rows[0][0]) if rows else None
+
     # -- inbox -----------------------------------------------------------------------------
     async def enqueue(self, envelope: Envelope) -> bool:
-        row = (envelope["target"], envelope["id"], envelope.get("kind", "call"),
-               time.time_ns(), envelope.get("deliver_at", 0.0), to_json(envelope))
+        actor, deliver_at = envelope["target"], float(envelope.get("deliver_at", 0.0))
+        doc = to_json(envelope)
 
         def write(db: sqlite3.Connection) -> bool:
-            cur = db.execute("INSERT INTO inbox (actor, id, kind, enq, deliver_at, doc) VALUES "
-                             "(?,?,?,?,?,?) ON CONFLICT (actor, id) DO NOTHING", row)
-            return cur.rowcount == 1
+            if db.execute("SELECT 1 FROM inbox WHERE actor=? AND id=?",
+                          (actor, envelope["id"])).fetchone():
+                return False
+            n = db.execute(
+                "INSERT INTO sched (actor, last_n, due_at, ready_n) VALUES (?1, 1, ?2, ?3) "
+                "ON CONFLICT (actor) DO UPDATE SET last_n = last_n + 1, "
+                "ready_n = CASE WHEN ?2 = 0 AND (due_at IS NULL OR due_at > 0) THEN ?3 "
+                "ELSE ready_n END, "
+                "due_at = CASE WHEN due_at IS NULL OR ?2 < due_at THEN ?2 ELSE due_at END "
+                "RETURNING last_n", (actor, deliver_at, time.time_ns())).fetchone()[0]
+            db.execute("INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) VALUES "
+                       "(?,?,?,?,?,?)", (actor, envelope["id"], envelope.get("kind") or "call",
+                                         n, deliver_at, doc))
+            return True
 
         inserted: bool = await self._submit(write)
         return inserted
 
     async def inbox(self, actor: str, now: float, *, calls: int | None = None) -> list[Envelope]:
+        base = ("SELECT n, doc FROM inbox WHERE actor=? AND consumed_at IS NULL AND "
+                "deliver_at<=?")
         if calls is None:
-            rows = self._query(
-                "SELECT doc FROM inbox WHERE actor=? AND consumed_at IS NULL AND deliver_at<=? "
-                "ORDER BY enq, id", (actor, now))
+            rows = self._query(f"{base} ORDER BY n", (actor, now))
         else:
-            rows = self._query(
-                "SELECT doc FROM inbox WHERE actor=? AND consumed_at IS NULL AND deliver_at<=? "
-                "AND kind != 'call' ORDER BY enq, id", (actor, now))
+            rows = self._query(f"{base} AND kind != 'call' ORDER BY n", (actor, now))
             if calls:
-                rows += self._query(
-                    "SELECT doc FROM inbox WHERE actor=? AND consumed_at IS NULL AND "
-                    "deliver_at<=? AND kind = 'call' ORDER BY enq, id LIMIT ?",
-                    (actor, now, calls))
-        return [from_json(r[0]) for r in rows]
+                rows += self._query(f"{base} AND kind = 'call' ORDER BY n LIMIT ?",
+                                    (actor, now, calls))
+        out = []
+        for n, doc in rows:
+            env = from_json(doc)
+            env["n"] = n
+            out.append(env)
+        return out
 
     async def consume(self, actor: str, ids: list[str], now: float) -> None:
         if not ids:
@@ -192,17 +237,76 @@ class SqliteJournal:
 
         await self._submit(write)
 
-    async def due_actors(self, now: float, limit: int = 1000, *,
-                         calls: bool = True) -> list[str]:
-        kinds = "" if calls else " AND kind != 'call'"
-        rows = self._query("SELECT DISTINCT actor FROM inbox WHERE consumed_at IS NULL AND "
-                           f"deliver_at<=?{kinds} LIMIT ?", (now, limit))
-        return [r[0] for r in rows]
+    # -- schedule and ownership --------------------------------------------------------------
+    async def due_actors(self, now: float, limit: int = 256, *,
+                         owner: str | None = None) -> list[str]:
+        free = "" if owner is None else " AND (owner IS NULL OR owner=? OR lease_until<?)"
+        args: tuple[Any, ...] = () if owner is None else (owner, now)
+        ready = self._query(f"SELECT actor FROM sched WHERE due_at = 0{free} "
+                            "ORDER BY due_at, ready_n LIMIT ?", (*args, limit))
+        timed = self._query(f"SELECT actor FROM sched WHERE due_at > 0 AND due_at <= ?{free} "
+                            "ORDER BY due_at LIMIT ?", (now, *args, limit))
+        return list(dict.fromkeys(r[0] for r in ready + timed))
 
     async def next_due(self, now: float) -> float | None:
-        rows = self._query("SELECT MIN(deliver_at) FROM inbox WHERE consumed_at IS NULL AND "
-                           "deliver_at > ?", (now,))
+        rows = self._query("SELECT MIN(due_at) FROM sched WHERE due_at > ?", (now,))
         return rows[0][0] if rows and rows[0][0] is not None else None
+
+    async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> int | None:
+        def write(db: sqlite3.Connection) -> int | None:
+            row = db.execute(
+                "INSERT INTO sched (actor, owner, lease_until, epoch) VALUES (?1, ?2, ?3, 1) "
+                "ON CONFLICT (actor) DO UPDATE SET "
+                "epoch = CASE WHEN owner IS ?2 THEN epoch ELSE epoch + 1 END, "
+                "owner = ?2, lease_until = ?3 "
+                "WHERE owner IS NULL OR owner = ?2 OR lease_until < ?4 RETURNING epoch",
+                (actor, owner, now + ttl, now)).fetchone()
+            return int(row[0]) if row else None
+
+        epoch: int | None = await self._submit(write)
+        return epoch
+
+    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+        def write(db: sqlite3.Connection) -> set[str]:
+            rows = db.execute(
+                "UPDATE sched SET due_at = CASE WHEN due_at = lease_until THEN ?2 ELSE due_at "
+                "END, lease_until = ?2 WHERE owner = ?1 RETURNING actor",
+                (owner, now + ttl)).fetchall()
+            return {r[0] for r in rows}
+
+        held: set[str] = await self._submit(write)
+        return held
+
+    async def settle(self, actor: str, owner: str, *, now: float, seen_n: int, busy: bool,
+                     release: bool = False) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            due = db.execute(
+                "SELECT MIN(deliver_at) FROM inbox WHERE actor=?1 AND consumed_at IS NULL AND "
+                "(deliver_at > ?2 OR (n > ?3 AND NOT (?4 AND kind = 'call')))",
+                (actor, now, seen_n, int(busy))).fetchone()[0]
+            if release:
+                db.execute("UPDATE sched SET due_at=?3, ready_n=?4, owner=NULL, lease_until=0 "
+                           "WHERE actor=?1 AND owner=?2", (actor, owner, due, time.time_ns()))
+            else:
+                db.execute(
+                    "UPDATE sched SET due_at = CASE WHEN ?5 AND (?3 IS NULL OR lease_until < ?3)"
+                    " THEN lease_until ELSE ?3 END, ready_n=?4 WHERE actor=?1 AND owner=?2",
+                    (actor, owner, due, time.time_ns(), int(busy)))
+
+        await self._submit(write)
+
+    async def owners(self) -> dict[str, int]:
+        rows = self._query("SELECT owner, COUNT(*) FROM sched WHERE owner IS NOT NULL "
+                           "GROUP BY owner", ())
+        return {r[0]: r[1] for r in rows}
+
+    async def expire_owner(self, owner: str) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            return db.execute("UPDATE sched SET lease_until = 0, due_at = CASE WHEN due_at IS "
+                              "NULL THEN NULL ELSE 0 END WHERE owner = ?", (owner,)).rowcount
+
+        expired: int = await self._submit(write)
+        return expired
 
     async def actors(self, prefix: str = "") -> list[str]:
         rows = self._query("SELECT DISTINCT actor FROM commits WHERE actor >= ? AND actor < ? "

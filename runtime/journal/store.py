@@ -1,10 +1,23 @@
-"""The journal protocol: append-only commits per actor, plus each actor's durable inbox.
+"""The journal protocol: append-only commits per actor, each actor's durable inbox, and the
+schedule that says which actors need attention and which process owns each one.
 
-A commit is one JSON document keyed (actor, seq), written create-if-absent; it holds
-everything one step changed (see `schemas/journal.py`). The inbox holds messages, events
-and timers addressed to an actor, keyed (actor, message id), also create-if-absent, so a
-re-delivered message is recognised by its id. Consumed entries become tombstones (kept
-for `tombstone_ttl_s`) so a late duplicate is still refused.
+**Commits.** A commit is one JSON document keyed (actor, seq), written create-if-absent; it
+holds everything one step changed (see `schemas/journal.py`). That create-if-absent write is
+the fence: of two activations of one actor, only one can write a given seq.
+
+**Inbox.** Messages, events and timers addressed to an actor, keyed (actor, message id),
+also create-if-absent, so a re-delivered message is recognised by its id. The journal gives
+each new entry the next number `n` of its actor's inbox: the inbox order is fixed once, at
+enqueue, never by a sender's clock. Consumed entries become tombstones (kept for
+`tombstone_ttl_s`) so a late duplicate is still refused.
+
+**Schedule.** One row per actor: `due_at` (when it next needs attention: 0 = now, a time,
+or never) and a lease `(owner, lease_until, epoch)`. Enqueue lowers `due_at`; the owner
+*settles* it after looking at the inbox, to the earliest entry it has not seen yet or a
+future timer. So an actor whose run is parked, or that holds events nobody waits for,
+costs nothing until something new arrives: scheduling is O(what is due), oldest first.
+While an owner holds an actor with unfinished work, its `due_at` is capped at the lease's
+end, so a crashed owner's actors become due for others as soon as the lease runs out.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ __all__ = ["Commit", "Envelope", "JournalConflict", "JournalStore"]
 class JournalStore(Protocol):
     url: str
 
+    # -- commits ---------------------------------------------------------------------------
     async def append(self, commit: Commit) -> None:
         """Write `commit` if (actor, seq) is free; else raise JournalConflict."""
         ...
@@ -34,14 +48,21 @@ class JournalStore(Protocol):
         """The latest commit carrying state and every commit after it (all, if none has)."""
         ...
 
+    async def outcome(self, actor: str, msg_id: str) -> Commit | None:
+        """The commit that completed the run of message `msg_id` (it has "kind"), if any."""
+        ...
+
+    # -- inbox -----------------------------------------------------------------------------
     async def enqueue(self, envelope: Envelope) -> bool:
-        """Add to the target's inbox; False if that message id was ever enqueued there."""
+        """Add to the target's inbox with the next inbox number `n`, and make the target due
+        at the entry's `deliver_at`; False (and nothing changed) if that message id was ever
+        enqueued there."""
         ...
 
     async def inbox(self, actor: str, now: float, *, calls: int | None = None) -> list[Envelope]:
-        """Unconsumed entries of `actor` due at `now`, in enqueue order.
+        """Unconsumed entries of `actor` due at `now`, in inbox order, each carrying its `n`.
 
-        With `calls=n`: every event and timer, then at most the first n call messages.
+        With `calls=k`: every event and timer, then at most the first k call messages.
         """
         ...
 
@@ -49,16 +70,47 @@ class JournalStore(Protocol):
         """Turn entries into tombstones."""
         ...
 
-    async def due_actors(self, now: float, limit: int = 1000, *,
-                         calls: bool = True) -> list[str]:
-        """Actors with at least one unconsumed inbox entry due at `now` (with
-        `calls=False`: only timers and events count)."""
+    # -- schedule and ownership --------------------------------------------------------------
+    async def due_actors(self, now: float, limit: int = 256, *,
+                         owner: str | None = None) -> list[str]:
+        """Actors due at `now` that `owner` may take (free, expired or its own lease).
+
+        Up to `limit` actors with new messages, in arrival order, and up to `limit` actors
+        with a due timer, earliest first; neither kind can starve the other.
+        """
         ...
 
     async def next_due(self, now: float) -> float | None:
-        """Earliest deliver_at after `now` among unconsumed entries, if any."""
+        """The earliest due time after `now` in the schedule, if any."""
         ...
 
+    async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> int | None:
+        """Lease `actor` to `owner` until now + ttl if it is free, expired or already
+        `owner`'s. Returns the lease epoch (raised on every change of owner), else None."""
+        ...
+
+    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+        """Extend every lease `owner` holds to now + ttl; returns the actors it still holds."""
+        ...
+
+    async def settle(self, actor: str, owner: str, *, now: float, seen_n: int, busy: bool,
+                     release: bool = False) -> None:
+        """After `owner` read the inbox at `now` and saw it up to number `seen_n`: the actor
+        is next due at the earliest of its unconsumed entries numbered above `seen_n`
+        (without calls while `busy`) and of those not yet due at `now`; while `busy` and
+        not released, no later than the lease's end. `release` also gives up the lease.
+        No-op if `owner` does not hold the lease."""
+        ...
+
+    async def owners(self) -> dict[str, int]:
+        """Current lease holders and how many actors each holds."""
+        ...
+
+    async def expire_owner(self, owner: str) -> int:
+        """End every lease of `owner` now (it is known to be dead); returns how many."""
+        ...
+
+    # -- listing and upkeep ------------------------------------------------------------------
     async def actors(self, prefix: str = "") -> list[str]:
         """Actors that have commits, optionally of one type ("type/")."""
         ...

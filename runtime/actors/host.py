@@ -1,0 +1,64 @@
+"""What an activation needs from the runtime that hosts it: a handful of callbacks.
+
+The runtime implements it for real; `replay.py` implements it so that every effect is
+refused; the simulation drives the real runtime. An activation never reaches further.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from runtime import errors
+from runtime.actors.actor import ActorRef
+from runtime.actors.hooks import Hooks
+from runtime.journal.store import Envelope, JournalStore
+from schemas.manifest import RetryPolicy
+
+
+class ActivationLost(BaseException):
+    """The activation must stop now: a storage write failed, or another activation of the
+    actor committed first (fenced). Not an `Exception`, so handler code and sagas never
+    catch it: nothing is compensated or consumed, and the run resumes by replay."""
+
+    def __init__(self, actor: str, cause: BaseException) -> None:
+        super().__init__(f"{actor}: {type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+class Host(Protocol):
+    journal: JournalStore
+    hooks: Hooks
+    durable_retry_threshold_s: float
+    invariants: dict[str, Any]
+
+    def clock(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    def envelope(self, target: ActorRef, handler: str | None, payload: Any, *,
+                 msg_id: str | None = None, kind: str = "call", name: str | None = None,
+                 reply_to: str | None = None, sender: str | None = None,
+                 deliver_at: float = 0.0, key: str | None = None) -> Envelope: ...
+
+    async def dispatch(self, envelopes: list[Envelope]) -> None: ...
+
+    def resolve(self, msg_id: str, result: Any, failure: BaseException | None) -> None: ...
+
+    def notify(self, key: str) -> None: ...
+
+    def settle_later(self, key: str, now: float, seen_n: int, busy: bool) -> None: ...
+
+    def lost(self, key: str, activation: object, cause: BaseException) -> None: ...
+
+    def committed(self, key: str) -> None: ...
+
+    def check_invariants(self, key: str, actor: Any, before: Any, after: Any,
+                         events: list[dict[str, Any]]) -> errors.InvariantViolated | None: ...
+
+    def tenant_of(self, key: str) -> str: ...
+
+    async def run_activity(self, name: str, input: Any, *, version: str | None,
+                           idempotency_key: str, timeout_ms: int | None,
+                           tenant: str) -> Any: ...
+
+    async def retry_policy_for(self, name: str, version: str | None) -> RetryPolicy: ...
