@@ -165,6 +165,51 @@ def clock_reader(*, gate: bool = False) -> bytes:
     (call $pack (local.get $ptr) (local.get $len))""", imports=imports, gate=gate)
 
 
+_CLOCK_IMPORTS = """
+  (import "wasi_snapshot_preview1" "clock_time_get"
+    (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_res_get" (func $res (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))"""
+
+_HEX = """
+  ;; write the 2n lowercase hex digits of the n bytes at $src to $dst
+  (func $hex (param $src i32) (param $n i32) (param $dst i32)
+    (local $i i32) (local $b i32)
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $b (i32.load8_u (i32.add (local.get $src) (local.get $i))))
+      (i32.store8 (i32.add (local.get $dst) (i32.shl (local.get $i) (i32.const 1)))
+        (i32.load8_u (i32.add (i32.const 1024) (i32.shr_u (local.get $b) (i32.const 4)))))
+      (i32.store8 (i32.add (local.get $dst)
+                           (i32.add (i32.shl (local.get $i) (i32.const 1)) (i32.const 1)))
+        (i32.load8_u (i32.add (i32.const 1024) (i32.and (local.get $b) (i32.const 15)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next))))"""
+
+CLOCK_PROBE_LAYOUT = "<QQQQ16s16sI"
+"""realtime, realtime again, monotonic, realtime resolution, random 16 B twice, errno sum."""
+
+
+def clock_probe() -> bytes:
+    """Reads the realtime clock twice, the monotonic clock, the realtime resolution and two
+    16-byte random blocks; returns them (CLOCK_PROBE_LAYOUT) as one hex JSON string."""
+    return core("""
+    (local.set $n (call $clock (i32.const 0) (i64.const 1) (i32.const 2048)))
+    (local.set $n (i32.add (local.get $n) (call $clock (i32.const 0) (i64.const 1)
+                                                       (i32.const 2056))))
+    (local.set $n (i32.add (local.get $n) (call $clock (i32.const 1) (i64.const 1)
+                                                       (i32.const 2064))))
+    (local.set $n (i32.add (local.get $n) (call $res (i32.const 0) (i32.const 2072))))
+    (local.set $n (i32.add (local.get $n) (call $random (i32.const 2080) (i32.const 16))))
+    (local.set $n (i32.add (local.get $n) (call $random (i32.const 2096) (i32.const 16))))
+    (i32.store (i32.const 2112) (local.get $n))
+    (i32.store8 (i32.const 4096) (i32.const 34))
+    (call $hex (i32.const 2048) (i32.const 68) (i32.const 4097))
+    (i32.store8 (i32.const 4233) (i32.const 34))
+    (call $pack (i32.const 4096) (i32.const 138))""", imports=_CLOCK_IMPORTS, funcs=_HEX,
+                data="0123456789abcdef")
+
+
 def file_opener(path: str, *, gate: bool = False) -> bytes:
     """Calls WASI path_open(fd 3, `path`) and returns {"errno":N}."""
     imports = """(import "wasi_snapshot_preview1" "path_open"
@@ -301,6 +346,18 @@ def wasi_echo() -> bytes:
     (drop (call $write (i32.const 1) (i32.const 65536) (local.get $n)))""")
 
 
+def wasi_clock_echo() -> bytes:
+    """Reads the realtime clock at start-up (as many libcs and runtimes do), traps if that
+    fails, then copies stdin to stdout."""
+    wat = wasi_wat("""
+    (if (call $clock (i32.const 0) (i64.const 1) (i32.const 16)) (then (unreachable)))
+    (local.set $n (call $read_stdin))
+    (drop (call $write (i32.const 1) (i32.const 65536) (local.get $n)))""")
+    imports = ('(import "wasi_snapshot_preview1" "clock_time_get" '
+               '(func $clock (param i32 i64 i32) (result i32)))')
+    return wasmtime.wat2wasm(wat.replace("(module", "(module " + imports, 1))
+
+
 def wasi_fail(stderr: str, code: int) -> bytes:
     """Writes `stderr` to fd 2 and exits with `code`."""
     raw = stderr.encode()
@@ -321,6 +378,24 @@ def wasi_flood(chunk: int = 4096, max_writes: int = 100_000) -> bytes:
 
 def wasi_loop() -> bytes:
     return wasi("(loop $spin (br $spin))")
+
+
+def wasi_recursion(*, prelude: str = "", data: bytes | str = b"") -> bytes:
+    """Runs `prelude`, then recurses until the stack overflows."""
+    wat = wasi_wat(prelude + "(drop (call $deep (i32.const 0)))", data=data)
+    deep = """(func $deep (param $x i32) (result i32)
+    (i32.add (call $deep (i32.add (local.get $x) (i32.const 1))) (i32.const 1)))
+  (func (export "_start")"""
+    return wasmtime.wat2wasm(wat.replace('(func (export "_start")', deep))
+
+
+def wasi_flood_forever(chunk: int = 4096) -> bytes:
+    """Writes `chunk`-byte blocks of 'x' to stdout forever, ignoring every error."""
+    return wasi(f"""
+    (memory.fill (i32.const 65536) (i32.const 120) (i32.const {chunk}))
+    (loop $again
+      (drop (call $write (i32.const 1) (i32.const 65536) (i32.const {chunk})))
+      (br $again))""")
 
 
 # -- manifests and executors -------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import struct
 import subprocess
 import sys
 import textwrap
@@ -335,15 +336,46 @@ def test_granted_directory_that_does_not_exist(executor: Executor, tmp_path: Pat
                 key=KEY, mentions=("missing",))
     assert_healthy(executor)
 
-def test_clock_without_capability(executor: Executor) -> None:
-    exc = hostile_run(executor, "timer", guests.clock_reader(gate=True))
-    check_error(exc, errors.CapabilityDenied, code="capability_denied", activity="timer",
-                key=KEY, mentions=("clock_time_get", "clock"))
+def _probe(executor: Executor, name: str, key: str) -> tuple[Any, ...]:
+    out = executor.execute(name, {}, idempotency_key=key).output
+    return struct.unpack(guests.CLOCK_PROBE_LAYOUT, bytes.fromhex(out))
 
 
-def test_clock_with_capability_works(executor: Executor) -> None:
-    executor.upload(guests.clock_reader(), manifest("timer", capabilities={"clock": True}))
-    assert executor.execute("timer", {"go": 1}).output == {"go": 1}
+def test_clock_without_capability_is_frozen_and_coarse(executor: Executor) -> None:
+    """No `clock` grant: realtime = the call's start in whole milliseconds, not moving;
+    other clocks read 0; resolution 1 ms; random_get is a deterministic stream per
+    (activity, version, idempotency key) that differs between two reads."""
+    executor.upload(guests.clock_probe(), manifest("timer", output_schema={"type": "string"}))
+    before = time.time_ns()
+    rt, rt2, mono, res, rnd1, rnd2, errnos = _probe(executor, "timer", "k1")
+    after = time.time_ns()
+    assert errnos == 0
+    assert rt == rt2, "the default clock is frozen for the whole call"
+    assert rt % 1_000_000 == 0, "and coarse: whole milliseconds"
+    assert before - before % 1_000_000 <= rt <= after
+    assert (mono, res) == (0, 1_000_000)
+    assert rnd1 != rnd2 and len({rnd1, rnd2, bytes(16)}) == 3
+    again = _probe(executor, "timer", "k1")
+    assert again[4:6] == (rnd1, rnd2), "same idempotency key, same random bytes"
+    other = _probe(executor, "timer", "k2")
+    assert other[4] not in (rnd1, rnd2), "another key, other random bytes"
+
+
+def test_clock_with_capability_is_the_real_clock(executor: Executor) -> None:
+    executor.upload(guests.clock_probe(), manifest("timer", output_schema={"type": "string"},
+                                                   capabilities={"clock": True}))
+    seen = [_probe(executor, "timer", "k1") for _ in range(3)]
+    for rt, rt2, mono, res, _, _, errnos in seen:
+        assert errnos == 0
+        assert rt2 >= rt and abs(rt - time.time_ns()) < 60 * 10**9
+        assert mono > 0 and res < 1_000_000
+    assert len({s[1] for s in seen}) == 3, "the real clock moves (ns resolution)"
+    assert len({s[4] for s in seen}) == 3, "real randomness, even for the same key"
+
+
+def test_unmodified_command_reading_the_clock_at_start_up_runs(executor: Executor) -> None:
+    executor.upload(guests.wasi_clock_echo(), manifest("wclock", abi="wasi-command"))
+    assert executor.execute("wclock", {"a": 1}).output == {"a": 1}
 
 
 @pytest.mark.parametrize("request_, capabilities, mentions", [
@@ -555,6 +587,21 @@ def test_wasi_stdout_flood(executor: Executor) -> None:
     assert time.monotonic() - started < QUICK_S
     check_error(info.value, errors.OutputTooLarge, code="output_too_large", activity="flood",
                 key=KEY, mentions=("max_output_bytes=10000",))
+    assert_healthy(executor)
+
+
+def test_wasi_flood_ignoring_write_errors_stops_at_the_cap(executor: Executor) -> None:
+    """A guest that keeps writing after refused writes is stopped at its first write past
+    the cap, with the non-retryable OutputTooLarge, long before its deadline."""
+    executor.upload(guests.wasi_flood_forever(), wasi_manifest(
+        "flood", max_output_bytes=10_000, timeout_ms=60_000))
+    started = time.monotonic()
+    with pytest.raises(errors.LoomError) as info:
+        executor.execute("flood", {}, idempotency_key=KEY)
+    elapsed = time.monotonic() - started
+    check_error(info.value, errors.OutputTooLarge, code="output_too_large", activity="flood",
+                key=KEY, mentions=("max_output_bytes=10000", "after 8192"))
+    assert elapsed < 0.5, f"took {elapsed * 1000:.0f} ms"
     assert_healthy(executor)
 
 

@@ -235,10 +235,9 @@ class Executor:
         if manifest.abi is AbiKind.WASI_COMMAND:
             session = self._session(manifest)
             session.begin(key, deadline)
-            out, fuel = run_command(plan.engine, self._pre(plan, where), manifest, session, data,
-                                    ticks)
+            out, fuel, memory = run_command(plan.engine, self._pre(plan, where), manifest,
+                                            session, data, ticks)
             output = self._decode(out, plan, validate, where)
-            memory = 0
         else:
             pool_key: PoolKey = (manifest.name, manifest.version, manifest.sha256, tenant)
             instance = self.pool.acquire(pool_key)
@@ -292,7 +291,8 @@ class Executor:
                             max_stack=manifest.limits.stack_bytes)
 
     def _session(self, manifest: ActivityManifest) -> GuestSession:
-        return GuestSession(manifest, env=self._env, secret=self._secret)
+        return GuestSession(manifest, env=self._env, secret=self._secret,
+                            command=manifest.abi is AbiKind.WASI_COMMAND)
 
     def _plan(self, m: ActivityManifest) -> _Plan:
         plan = self._plans.get((m.ref, m.sha256))

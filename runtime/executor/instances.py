@@ -1,32 +1,33 @@
 """Sandboxed guest instances: one store each, with limits, WASI and the host session.
 
-The hot path calls exports through wasmtime's C API directly (`func_call_unchecked`
-with pre-allocated argument slots, `memmove` into linear memory), which costs a few
-microseconds instead of the tens that `Func.__call__` spends rebuilding types.
+Instantiation and every call go through wasmtime's C API directly
+(`wasmtime_instance_pre_instantiate`, `func_call_unchecked` with pre-allocated argument
+slots, `memmove` into linear memory): a few microseconds instead of the tens that
+`Func.__call__` spends rebuilding types, and a failure's error is always this store's own
+(wasmtime-py's wrappers re-raise a process-wide "last host exception", which can belong to
+another thread's call).
 """
 
 from __future__ import annotations
 
 import ctypes
-from ctypes import POINTER, byref, c_size_t, c_void_p
+from ctypes import POINTER, byref
 from typing import Any
 
 import wasmtime
-import wasmtime._func as wasmtime_func
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
 from runtime import errors
+from runtime.executor.hostfuncs import extern_kind, memory_data, memory_size
 from runtime.executor.session import SESSIONS, STDERR_TAIL, GuestSession, context_address
 from schemas.manifest import ActivityManifest
 
 _call_unchecked = _bindings._wasmtime_func_call_unchecked
 _set_deadline = _bindings._wasmtime_context_set_epoch_deadline
-_memory_data = ctypes.CFUNCTYPE(c_void_p, POINTER(ffi.wasmtime_context_t),
-                                POINTER(ffi.wasmtime_memory_t))(("wasmtime_memory_data", ffi.dll))
-_memory_size = ctypes.CFUNCTYPE(c_size_t, POINTER(ffi.wasmtime_context_t),
-                                POINTER(ffi.wasmtime_memory_t))(
-    ("wasmtime_memory_data_size", ffi.dll))
+_pre_instantiate = _bindings._wasmtime_instance_pre_instantiate
+_export_get = _bindings._wasmtime_instance_export_get
+_FUNC, _MEMORY = ffi.WASMTIME_EXTERN_FUNC.value, ffi.WASMTIME_EXTERN_MEMORY.value
 ERROR_BIT = 1 << 63
 PAGE = 65536
 
@@ -42,20 +43,17 @@ class GuestStore:
         self.store = wasmtime.Store(engine)
         self.store.set_limits(memory_size=manifest.limits.memory_bytes,
                               table_elements=1_000_000, instances=2, tables=4, memories=1)
+        # stdout/stderr stay unset (a sink): the fd_write shadow captures them (hostfuncs)
         wasi = wasmtime.WasiConfig()
         wasi.argv = [manifest.name]
         wasi.env = list(session.env.items())
-        wasi.stderr_custom = session.write_stderr
         for d in manifest.capabilities.dirs:
             try:
                 wasi.preopen_dir(d.host_path, d.guest_path, fs_mutable=False)
             except wasmtime.WasmtimeError:
                 raise errors.CapabilityDenied(f"granted directory {d.host_path!r} cannot be "
                                               "opened", **self.where()) from None
-        if stdin is None:
-            wasi.stdout_custom = session.write_stderr  # core ABI: stdout is just more logging
-        else:
-            wasi.stdout_custom = session.write_stdout
+        if stdin is not None:
             vec = ffi.wasm_byte_vec_t()
             ffi.wasm_byte_vec_new(byref(vec), len(stdin),
                                   ctypes.cast(ctypes.c_char_p(stdin), POINTER(ffi.wasm_byte_t)))
@@ -64,10 +62,39 @@ class GuestStore:
         self.ctx = self.store._context()
         self.address = context_address(self.ctx)
         SESSIONS[self.address] = session
-        self.memory: Any = None
+        self._instance = ffi.wasmtime_instance_t()
+        self._exports: list[Any] = []  # keeps the extern structs behind the refs alive
         self._memory_ref: Any = None
         self._trap = POINTER(ffi.wasm_trap_t)()
         self._trap_ref = byref(self._trap)
+
+    def instantiate(self, pre: wasmtime.InstancePre) -> None:
+        """Instantiate through the C API; find the exported memory (if any)."""
+        err = _pre_instantiate(pre.ptr(), self.ctx, byref(self._instance), self._trap_ref)
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(err)
+        self._raise_trap()
+        memory = self.export(b"memory", _MEMORY)
+        self._memory_ref = None if memory is None else byref(memory.of.memory)
+
+    def export(self, name: bytes, kind: int) -> Any:
+        """The export `name` as a wasmtime_extern_t of `kind`, or None."""
+        ext = ffi.wasmtime_extern_t()
+        if not _export_get(self.ctx, byref(self._instance), name, len(name), byref(ext)):
+            return None
+        if extern_kind(ext) != kind:
+            return None
+        self._exports.append(ext)
+        return ext
+
+    def func_ref(self, name: bytes, *, required: bool = True) -> Any:
+        ext = self.export(name, _FUNC)
+        if ext is None:
+            if required:
+                raise errors.ModuleInvalid(f"export {name.decode()} is not a function",
+                                           **self.where())
+            return None
+        return byref(ext.of.func)
 
     def where(self) -> dict[str, Any]:
         return {"activity": self.manifest.name, "version": self.manifest.version,
@@ -95,6 +122,9 @@ class GuestStore:
         err = _call_unchecked(self.ctx, func_ref, args, nargs, self._trap_ref)
         if err:
             raise wasmtime.WasmtimeError._from_ptr(err)
+        self._raise_trap()
+
+    def _raise_trap(self) -> None:
         if self._trap:
             trap = wasmtime.Trap._from_ptr(self._trap)
             self._trap = POINTER(ffi.wasm_trap_t)()
@@ -103,11 +133,12 @@ class GuestStore:
 
     def memory_view(self) -> tuple[int, int]:
         ref = self._memory_ref
-        return _memory_data(self.ctx, ref) or 0, _memory_size(self.ctx, ref)
+        if ref is None:
+            return 0, 0
+        return memory_data(self.ctx, ref) or 0, memory_size(self.ctx, ref)
 
     def classify(self, exc: BaseException) -> errors.LoomError:
         """Map whatever stopped the guest to one error of the taxonomy."""
-        wasmtime_func.LAST_EXCEPTION = None  # host functions report through the session
         where = self.where()
         if self.session.violation is not None:
             v = self.session.violation
@@ -149,14 +180,15 @@ class GuestStore:
                                  details={"exit_code": code, "stderr_tail": tail}, **self.where())
 
     def _memory_exhausted(self) -> bool:
-        if self.memory is None:
+        if self._memory_ref is None:
             return False
         _, size = self.memory_view()
         return size + PAGE > self.manifest.limits.memory_bytes
 
     def close(self) -> None:
         SESSIONS.pop(self.address, None)
-        self.memory = None
+        self._memory_ref = None
+        self._exports.clear()
 
 
 class CoreInstance(GuestStore):
@@ -169,18 +201,15 @@ class CoreInstance(GuestStore):
         self.calls = 0
         try:
             self.arm(ticks)
-            instance = pre.instantiate(self.store)
-            exports = instance.exports(self.store)
-            self.memory = exports["memory"]
-            self._memory_ref = byref(self.memory._memory)
-            self._alloc = _func(exports, "loom_alloc")
-            self._run = _func(exports, "loom_run")
-            self._alloc_ref = byref(self._alloc._func)
-            self._run_ref = byref(self._run._func)
+            self.instantiate(pre)
+            if self._memory_ref is None:
+                raise errors.ModuleInvalid("core-v1 module must export memory", **self.where())
+            self._alloc_ref = self.func_ref(b"loom_alloc")
+            self._run_ref = self.func_ref(b"loom_run")
             self._args = (ffi.wasmtime_val_raw_t * 2)()
-            init = exports.get("_initialize")
-            if isinstance(init, wasmtime.Func):
-                self.raw_call(byref(init._func), self._args, 0)
+            init = self.func_ref(b"_initialize", required=False)
+            if init is not None:
+                self.raw_call(init, self._args, 0)
         except Exception as exc:
             error = self.classify(exc)
             self.close()
@@ -239,45 +268,30 @@ class CoreInstance(GuestStore):
 
 
 def run_command(engine: wasmtime.Engine, pre: wasmtime.InstancePre, manifest: ActivityManifest,
-                session: GuestSession, data: bytes, ticks: int) -> tuple[bytes, int | None]:
-    """Run a WASI command once: stdin = input, stdout = output. Returns (stdout, fuel used)."""
+                session: GuestSession, data: bytes,
+                ticks: int) -> tuple[bytes, int | None, int]:
+    """Run a WASI command once: stdin = input, stdout = output.
+
+    Returns (stdout, fuel used, peak linear memory in bytes)."""
     guest = GuestStore(engine, manifest, session, stdin=data)
     try:
         guest.arm(ticks)
         code = 0
         try:
-            instance = pre.instantiate(guest.store)
-            exports = instance.exports(guest.store)
-            memory = exports.get("memory")
-            if isinstance(memory, wasmtime.Memory):
-                guest.memory = memory
-                guest._memory_ref = byref(memory._memory)
-            start = exports["_start"]
-            assert isinstance(start, wasmtime.Func)
-            guest.raw_call(byref(start._func), (ffi.wasmtime_val_raw_t * 1)(), 0)
+            guest.instantiate(pre)
+            guest.raw_call(guest.func_ref(b"_start"), (ffi.wasmtime_val_raw_t * 1)(), 0)
         except wasmtime.ExitTrap as exit_:
             code = exit_.code
-            wasmtime_func.LAST_EXCEPTION = None
         except Exception as exc:
             raise guest.classify(exc) from None
         if session.violation is not None:
             raise guest.classify(session.violation)
-        if session.stdout_overflow:
-            raise errors.OutputTooLarge(
-                f"stdout exceeded max_output_bytes={manifest.limits.max_output_bytes}",
-                **guest.where())
         if code != 0:
             raise guest.exit_error(code)
-        return bytes(session.stdout), guest.fuel_used()
+        # linear memory never shrinks: its size at exit is the peak
+        return bytes(session.stdout), guest.fuel_used(), guest.memory_view()[1]
     finally:
         guest.close()
-
-
-def _func(exports: Any, name: str) -> wasmtime.Func:
-    item = exports[name]
-    if not isinstance(item, wasmtime.Func):
-        raise errors.ModuleInvalid(f"export {name} is not a function")
-    return item
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,48 +6,14 @@ import threading
 from dataclasses import dataclass
 
 import wasmtime
-from wasmtime import FuncType, ValType
+from wasmtime import FuncType
 
 from runtime import errors
-from runtime.executor import session as host
+from runtime.executor import hostfuncs
+from runtime.executor.hostfuncs import ALWAYS_DENIED, I32, I64, WASI
 from schemas.manifest import AbiKind, ActivityManifest
 
-WASI = "wasi_snapshot_preview1"
-I32, I64 = ValType.i32(), ValType.i64()
-
-# WASI calls that reach outside the sandbox, and the capability each needs.
-FS_CALLS = {"path_open", "path_filestat_get", "path_readlink", "path_create_directory",
-            "path_remove_directory", "path_rename", "path_symlink", "path_unlink_file",
-            "path_link", "path_filestat_set_times"}
-CLOCK_CALLS = {"clock_time_get", "clock_res_get"}
-ALWAYS_DENIED = {"poll_oneoff", "sock_accept", "sock_recv", "sock_send", "sock_shutdown"}
 LOOM_IMPORTS = {"host_call", "host_result"}
-
-# Parameter/result shapes; FuncTypes are built per linker (a FuncType is bound to the first
-# engine it is used with, and wasmtime aborts the process if another engine reuses it).
-SIGNATURES: dict[str, tuple[list[ValType], list[ValType]]] = {
-    "path_open": ([I32, I32, I32, I32, I32, I64, I64, I32, I32], [I32]),
-    "path_filestat_get": ([I32, I32, I32, I32, I32], [I32]),
-    "path_readlink": ([I32, I32, I32, I32, I32, I32], [I32]),
-    "clock_time_get": ([I32, I64, I32], [I32]),
-    "clock_res_get": ([I32, I32], [I32]),
-    "poll_oneoff": ([I32, I32, I32, I32], [I32]),
-    "sock_accept": ([I32, I32, I32], [I32]),
-    "sock_recv": ([I32, I32, I32, I32, I32, I32], [I32]),
-    "sock_send": ([I32, I32, I32, I32, I32], [I32]),
-    "sock_shutdown": ([I32, I32], [I32]),
-}
-
-
-def _denied_calls(fs: bool, clock: bool) -> dict[str, str]:
-    denied = {name: f"WASI {name} is not available to activities" for name in ALWAYS_DENIED}
-    if not fs:
-        denied.update({n: f"filesystem access ({n}) requires the 'dirs' capability"
-                       for n in FS_CALLS if n in SIGNATURES})
-    if not clock:
-        denied.update({n: f"clock access ({n}) requires the 'clock' capability"
-                       for n in CLOCK_CALLS})
-    return denied
 
 
 def check_module(module: wasmtime.Module, manifest: ActivityManifest) -> None:
@@ -139,12 +105,5 @@ class Linkers:
         linker = wasmtime.Linker(engine)
         linker.define_wasi()
         linker.allow_shadowing = True
-        for name, reason in _denied_calls(key.fs, key.clock).items():
-            params, results = SIGNATURES[name]
-            linker.define_func(WASI, name, FuncType(params, results), host.deny(reason),
-                               access_caller=True)
-        linker.define_func("loom", "host_call", FuncType([I32, I32], [I32]), host.host_call,
-                           access_caller=True)
-        linker.define_func("loom", "host_result", FuncType([I32], [I32]), host.host_result,
-                           access_caller=True)
+        hostfuncs.define(linker, fs=key.fs, clock=key.clock)
         return linker

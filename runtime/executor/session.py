@@ -1,27 +1,27 @@
 """Per-instance host state: the capabilities in force and what the current call did.
 
-Host functions are defined once per linker (store-independent); they find the
-session of the calling store through the store's context address.
+Host functions (`runtime.executor.hostfuncs`) are defined once per linker
+(store-independent); they find the session of the calling store through the store's
+context address and report violations on it, never through a process-wide variable.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import wasmtime
-from wasmtime import _ffi as ffi
-
 from runtime import errors
 from runtime.executor import http_capability
 from schemas.manifest import ActivityManifest
 
 MAX_REQUEST_BYTES = 1024 * 1024
+CLOCK_RESOLUTION_NS = 1_000_000
+"""The deterministic clock (no `clock` grant) moves in whole milliseconds: it does not move."""
 STDERR_TAIL = 2048
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "warn": logging.WARNING, "error": logging.ERROR}
@@ -36,10 +36,12 @@ def context_address(ctx: Any) -> int:
 
 class GuestSession:
     def __init__(self, manifest: ActivityManifest, *, env: Mapping[str, str],
-                 secret: Callable[[str], str | None]) -> None:
+                 secret: Callable[[str], str | None], command: bool = False) -> None:
         self.manifest = manifest
         self.caps = manifest.capabilities
         self.limits = manifest.limits
+        self.command = command
+        """wasi-command: stdout is the output; core-v1: stdout is more logging."""
         self.env = {k: env[k] for k in self.caps.env if k in env}
         self._secret = secret
         self.logger = logging.getLogger(f"loom.activity.{manifest.name}")
@@ -56,24 +58,45 @@ class GuestSession:
         self.pending = b""
         self.violation: errors.LoomError | None = None
         self.stdout = bytearray()
-        self.stdout_overflow = False
         self.stderr = bytearray()
+        self.started_ns = time.time_ns()
+        self._random_counter = 0
 
-    # -- WASI stdout/stderr ------------------------------------------------------------
-    def write_stdout(self, data: bytes) -> int:
+    # -- WASI stdout/stderr (through the fd_write shadow) -------------------------------
+    def write(self, fd: int, data: bytes) -> None:
+        if fd == 1 and self.command:
+            self.write_stdout(data)
+        else:
+            self.write_stderr(data)
+
+    def write_stdout(self, data: bytes) -> None:
+        """Append to the output; the first write past the cap stops the guest."""
         if len(self.stdout) + len(data) > self.limits.max_output_bytes:
-            self.stdout_overflow = True
-            return -errno.EFBIG
+            raise errors.OutputTooLarge(
+                f"stdout exceeded max_output_bytes={self.limits.max_output_bytes} (a write of "
+                f"{len(data)} bytes after {len(self.stdout)})")
         self.stdout += data
-        return len(data)
 
-    def write_stderr(self, data: bytes) -> int:
+    def write_stderr(self, data: bytes) -> None:
         self.stderr += data
         if len(self.stderr) > 4 * STDERR_TAIL:
             del self.stderr[:-STDERR_TAIL]
         if self.caps.log:
             self._log("info", data.decode("utf-8", "replace").rstrip("\n"), {"stream": "stderr"})
-        return len(data)
+
+    # -- the deterministic clock and random source (no `clock` grant) --------------------
+    def frozen_time_ns(self, clock_id: int) -> int:
+        """Realtime: the call's start, truncated to the millisecond; other clocks: 0."""
+        if clock_id == 0:
+            return self.started_ns - self.started_ns % CLOCK_RESOLUTION_NS
+        return 0
+
+    def random_bytes(self, n: int) -> bytes:
+        """SHAKE-256 over (activity, version, idempotency key, call counter)."""
+        self._random_counter += 1
+        seed = (f"loom-random\0{self.manifest.name}@{self.manifest.version}\0"
+                f"{self.idempotency_key}\0{self._random_counter}").encode()
+        return hashlib.shake_256(seed).digest(n)
 
     # -- the loom.host_call operations ---------------------------------------------------
     def handle(self, request: Any) -> dict[str, Any]:
@@ -130,62 +153,3 @@ class GuestSession:
         self.logger.log(LEVELS.get(level, logging.INFO), "%s", message, extra={
             "activity": self.manifest.name, "version": self.manifest.version,
             "idempotency_key": self.idempotency_key, "fields": fields})
-
-
-# -- host functions shared by every store of a linker -------------------------------------
-
-def _guest_memory(caller: wasmtime.Caller) -> tuple[int, int]:
-    mem = caller.get("memory")
-    if not isinstance(mem, wasmtime.Memory):
-        raise errors.Trap("guest has no exported memory for host calls")
-    ctx = caller._context()
-    base = ctypes.cast(ffi.wasmtime_memory_data(ctx, ctypes.byref(mem._memory)), ctypes.c_void_p)
-    return base.value or 0, ffi.wasmtime_memory_data_size(ctx, ctypes.byref(mem._memory))
-
-
-def _session(caller: wasmtime.Caller) -> GuestSession:
-    session = SESSIONS.get(context_address(caller._context()))
-    if session is None:  # pragma: no cover - only if a store outlives its registration
-        raise errors.Trap("host call from an unregistered store")
-    return session
-
-
-def host_call(caller: wasmtime.Caller, ptr: int, length: int) -> int:
-    session = _session(caller)
-    try:
-        base, size = _guest_memory(caller)
-        if length < 0 or length > MAX_REQUEST_BYTES or ptr < 0 or ptr + length > size:
-            raise errors.Trap(f"host_call request out of bounds (ptr={ptr}, len={length})")
-        raw = ctypes.string_at(base + ptr, length)
-        try:
-            request = json.loads(raw)
-        except ValueError:
-            request = None
-        response = session.handle(request)
-    except errors.LoomError as exc:
-        session.violation = exc
-        raise
-    session.pending = json.dumps(response, separators=(",", ":")).encode()
-    return len(session.pending)
-
-
-def host_result(caller: wasmtime.Caller, dst: int) -> int:
-    session = _session(caller)
-    data, session.pending = session.pending, b""
-    base, size = _guest_memory(caller)
-    if dst < 0 or dst + len(data) > size:
-        session.violation = errors.Trap(f"host_result destination out of bounds (ptr={dst})")
-        raise session.violation
-    ctypes.memmove(base + dst, data, len(data))
-    return len(data)
-
-
-def deny(what: str) -> Callable[..., int]:
-    """A WASI shadow that traps with CapabilityDenied when called."""
-
-    def denied(caller: wasmtime.Caller, *_: Any) -> int:
-        session = _session(caller)
-        session.violation = errors.CapabilityDenied(what)
-        raise session.violation
-
-    return denied
