@@ -5,22 +5,28 @@ float, bool, None): a set or a tuple is refused even where the schema allows any
 
 Supported keywords: type (one or a list), properties, required, additionalProperties
 (boolean, or a schema when there are no properties), items, minItems, maxItems,
-minLength, maxLength, pattern, minimum, maximum, exclusiveMinimum, exclusiveMaximum,
-enum and const (scalars), anyOf; annotations (title, description, default, examples,
-$schema, $id, $comment, format) are accepted and ignored. Anything else is refused
-with the JSON path of the keyword, so a manifest never silently promises a check
-that is not made.
+minLength, maxLength, pattern, format (strings only: email, uuid, ipv4, ipv6, date,
+date-time; see FORMATS), minimum, maximum, exclusiveMinimum, exclusiveMaximum, enum and
+const (scalars), anyOf; annotations (title, description, default, examples, deprecated,
+readOnly, writeOnly, $schema, $id, $comment) are accepted and ignored. Anything else,
+including a `format` Loom does not check, is refused with the JSON path of the keyword,
+so a manifest never silently promises a check that is not made.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
+import ipaddress
 import itertools
 import json
+import re
+from collections.abc import Callable
 from typing import Annotated, Any, Union
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
@@ -29,16 +35,69 @@ from pydantic import (
     TypeAdapter,
     create_model,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_core import SchemaError as PydanticCoreSchemaError
 
 ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
-               "format", "deprecated", "readOnly", "writeOnly"}
-KEYWORDS = ANNOTATIONS | {
-    "type", "properties", "required", "additionalProperties", "items", "minItems",
-    "maxItems", "minLength", "maxLength", "pattern", "minimum", "maximum",
-    "exclusiveMinimum", "exclusiveMaximum", "enum", "const", "anyOf",
-}
+               "deprecated", "readOnly", "writeOnly"}
+CHECKS = ("type", "properties", "required", "additionalProperties", "items", "minItems",
+          "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum",
+          "exclusiveMinimum", "exclusiveMaximum", "enum", "const", "anyOf")
+KEYWORDS = ANNOTATIONS | set(CHECKS)
 _counter = itertools.count()
+
+# HTML's definition of a valid e-mail address (what <input type=email> accepts).
+_EMAIL = re.compile(r"[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}"
+                    r"[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                   r"[0-9a-fA-F]{12}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?"
+                        r"(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
+def _is_ip(kind: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]
+           ) -> Callable[[str], bool]:
+    def check(value: str) -> bool:
+        try:
+            kind(value)
+        except ValueError:
+            return False
+        return True
+    return check
+
+
+def _is_date(value: str) -> bool:
+    try:
+        return bool(_DATE.fullmatch(value)) and bool(datetime.date.fromisoformat(value))
+    except ValueError:
+        return False
+
+
+def _is_date_time(value: str) -> bool:
+    if not _DATE_TIME.fullmatch(value):
+        return False
+    try:
+        datetime.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+FORMATS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "email": (lambda v: bool(_EMAIL.fullmatch(v)),
+              "an e-mail address (as HTML's <input type=email> checks it)"),
+    "uuid": (lambda v: bool(_UUID.fullmatch(v)), "a UUID (8-4-4-4-12 hex digits)"),
+    "ipv4": (_is_ip(ipaddress.IPv4Address), "an IPv4 address"),
+    "ipv6": (_is_ip(ipaddress.IPv6Address), "an IPv6 address"),
+    "date": (_is_date, "a date (YYYY-MM-DD)"),
+    "date-time": (_is_date_time, "an RFC 3339 date-time (e.g. 2026-01-31T12:00:00Z)"),
+}
+"""The `format` values that are checked: name -> (check, what a valid value is)."""
+
+SUPPORTED = (f"supported: {', '.join(CHECKS)}; formats: {', '.join(FORMATS)}; "
+             f"annotations: {', '.join(sorted(ANNOTATIONS))}")
+"""One line naming every supported keyword, for error messages and docs."""
 
 
 class SchemaError(ValueError):
@@ -75,7 +134,7 @@ def _type_of(schema: Any, path: str, anything: Any) -> Any:
         raise SchemaError(path, "must be an object or true")
     unknown = sorted(set(schema) - KEYWORDS)
     if unknown:
-        raise SchemaError(f"{path}/{unknown[0]}", "keyword is not supported")
+        raise SchemaError(f"{path}/{unknown[0]}", f"keyword is not supported ({SUPPORTED})")
     if "const" in schema:
         return _one_of_values([_scalar(schema["const"], f"{path}/const")], anything)
     if "enum" in schema:
@@ -94,6 +153,9 @@ def _type_of(schema: Any, path: str, anything: Any) -> Any:
         if set(schema) - ANNOTATIONS:
             raise SchemaError(path, "constraints need a 'type'")
         return anything
+    if "format" in schema and "string" not in (kinds if isinstance(kinds, list) else [kinds]):
+        raise SchemaError(f"{path}/format", "format applies to strings only; with type "
+                          f"{json.dumps(kinds)} it would not be checked")
     if isinstance(kinds, list):
         if not kinds:
             raise SchemaError(f"{path}/type", "must not be empty")
@@ -108,6 +170,37 @@ def _json_equal(a: Any, b: Any) -> bool:
     if isinstance(a, str) or isinstance(b, str):
         return isinstance(a, str) and isinstance(b, str) and a == b
     return bool(a == b) and (a is None) == (b is None)
+
+
+def _format(name: Any, path: str) -> Callable[[str], str]:
+    if not isinstance(name, str) or name not in FORMATS:
+        raise SchemaError(path, f"format {json.dumps(name)} is not checked by Loom (checked "
+                          f"formats: {', '.join(FORMATS)}); use 'pattern' instead, or "
+                          "put the hint in 'description'")
+    is_valid, meaning = FORMATS[name]
+
+    def check(value: str) -> str:
+        if not is_valid(value):
+            raise PydanticCustomError("format", "must be {meaning}", {"meaning": meaning})
+        return value
+
+    return check
+
+
+def _require_object(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise PydanticCustomError("object_type", "must be a JSON object, not {kind}",
+                                  {"kind": _kind(value)})
+    return value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {list: "an array", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__)
 
 
 def _one_of_values(values: list[Any], anything: Any) -> Any:
@@ -152,9 +245,12 @@ def _single(schema: dict[str, Any], kind: Any, path: str, anything: Any) -> Any:
                 reason = str(exc).strip().splitlines()[-1]
                 raise SchemaError(f"{path}/pattern",
                                   f"unsupported regular expression: {reason}") from None
-        return Annotated[str, StringConstraints(
+        text = Annotated[str, StringConstraints(
             min_length=_count(schema, "minLength", path),
             max_length=_count(schema, "maxLength", path), pattern=pattern)]
+        if "format" in schema:
+            return Annotated[text, AfterValidator(_format(schema["format"], f"{path}/format"))]
+        return text
     if kind in ("integer", "number"):
         base: type = int if kind == "integer" else float
         return Annotated[base, Field(
@@ -204,4 +300,5 @@ def _object(schema: dict[str, Any], path: str, anything: Any) -> Any:
     for j, prop in enumerate(r for r in required if r not in props):
         fields[f"r{j}"] = (anything, Field(alias=prop))
     config = ConfigDict(extra="allow" if extra else "forbid", strict=True)
-    return create_model(f"Obj{next(_counter)}", __config__=config, **fields)
+    model = create_model(f"Obj{next(_counter)}", __config__=config, **fields)
+    return Annotated[model, BeforeValidator(_require_object)]  # no model name in messages

@@ -8,7 +8,6 @@ Layout (no database needed):
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +17,17 @@ from pydantic import ValidationError
 
 from runtime import errors
 from runtime.backends.blob import BlobStore, Progress
-from schemas.manifest import ActivityManifest, semver_key
+from schemas.json_text import JsonTextError, parse_json_text
+from schemas.manifest import (
+    ActivityManifest,
+    Capabilities,
+    HttpCapability,
+    HttpTarget,
+    Limits,
+    ReadOnlyDir,
+    RetryPolicy,
+    semver_key,
+)
 
 
 @dataclass(frozen=True)
@@ -36,25 +45,63 @@ def parse_manifest(raw: Any, *, source: str = "manifest") -> ActivityManifest:
     """Validate a manifest dict (or JSON text); errors name each bad field."""
     if isinstance(raw, str | bytes):
         try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise errors.ManifestInvalid(
-                f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-            ) from None
+            raw = parse_json_text(raw, source)
+        except JsonTextError as exc:
+            raise errors.ManifestInvalid(str(exc)) from None
     if isinstance(raw, ActivityManifest):
         return raw
+    if not isinstance(raw, dict):
+        raise errors.ManifestInvalid(
+            f"{source} must be a JSON object with name, version, abi, ..., not {_kind(raw)}",
+            details=[{"loc": [], "msg": "must be a JSON object"}])
     try:
         return ActivityManifest.model_validate(raw)
     except ValidationError as exc:
+        problems = [(_field(e["loc"]), _message(e)) for e in exc.errors()]
         raise errors.ManifestInvalid(
-            f"{source} is invalid: " + "; ".join(_describe(e) for e in exc.errors()),
-            details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
+            f"{source} is invalid: " + "; ".join(f"{loc}: {msg}" for loc, msg in problems),
+            details=[{"loc": list(e["loc"]), "msg": msg}
+                     for e, (_, msg) in zip(exc.errors(), problems, strict=True)],
         ) from None
 
 
-def _describe(err: Any) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-    return f"{loc}: {err['msg']}"
+_PATTERN_MEANING = {
+    ("name",): "must be 1-63 lowercase letters, digits, '_' or '-', starting with a letter",
+    ("sha256",): "must be the 64 lowercase hex digits of the wasm's SHA-256 (or leave it out "
+                 "and it is computed at upload)",
+}
+
+
+_MODELS: dict[str, Any] = {
+    "": ActivityManifest, "limits": Limits, "capabilities": Capabilities,
+    "capabilities.http": HttpCapability, "capabilities.http.allow": HttpTarget,
+    "capabilities.dirs": ReadOnlyDir, "retry": RetryPolicy}
+
+
+def _kind(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """A dotted field path, list positions as numbers: capabilities.http.allow.0.host."""
+    return ".".join(str(p) for p in loc) or "manifest"
+
+
+def _message(err: Any) -> str:
+    """Pydantic's message without its internals (model names, 'Value error,' prefixes)."""
+    loc, kind, msg = tuple(err["loc"]), err["type"], str(err["msg"])
+    if kind == "string_pattern_mismatch" and loc in _PATTERN_MEANING:
+        return _PATTERN_MEANING[loc]
+    if kind == "extra_forbidden":
+        parent = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
+        model = _MODELS.get(parent)
+        known = f" (allowed here: {', '.join(model.model_fields)})" if model else ""
+        return f"unknown field{known}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a JSON object, not {_kind(err.get('input'))}"
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
 class ActivityRegistry:
@@ -96,10 +143,17 @@ class ActivityRegistry:
     def _same_or_conflict(existing: ActivityManifest, new: ActivityManifest) -> UploadResult:
         if existing == new:
             return UploadResult(existing, created=False)
-        what = "wasm bytes" if existing.sha256 != new.sha256 else "manifest"
+        if existing.sha256 != new.sha256:
+            what = (f"with different wasm bytes (stored sha256 {existing.sha256[:12]}…, "
+                    f"uploaded {new.sha256[:12]}…)")
+        else:
+            old, fresh = existing.model_dump(), new.model_dump()
+            fields = [k for k in fresh if old.get(k) != fresh.get(k)]
+            what = f"with a different manifest (fields that differ: {', '.join(fields)})"
         raise errors.VersionConflict(
-            f"{new.ref} already exists with a different {what}; versions are immutable, "
-            "publish a new version instead", activity=new.name, version=new.version)
+            f"{new.ref} already exists {what}; versions are immutable, so publish this as a "
+            "new version (bump \"version\" in the manifest)",
+            activity=new.name, version=new.version)
 
     def _read(self, name: str, version: str) -> ActivityManifest | None:
         try:
