@@ -34,6 +34,37 @@ from schemas.manifest import AbiKind, ActivityManifest
 
 M = TypeVar("M", bound=BaseModel)
 WASM_MAGIC = b"\0asm"
+ENV_ALLOW_VARIABLE = "LOOM_GUEST_ENV_ALLOW"
+"""Comma- or space-separated host variable names that manifests may grant as `env`."""
+RESERVED_ENV_PREFIX = "LOOM_"
+"""Loom's own settings and secrets (LOOM_SECRET_*, LOOM_COSMOS_KEY): never granted."""
+
+
+def is_reserved_env(name: str) -> bool:
+    return name.upper().startswith(RESERVED_ENV_PREFIX)
+
+
+def check_env_grants(manifest: ActivityManifest) -> None:
+    """Refuse a manifest granting a reserved (LOOM_*) variable; the error names the field."""
+    bad = [(i, n) for i, n in enumerate(manifest.capabilities.env) if is_reserved_env(n)]
+    if bad:
+        raise errors.ManifestInvalid(
+            "; ".join(f"capabilities.env.{i}: {n!r} is reserved (LOOM_* variables hold "
+                      "Loom's settings and secrets; grant secrets with capabilities.secrets)"
+                      for i, n in bad),
+            details=[{"loc": ["capabilities", "env", i], "msg": f"{n} is reserved"}
+                     for i, n in bad],
+            activity=manifest.name, version=manifest.version)
+
+
+def guest_environment(env: Mapping[str, str] | None,
+                      environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables manifests may grant: an explicit `env` mapping (chosen by the embedding
+    program), else the host variables named in LOOM_GUEST_ENV_ALLOW; never LOOM_*."""
+    if env is None:
+        names = environ.get(ENV_ALLOW_VARIABLE, "").replace(",", " ").split()
+        env = {n: environ[n] for n in names if n in environ}
+    return {k: v for k, v in env.items() if not is_reserved_env(k)}
 
 
 @dataclass
@@ -63,6 +94,8 @@ class _Plan:
     ticks: int
     input_check: TypeAdapter[Any]
     output_check: TypeAdapter[Any]
+    env_denied: str | None
+    """Why this worker refuses the manifest's env grants, or None."""
 
 
 @contextmanager
@@ -102,7 +135,7 @@ class Executor:
         self.linkers = Linkers()
         self.pool = InstancePool(s.pool_size)
         self._threads = ThreadPoolExecutor(s.max_threads, thread_name_prefix="loom-guest")
-        self._env = dict(env) if env is not None else dict(os.environ)
+        self._env = guest_environment(env, os.environ)
         if secrets is None:
             self._secret: Callable[[str], str | None] = (
                 lambda name: secret_from_environment(name, s.secrets_dir))
@@ -149,6 +182,7 @@ class Executor:
         if not wasm.startswith(WASM_MAGIC):
             raise errors.ModuleInvalid("not a WebAssembly binary (missing \\0asm header)",
                                        **where)
+        check_env_grants(manifest)
         config = self._engine_config(manifest)
         engine = self.engines.get(config)
         with _naming(where):
@@ -204,6 +238,19 @@ class Executor:
 
         `timeout_ms` can shorten (never extend) the manifest's deadline for this call.
         """
+        try:
+            return self._execute(name, input, version=version, idempotency_key=idempotency_key,
+                                 tenant=tenant, validate=validate, timeout_ms=timeout_ms)
+        except errors.Timeout as exc:  # name the deadline in force, not the manifest's
+            limit = self.registry.get(exc.activity or name, exc.version).limits.timeout_ms
+            if timeout_ms is not None and 0 < timeout_ms < limit:
+                exc.message = exc.message.replace(
+                    f"{limit} ms", f"{timeout_ms} ms (this call's timeout_ms; the manifest "
+                    f"allows {limit} ms)")
+            raise
+
+    def _execute(self, name: str, input: Any, *, version: str | None, idempotency_key: str | None,
+                 tenant: str, validate: bool, timeout_ms: int | None) -> InvocationResult:
         started = time.perf_counter()
         plan = self._plan(self.registry.get(name, version))
         manifest = plan.manifest
@@ -217,6 +264,8 @@ class Executor:
                 data = _ENCODER.encode(input).encode()
         except (TypeError, ValueError, PydanticSerializationError) as exc:
             raise errors.InputInvalid(f"input is not JSON-serializable: {exc}", **where) from None
+        if plan.env_denied is not None:
+            raise errors.CapabilityDenied(plan.env_denied, **where)
         if len(data) > manifest.limits.max_input_bytes:
             raise errors.InputTooLarge(f"input of {len(data)} bytes exceeds max_input_bytes="
                                        f"{manifest.limits.max_input_bytes}", **where)
@@ -290,6 +339,14 @@ class Executor:
         return EngineConfig(fuel=manifest.limits.fuel is not None,
                             max_stack=manifest.limits.stack_bytes)
 
+    def _env_denied(self, m: ActivityManifest) -> str | None:
+        refused = [n for n in m.capabilities.env if is_reserved_env(n) or n not in self._env]
+        if not refused:
+            return None
+        return (f"capabilities.env grants {', '.join(map(repr, refused))}, which this worker "
+                f"does not allow: only variables listed in {ENV_ALLOW_VARIABLE} (or the "
+                "executor's explicit env) and never LOOM_* can be granted")
+
     def _session(self, manifest: ActivityManifest) -> GuestSession:
         return GuestSession(manifest, env=self._env, secret=self._secret,
                             command=manifest.abi is AbiKind.WASI_COMMAND)
@@ -301,7 +358,8 @@ class Executor:
             plan = _Plan(m, self.engines.get(config), config.fingerprint,
                          self.engines.ticks_for(m.limits.timeout_ms),
                          compile_schema(m.input_schema),
-                         compile_schema(m.output_schema, parsed_json=True))
+                         compile_schema(m.output_schema, parsed_json=True),
+                         self._env_denied(m))
             self._plans[(m.ref, m.sha256)] = plan
         return plan
 
