@@ -358,6 +358,28 @@ def wasi_clock_echo() -> bytes:
     return wasmtime.wat2wasm(wat.replace("(module", "(module " + imports, 1))
 
 
+def wasi_environ() -> bytes:
+    """Writes its WASI environment to stdout as one JSON string, "K=V;" per variable."""
+    wat = wasi_wat("""
+    (drop (call $sizes (i32.const 0) (i32.const 4)))
+    (drop (call $environ (i32.const 16) (i32.const 2049)))
+    (local.set $n (i32.load (i32.const 4)))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+      (if (i32.eqz (i32.load8_u (i32.add (i32.const 2049) (local.get $i))))
+        (then (i32.store8 (i32.add (i32.const 2049) (local.get $i)) (i32.const 59))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (i32.store8 (i32.const 2048) (i32.const 34))
+    (i32.store8 (i32.add (i32.const 2049) (local.get $n)) (i32.const 34))
+    (drop (call $write (i32.const 1) (i32.const 2048) (i32.add (local.get $n) (i32.const 2))))""")
+    imports = ('(import "wasi_snapshot_preview1" "environ_sizes_get" '
+               '(func $sizes (param i32 i32) (result i32)))'
+               '(import "wasi_snapshot_preview1" "environ_get" '
+               '(func $environ (param i32 i32) (result i32)))')
+    return wasmtime.wat2wasm(wat.replace("(module", "(module " + imports, 1))
+
+
 def wasi_fail(stderr: str, code: int) -> bytes:
     """Writes `stderr` to fd 2 and exits with `code`."""
     raw = stderr.encode()
