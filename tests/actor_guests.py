@@ -167,13 +167,14 @@ class Stopwatch:
         self.elapsed = time.monotonic() - self.start
 
 
-def context_values(actor: str, start_seq: int, draws: int) -> list[tuple[float, str]]:
-    """What `ctx.random().random()` then `ctx.uuid()` yield, `draws` times, for a run of
-    `actor` starting at `start_seq` (the documented seed is "<actor>:<start seq>")."""
+def context_values(actor: str, msg_id: str, draws: int,
+                   branch: str = "") -> list[tuple[float, str]]:
+    """What `ctx.random().random()` then `ctx.uuid()` yield, `draws` times, for the run of
+    message `msg_id` at `actor` (the documented seed is "<actor>:<message id>:<branch path>")."""
     import random
     import uuid
 
-    rng = random.Random(f"{actor}:{start_seq}")
+    rng = random.Random(f"{actor}:{msg_id}:{branch}")
     out = []
     for _ in range(draws):
         r = rng.random()

@@ -472,17 +472,19 @@ def test_activity_idempotency_keys_are_actor_seq_step(journals: Journals,
     async def scenario() -> None:
         journal = journals.open()
         async with make_runtime(journal, executor, Steps) as rt:
-            first = await rt.ask("steps/k1", "two", {"a": "ka", "b": "kb"})
-            assert first == {"a": "steps/k1:0:0", "b": "steps/k1:0:1"}
-            # commit 0 flushed step 0 before step 1 ran, commit 1 completed the run
-            second = await rt.ask("steps/k1", "two", {"a": "ka", "b": "kb"})
-            assert second == {"a": "steps/k1:2:0", "b": "steps/k1:2:1"}
-            assert executor.keys("ka") == ["steps/k1:0:0", "steps/k1:2:0"]
-            assert executor.keys("kb") == ["steps/k1:0:1", "steps/k1:2:1"]
+            first = await rt.ask("steps/k1", "two", {"a": "ka", "b": "kb"}, msg_id="m1")
+            assert first == {"a": "steps/k1:m1:0", "b": "steps/k1:m1:1"}
+            second = await rt.ask("steps/k1", "two", {"a": "ka", "b": "kb"}, msg_id="m2")
+            assert second == {"a": "steps/k1:m2:0", "b": "steps/k1:m2:1"}
+            assert executor.keys("ka") == ["steps/k1:m1:0", "steps/k1:m2:0"]
+            assert executor.keys("kb") == ["steps/k1:m1:1", "steps/k1:m2:1"]
+            # a long or ':'-bearing message id enters keys as a hash of itself
+            third = await rt.ask("steps/k1", "two", {"a": "ka", "b": "kb"}, msg_id="a:b")
+            assert third["a"].startswith("steps/k1:") and "a:b" not in third["a"]
             done = [e for e in events_of(await journal.read("steps/k1"))
                     if e["op"] == "activity.done"]
             assert [(e["name"], e["step"], e["attempts"]) for e in done] == [
-                ("ka", 0, 1), ("kb", 1, 1), ("ka", 0, 1), ("kb", 1, 1)]
+                ("ka", 0, 1), ("kb", 1, 1), ("ka", 0, 1), ("kb", 1, 1), ("ka", 0, 1), ("kb", 1, 1)]
 
     drive(journals, scenario)
 
@@ -498,18 +500,18 @@ def test_activity_reexecuted_after_a_crash_keeps_its_idempotency_key(
         seen = crash_at(hooks, "after_activity", "steps/k1", nth=2)
         rt = make_runtime(journals.open(), executor, Steps, hooks=hooks)
         await rt.start()
-        msg = await rt.send("steps/k1", "two", {"a": "ka", "b": "kb"})
+        msg = await rt.send("steps/k1", "two", {"a": "ka", "b": "kb"}, msg_id="m0")
         await ag.wait_until(lambda: _true(seen[0] == 2), what="the crash")
         await rt.stop()
         assert await rt.outcome("steps/k1", msg) is None
-        assert executor.keys("kb") == ["steps/k1:0:1"]
+        assert executor.keys("kb") == ["steps/k1:m0:1"]
 
         async with make_runtime(journals.open(), executor, Steps) as rt2:
             commit = await completed(rt2, "steps/k1", msg)
-        assert commit["result"] == {"a": "steps/k1:0:0", "b": "steps/k1:0:1"}
+        assert commit["result"] == {"a": "steps/k1:m0:0", "b": "steps/k1:m0:1"}
         assert commit["state"] == {"runs": 1}
-        assert executor.keys("ka") == ["steps/k1:0:0"]  # replayed, not re-run
-        assert executor.keys("kb") == ["steps/k1:0:1", "steps/k1:0:1"]
+        assert executor.keys("ka") == ["steps/k1:m0:0"]  # replayed, not re-run
+        assert executor.keys("kb") == ["steps/k1:m0:1", "steps/k1:m0:1"]
 
     drive(journals, scenario)
 
@@ -568,9 +570,11 @@ def test_ctx_send_delivers_exactly_once_even_when_dispatch_is_cut_off(
             assert await rt2.ask("sink/s1", "get") == {"got": ["parcel"], "started": None}
             sent = [e for e in events_of(await rt2.journal.read("relay/r1"))
                     if e["op"] == "send.sent"]
-            assert [e["msg"] for e in sent] == ["relay/r1:0:0"]
+            assert [e["msg"] for e in sent] == ["relay/r1:fwd-1:0"]
             commits = await rt2.journal.read("relay/r1")
-            assert commits[0]["outbox"][0]["id"] == "relay/r1:0:0"
+            # sends leave with the commit that completes the run
+            assert commits[0]["kind"] == "completed"
+            assert commits[0]["outbox"][0]["id"] == "relay/r1:fwd-1:0"
             assert commits[0]["outbox"][0]["target"] == "sink/s1"
 
     drive(journals, scenario)
@@ -627,21 +631,22 @@ def test_durable_sleep_resumes_after_a_restart_without_rerunning_steps(
     async def scenario() -> None:
         rt = make_runtime(journals.open(), executor, Steps)
         await rt.start()
-        msg = await rt.send("steps/n1", "nap", {"a": "ka", "b": "kb", "seconds": 0.3})
+        msg = await rt.send("steps/n1", "nap", {"a": "ka", "b": "kb", "seconds": 0.3},
+                            msg_id="m0")
         start = await ag.wait_for_event_op(rt.journal, "steps/n1", "timer.start")
         await rt.stop()
-        assert executor.keys("ka") == ["steps/n1:0:0"]
+        assert executor.keys("ka") == ["steps/n1:m0:0"]
         assert executor.keys("kb") == []
 
         async with make_runtime(journals.open(), executor, Steps) as rt2:
             commit = await completed(rt2, "steps/n1", msg)
             ops_ = await ops(rt2.journal, "steps/n1")
         assert commit["kind"] == "completed"
-        assert commit["result"] == {"a": "steps/n1:0:0", "b": "steps/n1:0:2"}
+        assert commit["result"] == {"a": "steps/n1:m0:0", "b": "steps/n1:m0:2"}
         assert commit["state"] == {"napped": True}
         assert commit["ts"] >= start["fire_at"]  # the timer did not fire early
-        assert executor.keys("ka") == ["steps/n1:0:0"]  # A is not executed again
-        assert executor.keys("kb") == ["steps/n1:0:2"]  # B once
+        assert executor.keys("ka") == ["steps/n1:m0:0"]  # A is not executed again
+        assert executor.keys("kb") == ["steps/n1:m0:2"]  # B once
         assert ops_ == ["activity.done", "timer.start", "timer.fired", "activity.done"]
 
     drive(journals, scenario)
@@ -774,7 +779,7 @@ def test_now_random_and_uuid_are_identical_on_replay(journals: Journals,
         assert state["replaying"] is False
         when = datetime.fromtimestamp(first["run"]["ts"], UTC).isoformat()
         assert state["before"]["now"] == state["after"]["now"] == when
-        (r1, u1), (r2, u2) = ag.context_values("dice/d1", 0, 2)
+        (r1, u1), (r2, u2) = ag.context_values("dice/d1", msg, 2)
         assert (state["before"]["random"], state["before"]["uuid"]) == (r1, u1)
         assert (state["after"]["random"], state["after"]["uuid"]) == (r2, u2)
 
@@ -815,16 +820,37 @@ def test_wait_for_event_times_out(journals: Journals) -> None:
     drive(journals, scenario)
 
 
-def test_event_signalled_before_the_wait_is_buffered_and_delivered_once(
-        journals: Journals) -> None:
+def test_event_signalled_before_the_run_is_not_handed_to_it(journals: Journals) -> None:
+    """An event reaches only a run whose message arrived before it: a later run never takes
+    an earlier run's leftovers (parcel A's late delivery is not parcel B's)."""
     async def scenario() -> None:
         async with make_runtime(journals.open(), None, Waiter) as rt:
+            await rt.signal("waiter/w1", "approval", {"parcel": "A"})
+            with pytest.raises(errors.EventTimeout):
+                await rt.ask("waiter/w1", "approve", {"timeout": 0.1})
+            left = await rt.journal.inbox("waiter/w1", rt.clock(), calls=0)
+            assert [(e["kind"], e["payload"]) for e in left] == [("event", {"parcel": "A"})]
+
+    drive(journals, scenario)
+
+
+def test_event_sent_during_the_run_is_buffered_until_its_wait(journals: Journals) -> None:
+    async def scenario() -> None:
+        async with make_runtime(journals.open(), None, Waiter) as rt:
+            task = asyncio.create_task(rt.ask("waiter/w1", "approve", {"timeout": 5},
+                                              msg_id="m1"))
+            await ag.wait_until(lambda: _has_inbox(rt, "waiter/w1"), what="the call queued")
             await rt.signal("waiter/w1", "approval", {"early": True})
-            assert await rt.ask("waiter/w1", "approve", {"timeout": 5}) == {"early": True}
+            assert await task == {"early": True}
             with pytest.raises(errors.EventTimeout):  # consumed: not delivered a second time
                 await rt.ask("waiter/w1", "approve", {"timeout": 0.1})
 
     drive(journals, scenario)
+
+
+async def _has_inbox(rt: ActorRuntime, actor: str) -> bool:
+    return bool(await rt.journal.read(actor)) or bool(
+        await rt.journal.inbox(actor, rt.clock()))
 
 
 # -- retries --------------------------------------------------------------------------------------
@@ -842,10 +868,10 @@ def test_retryable_failures_are_retried_with_exponential_injected_sleeps(
         sleeps = Sleeps()
         async with make_runtime(journal, executor, Steps, sleep=sleeps) as rt:
             result = await rt.ask("steps/r1", "call", {
-                "activity": "flaky", "retry": {"max_attempts": 3, **NO_JITTER}})
+                "activity": "flaky", "retry": {"max_attempts": 3, **NO_JITTER}}, msg_id="m0")
             assert result == {"count": 3}
         assert sleeps.delays == pytest.approx([0.1, 0.2])
-        assert executor.keys("flaky") == ["steps/r1:0:0"] * 3
+        assert executor.keys("flaky") == ["steps/r1:m0:0"] * 3
         events = events_of(await journal.read("steps/r1"))
         assert [(e["op"], e.get("attempts")) for e in events] == [("activity.done", 3)]
 
@@ -897,10 +923,10 @@ def test_non_retryable_errors_are_not_retried(journals: Journals,
             with pytest.raises(errors.ActivityFailed) as info:
                 await rt.ask("steps/r1", "call", {
                     "activity": "act", "input": input_,
-                    "retry": {"max_attempts": 5, **NO_JITTER, **policy}})
+                    "retry": {"max_attempts": 5, **NO_JITTER, **policy}}, msg_id="m0")
         exc = info.value
         assert (exc.attempts, exc.cause_code) == (1, cause)
-        assert exc.activity == "act" and exc.idempotency_key == "steps/r1:0:0"
+        assert exc.activity == "act" and exc.idempotency_key == "steps/r1:m0:0"
         assert sleeps.delays == []
         assert executor.count("act") == 1
         events = events_of(await journal.read("steps/r1"))
@@ -1095,21 +1121,21 @@ def test_saga_compensates_in_reverse_order_with_their_own_keys(
         journal = journals.open()
         async with make_runtime(journal, executor, Trip) as rt:
             with pytest.raises(errors.ActivityFailed) as info:
-                await rt.ask("trip/t1", "book")
+                await rt.ask("trip/t1", "book", msg_id="m0")
             assert info.value.activity == "book-c" and "no seats" in info.value.message
             assert await rt.state_of("trip/t1") == {}
         assert [name for name, _, _ in executor.calls] == [
             "book-a", "book-b", "book-c", "cancel-b", "cancel-a"]
         keys = dict((name, key) for name, key, _ in executor.calls)
-        assert keys == {"book-a": "trip/t1:0:0", "book-b": "trip/t1:0:1",
-                        "book-c": "trip/t1:0:2", "cancel-b": "trip/t1:0:comp:3",
-                        "cancel-a": "trip/t1:0:comp:4"}
+        assert keys == {"book-a": "trip/t1:m0:0", "book-b": "trip/t1:m0:1",
+                        "book-c": "trip/t1:m0:2", "cancel-b": "trip/t1:m0:comp:3",
+                        "cancel-a": "trip/t1:m0:comp:4"}
         events = events_of(await journal.read("trip/t1"))
         comps = [e for e in events if e["op"] == "compensation.done"]
         assert [(e["name"], e["result"]["value"]) for e in comps] == [
-            ("cancel-b", "trip/t1:0:comp:3"), ("cancel-a", "trip/t1:0:comp:4")]
+            ("cancel-b", "trip/t1:m0:comp:3"), ("cancel-a", "trip/t1:m0:comp:4")]
         booked = {e["result"]["value"] for e in events if e["op"] == "activity.done"}
-        assert booked == {"trip/t1:0:0", "trip/t1:0:1"}
+        assert booked == {"trip/t1:m0:0", "trip/t1:m0:1"}
         assert all(":comp:" in e["result"]["value"] for e in comps)
         assert not booked & {e["result"]["value"] for e in comps}
         assert (await journal.read("trip/t1"))[-1]["kind"] == "failed"
@@ -1165,11 +1191,12 @@ def test_an_invariant_violated_mid_run_stops_the_next_effect(
         async with make_runtime(journal, executor, Wallet) as rt:
             await rt.ask("wallet/w1", "deposit", {"amount": 30})
             assert await rt.ask("wallet/w1", "withdraw_and_pay",
-                                {"amount": 10, "activity": "pay"}) == {"amount": 10}
+                                {"amount": 10, "activity": "pay"}, msg_id="m1") == {"amount": 10}
             with pytest.raises(errors.InvariantViolated) as info:
-                await rt.ask("wallet/w1", "withdraw_and_pay", {"amount": 50, "activity": "pay"})
+                await rt.ask("wallet/w1", "withdraw_and_pay", {"amount": 50, "activity": "pay"},
+                             msg_id="m2")
             assert info.value.invariant == "never_negative"
-            assert executor.calls == [("pay", "wallet/w1:1:0", None)]  # not paid the 2nd time
+            assert executor.calls == [("pay", "wallet/w1:m1:0", None)]  # not paid the 2nd time
             assert await rt.state_of("wallet/w1") == {"balance": 20, "history": [30, -10]}
             last = (await journal.read("wallet/w1"))[-1]
             assert (last["kind"], last["events"]) == ("rejected", [])
@@ -1191,10 +1218,10 @@ def test_call_timeout_shortens_the_guest_deadline(journals: Journals,
             with Stopwatch() as watch, pytest.raises(errors.ActivityFailed) as info:
                 await rt.ask("steps/t1", "call", {"activity": "spin", "input": {"spin": 1},
                                                   "timeout_ms": 100,
-                                                  "retry": {"max_attempts": 1}})
+                                                  "retry": {"max_attempts": 1}}, msg_id="m0")
         assert info.value.cause_code == "timeout"
         assert watch.elapsed < 2.0
-        assert executor.calls == [("spin", "steps/t1:0:0", 100)]
+        assert executor.calls == [("spin", "steps/t1:m0:0", 100)]
         events = events_of(await journal.read("steps/t1"))
         assert [(e["op"], e["error"]["code"]) for e in events] == [("activity.failed", "timeout")]
 

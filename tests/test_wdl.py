@@ -730,7 +730,7 @@ def test_activity_with_interpolated_input_and_typed_output(executor: Executor, p
     assert out["receipt"]["status"] == 200 and out["receipt"]["body"]["id"] == "charge-1"
     assert out["ship"]["body"]["got"]["status"] == 200
     # durable keys: actor:start_seq:step
-    assert provider.keys() == ["workflow/act-1:0:0", "workflow/act-1:0:1"]
+    assert provider.keys() == ["workflow/act-1:start:0", "workflow/act-1:start:1"]
     assert provider.duplicates == 0
     assert run.state["status"] == "completed"
     assert run.state["workflow"] == "t@1.0.0"
@@ -830,9 +830,9 @@ def test_parallel_branches_run_and_outputs_come_in_branch_order(
     assert provider.body("/after") == {"a": "/a", "b1": "/b1", "n": "/b2"}
     keys = provider.keys()
     assert len(set(keys)) == 4
-    assert provider.key("/a").startswith("workflow/par-1:0:both.0/")
-    assert provider.key("/b1").startswith("workflow/par-1:0:both.1/")
-    assert provider.key("/b2").startswith("workflow/par-1:0:both.1/")
+    assert provider.key("/a").startswith("workflow/par-1:start:both.0/")
+    assert provider.key("/b1").startswith("workflow/par-1:start:both.1/")
+    assert provider.key("/b2").startswith("workflow/par-1:start:both.1/")
     assert set(run.state["done"]) == {"slow", "a", "b1", "b2", "both", "after"}
 
 
@@ -1010,7 +1010,7 @@ def test_compensations_run_in_reverse_order_with_their_own_keys(
     assert all(":comp:" in k for k in comps)
     assert not any(":comp:" in k for k in originals)
     assert len(set(originals + comps)) == 6
-    assert all(k.startswith("workflow/saga-1:0:") for k in originals + comps)
+    assert all(k.startswith("workflow/saga-1:start:") for k in originals + comps)
     assert run.state["status"] == "failed"
     assert run.state["done"] == ["s1", "s2", "s3"]
     assert [e["op"] for e in run.events] == ["activity.done"] * 3 + ["activity.failed"] + [
@@ -1404,7 +1404,7 @@ def test_sigkill_mid_effect_then_resume_performs_every_effect_once(
     assert provider.duplicates == 1
     assert provider.requests == 4
     assert provider.body("/ship") == {"order": "o-9", "by": "ops"}
-    assert provider.key("/charge") == "workflow/crash-1:0:1"
+    assert provider.key("/charge") == "workflow/crash-1:start:1"
 
     # resuming a finished instance again changes nothing and reports the same outcome
     again = subprocess.run(run_cmd, env=env, cwd=home, capture_output=True, text=True,

@@ -22,5 +22,5 @@ async def run_workflow(runtime: ActorRuntime, wf: Workflow, input: Any, *, insta
         runtime.register(WorkflowActor)
     result: dict[str, Any] = await runtime.ask(
         f"workflow/{instance}", "start", start_message(wf, input),
-        msg_id=f"wdl-start:{instance}", timeout=timeout)
+        msg_id="start", timeout=timeout)
     return result

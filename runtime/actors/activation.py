@@ -76,15 +76,19 @@ class Run:
 
     @property
     def base(self) -> str:
-        """The message's identity inside keys: its id, or a hash of a long or ':'-bearing id."""
-        mid = self.msg_id
-        if len(mid) <= 40 and ":" not in mid:
-            return mid
-        return hashlib.blake2b(mid.encode(), digest_size=10).hexdigest()
+        return key_base(self.msg_id)
 
     def add_event(self, record: dict[str, Any]) -> None:
         self.pending.append(record)
         self.events.append(record)
+
+
+def key_base(msg_id: str) -> str:
+    """A message's identity inside idempotency keys and derived message ids: the id itself,
+    or a hash of an id that is long or holds ':' (so keys stay short and unambiguous)."""
+    if len(msg_id) <= 40 and ":" not in msg_id:
+        return msg_id
+    return hashlib.blake2b(msg_id.encode(), digest_size=10).hexdigest()
 
 
 def _json_copy(value: Any) -> Any:

@@ -108,7 +108,7 @@ class _ReplayActivation(Activation):
         raise _NeedsLiveStep(f"timer {timer} had not fired when the journal ends")
 
     async def wait_event(self, run: Run, step: Any, event: str, timer: str | None,
-                         op: str = "wait.event") -> Any:
+                         op: str = "wait.event", key: str | None = None) -> Any:
         raise _NeedsLiveStep(f"event {event!r} had not arrived when the journal ends")
 
 
