@@ -1509,3 +1509,50 @@ def test_the_json_schema_file_is_up_to_date() -> None:
     from schemas.export import render
 
     assert render()["workflow.schema.json"] == SCHEMA_FILE.read_text()
+
+
+def test_parallel_compensations_run_in_branch_order_whatever_finished_first(
+        executor: Executor, provider: Provider, base: str, tmp_path: Path) -> None:
+    """Branch 1 finishes before branch 0; a later step fails. Compensations run in reverse
+    branch index (then reverse step), not in finish order, and a crash in the middle of
+    compensating resumes by replay without a non-determinism error."""
+    def undo(path: str) -> dict[str, Any]:
+        return {"activity": "http_post", "input": {"url": "{{ input.provider }}" + path}}
+
+    wf = validate(make(
+        {"id": "par", "kind": "parallel", "branches": [
+            [post("a", "/a", compensation=undo("/undo/a"))],
+            [post("b", "/b", compensation=undo("/undo/b"))],
+        ]},
+        post("boom", "/fail/x", retry={"max_attempts": 1}),
+    ))
+    provider.delays["/a"] = 0.3  # branch 0 finishes last
+    db = tmp_path / "j.db"
+    seen = [0]
+
+    def crash(actor: str) -> None:  # successes: /b, /a, /undo/b (3rd): crash there
+        if actor == "workflow/pc":
+            seen[0] += 1
+            if seen[0] == 3:
+                raise asyncio.CancelledError
+
+    async def crashing() -> None:
+        journal = SqliteJournal(db)
+        hooks = Hooks()
+        hooks.on("after_activity", crash)
+        rt = ActorRuntime(journal, executor, poll_interval_s=0.01, hooks=hooks)
+        await rt.start()
+        task = asyncio.ensure_future(run_workflow(rt, wf, {"provider": base}, instance="pc"))
+        await until(lambda: _now(seen[0] == 3), what="the crash")
+        await rt.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await journal.close()
+
+    asyncio.run(asyncio.wait_for(crashing(), 20))
+    assert provider.paths() == ["/b", "/a", "/undo/b"]
+    run = execute(executor, db, wf, {"provider": base}, instance="pc")
+    assert run.outcome["status"] == "failed", run.outcome
+    assert provider.paths() == ["/b", "/a", "/undo/b", "/undo/a"]
+    assert run.state["status"] == "failed"

@@ -102,18 +102,24 @@ class WorkflowActor(Actor, type_name="workflow"):
         if isinstance(step, ParallelStep):
             original = dict(scope)
             scopes = [dict(scope) for _ in step.branches]
+            # Each branch registers its compensations on its own saga; they join the
+            # workflow's in branch order, so undoing runs in reverse branch index, then
+            # reverse step, whatever order the branches finished in (replay-safe).
+            sagas = [ctx.saga() for _ in step.branches]
             abort = asyncio.Event()
 
             async def branch(i: int, steps: list[Step]) -> Any:
                 try:
                     return await self._steps(ctx.branch(f"{step.id}.{i}"), steps, scopes[i],
-                                             saga, abort)
+                                             sagas[i], abort)
                 except BaseException:
                     abort.set()
                     raise
 
             results = await asyncio.gather(*[branch(i, b) for i, b in enumerate(step.branches)],
                                            return_exceptions=True)
+            for branch_saga in sagas:
+                saga.steps.extend(branch_saga.steps)
             failures = [r for r in results if isinstance(r, BaseException)
                         and not isinstance(r, _Aborted)]
             if failures:
