@@ -31,15 +31,19 @@ _PLAIN = {
 class JsonTextError(ValueError):
     """`what` is not UTF-8 JSON text; the message says why in plain words."""
 
-    def __init__(self, what: str, problem: str) -> None:
+    def __init__(self, what: str, problem: str, reason: str = "") -> None:
         super().__init__(f"{what} {problem}")
         self.what = what
         self.problem = problem
+        self.reason = reason or problem
+        """The bare reason, without "is not valid JSON:"."""
 
 
 def describe_decode_error(exc: json.JSONDecodeError) -> str:
     """`exc` in plain words, with its line, column and a little context."""
     reason = _PLAIN.get(exc.msg, exc.msg[:1].lower() + exc.msg[1:])
+    if exc.doc.strip() and exc.pos >= len(exc.doc.rstrip()):
+        reason = "the text ends too early (an unclosed bracket, brace or string?)"
     line = exc.doc.splitlines()[exc.lineno - 1] if exc.doc.splitlines() else ""
     snippet = line[max(0, exc.colno - 11):exc.colno + 19].strip()
     near = f" near {snippet!r}" if snippet else " (the text is empty)" if not exc.doc.strip() \
@@ -54,16 +58,32 @@ def parse_json_text(data: bytes | str, what: str) -> Any:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             bad = data[exc.start:exc.start + 1].hex()
-            raise JsonTextError(what, f"is not UTF-8 text: byte 0x{bad} at offset {exc.start} "
-                                      "cannot be decoded (JSON files must be UTF-8)") from None
+            line = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            reason = (f"byte 0x{bad} at line {line} column {column} (offset {exc.start}) is not "
+                      "UTF-8 (JSON text must be UTF-8)")
+            raise JsonTextError(what, f"is not UTF-8 text: {reason}", reason) from None
     else:
         text = data
     if "\x00" in text:
-        raise JsonTextError(what, f"is not valid JSON: it contains a NUL character at offset "
-                                  f"{text.index(chr(0))}")
+        reason = f"it contains a NUL character at offset {text.index(chr(0))}"
+        raise JsonTextError(what, f"is not valid JSON: {reason}", reason)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise JsonTextError(what, f"is not valid JSON: {describe_decode_error(exc)}") from None
+        reason = describe_decode_error(exc)
+        raise JsonTextError(what, f"is not valid JSON: {reason}", reason) from None
     except RecursionError:
-        raise JsonTextError(what, "is not usable JSON: nested too deeply") from None
+        raise JsonTextError(what, "is not usable JSON: nested too deeply",
+                            "nested too deeply") from None
+
+
+def json_problem(data: bytes | str) -> str:
+    """Why `data` is not acceptable JSON, in plain words ("is not valid JSON: ...").
+
+    For error paths only: it parses again to find the reason."""
+    try:
+        parse_json_text(data, "")
+    except JsonTextError as exc:
+        return exc.problem
+    return "is not valid JSON: NaN and Infinity are not JSON numbers"
