@@ -30,6 +30,7 @@ from runtime.executor.registry import ActivityRegistry, UploadResult, parse_mani
 from runtime.executor.session import GuestSession
 from runtime.settings import LoomSettings, load_settings, secret_from_environment
 from schemas.json_schema import compile_schema
+from schemas.json_text import json_problem
 from schemas.manifest import AbiKind, ActivityManifest
 
 M = TypeVar("M", bound=BaseModel)
@@ -323,8 +324,8 @@ class Executor:
     def _decode(out: bytes, plan: _Plan, validate: bool, where: dict[str, Any]) -> Any:
         try:
             output = from_json(out, allow_inf_nan=False)
-        except ValueError as exc:
-            raise errors.OutputInvalid(f"output is not valid JSON: {exc}", **where) from None
+        except ValueError:  # say why in plain words, not the parser's ("expected ident")
+            raise errors.OutputInvalid(f"output {json_problem(out)}", **where) from None
         if validate:
             try:
                 plan.output_check.validate_python(output, strict=True)
