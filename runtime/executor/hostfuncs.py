@@ -25,7 +25,7 @@ from ctypes import POINTER, byref, c_size_t, c_void_p
 from typing import Any, cast
 
 import wasmtime
-from wasmtime import FuncType, ValType, _bindings
+from wasmtime import ValType, _bindings
 from wasmtime import _ffi as ffi
 
 from runtime import errors
@@ -200,20 +200,21 @@ def _denier(reason: str) -> HostFn:
 
 # -- what each linker gets --------------------------------------------------------------------
 
-SIGNATURES: dict[str, tuple[list[ValType], list[ValType]]] = {
-    "fd_write": ([I32, I32, I32, I32], [I32]),
-    "clock_time_get": ([I32, I64, I32], [I32]),
-    "clock_res_get": ([I32, I32], [I32]),
-    "random_get": ([I32, I32], [I32]),
-    "path_open": ([I32, I32, I32, I32, I32, I64, I64, I32, I32], [I32]),
-    "path_filestat_get": ([I32, I32, I32, I32, I32], [I32]),
-    "path_readlink": ([I32, I32, I32, I32, I32, I32], [I32]),
-    "poll_oneoff": ([I32, I32, I32, I32], [I32]),
-    "sock_accept": ([I32, I32, I32], [I32]),
-    "sock_recv": ([I32, I32, I32, I32, I32, I32], [I32]),
-    "sock_send": ([I32, I32, I32, I32, I32], [I32]),
-    "sock_shutdown": ([I32, I32], [I32]),
+SIGNATURES: dict[str, tuple[str, str]] = {
+    "fd_write": ("iiii", "i"),
+    "clock_time_get": ("iIi", "i"),
+    "clock_res_get": ("ii", "i"),
+    "random_get": ("ii", "i"),
+    "path_open": ("iiiiiIIii", "i"),
+    "path_filestat_get": ("iiiii", "i"),
+    "path_readlink": ("iiiiii", "i"),
+    "poll_oneoff": ("iiii", "i"),
+    "sock_accept": ("iii", "i"),
+    "sock_recv": ("iiiiii", "i"),
+    "sock_send": ("iiiii", "i"),
+    "sock_shutdown": ("ii", "i"),
 }
+"""Parameter and result types: i = i32, I = i64."""
 FS_CALLS = {"path_open", "path_filestat_get", "path_readlink"}
 ALWAYS_DENIED = {"poll_oneoff", "sock_accept", "sock_recv", "sock_send", "sock_shutdown"}
 
@@ -230,16 +231,27 @@ _DETERMINISTIC: dict[str, Any] = {
 _DENIERS: dict[str, Any] = {}
 """Reason -> callback; ctypes callbacks must outlive every linker that uses them."""
 
-_LOOM_SIGNATURES = {"host_call": ([I32, I32], [I32]), "host_result": ([I32], [I32])}
+_LOOM_SIGNATURES = {"host_call": ("ii", "i"), "host_result": ("i", "i")}
+
+
+def _valtypes(kinds: str) -> Any:
+    vec = ffi.wasm_valtype_vec_t()
+    ffi.wasm_valtype_vec_new_uninitialized(byref(vec), len(kinds))
+    for i, kind in enumerate(kinds):
+        vec.data[i] = ffi.wasm_valtype_new(ffi.WASM_I32 if kind == "i" else ffi.WASM_I64)
+    return vec
 
 
 def _define_one(linker: wasmtime.Linker, module: str, name: str, callback: Any) -> None:
     params, results = (_LOOM_SIGNATURES[name] if module == "loom" else SIGNATURES[name])
-    ty = FuncType(params, results)  # built per linker: a FuncType is bound to one engine
+    # a fresh C functype per definition (a type is bound to the first engine using it);
+    # built on the C API directly: wasmtime.FuncType costs ~20 us each
+    ty = ffi.wasm_functype_new(byref(_valtypes(params)), byref(_valtypes(results)))
     m, n = module.encode(), name.encode()
-    err = _define(linker.ptr(), ctypes.create_string_buffer(m), len(m),
-                  ctypes.create_string_buffer(n), len(n), ty.ptr(), callback, None,
-                  _NO_FINALIZER)
+    try:
+        err = _define(linker.ptr(), m, len(m), n, len(n), ty, callback, None, _NO_FINALIZER)
+    finally:
+        ffi.wasm_functype_delete(ty)
     if err:
         raise wasmtime.WasmtimeError._from_ptr(err)
 
