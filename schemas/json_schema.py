@@ -281,12 +281,14 @@ def _object(schema: dict[str, Any], path: str, anything: Any) -> Any:
     missing = [r for r in required if r not in props]
     if missing and extra is not True:
         raise SchemaError(f"{path}/required", f"{missing[0]!r} is not among the properties")
+    is_object = BeforeValidator(_require_object)  # "must be a JSON object, not an array"
     if not props and not required:
         if extra is True:
-            return dict[str, anything]
+            return Annotated[dict[str, anything], is_object]
         if extra is False:
-            return Annotated[dict[str, anything], Field(max_length=0)]
-        return dict[str, _type_of(extra, f"{path}/additionalProperties", anything)]  # type: ignore[misc]
+            return Annotated[dict[str, anything], Field(max_length=0), is_object]
+        values = _type_of(extra, f"{path}/additionalProperties", anything)
+        return Annotated[dict[str, values], is_object]  # type: ignore[valid-type]
     if not isinstance(extra, bool):
         raise SchemaError(f"{path}/additionalProperties",
                           "must be a boolean when 'properties' are given")
@@ -301,4 +303,4 @@ def _object(schema: dict[str, Any], path: str, anything: Any) -> Any:
         fields[f"r{j}"] = (anything, Field(alias=prop))
     config = ConfigDict(extra="allow" if extra else "forbid", strict=True)
     model = create_model(f"Obj{next(_counter)}", __config__=config, **fields)
-    return Annotated[model, BeforeValidator(_require_object)]  # no model name in messages
+    return Annotated[model, is_object]  # no internal model name in messages

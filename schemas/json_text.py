@@ -44,7 +44,8 @@ def describe_decode_error(exc: json.JSONDecodeError) -> str:
     reason = _PLAIN.get(exc.msg, exc.msg[:1].lower() + exc.msg[1:])
     if exc.doc.strip() and exc.pos >= len(exc.doc.rstrip()):
         reason = "the text ends too early (an unclosed bracket, brace or string?)"
-    line = exc.doc.splitlines()[exc.lineno - 1] if exc.doc.splitlines() else ""
+    lines = exc.doc.split("\n")
+    line = lines[exc.lineno - 1] if 0 < exc.lineno <= len(lines) else ""
     snippet = line[max(0, exc.colno - 11):exc.colno + 19].strip()
     near = f" near {snippet!r}" if snippet else " (the text is empty)" if not exc.doc.strip() \
         else ""

@@ -3,11 +3,14 @@
 Layout (no database needed):
     wasm/<sha256>.wasm                  the module bytes, written once
     manifests/<name>/<version>.json     the manifest, written once, after its wasm
+    yanked/<name>/<version>.json        present while the version is yanked: still served
+                                        to callers that pin it, never chosen as "latest"
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -120,6 +123,30 @@ class ActivityRegistry:
     def wasm_key(sha256: str) -> str:
         return f"wasm/{sha256}.wasm"
 
+    @staticmethod
+    def yank_key(name: str, version: str) -> str:
+        return f"yanked/{name}/{version}.json"
+
+    # -- yanking -------------------------------------------------------------------------------
+    def yank(self, name: str, version: str, *, reason: str = "") -> None:
+        """Withdraw `name@version` from "latest"; pinned callers still get it."""
+        self.get(name, version)  # NotFound if there is no such version
+        body = json.dumps({"reason": reason, "at": time.time()}).encode()
+        self.blob.put_if_absent(self.yank_key(name, version), body)
+        with self._lock:
+            self._latest.pop(name, None)
+
+    def unyank(self, name: str, version: str) -> None:
+        self.get(name, version)
+        self.blob.delete(self.yank_key(name, version))
+        with self._lock:
+            self._latest.pop(name, None)
+
+    def yanked(self, name: str) -> set[str]:
+        prefix = f"yanked/{name}/"
+        return {k[len(prefix):-len(".json")] for k in self.blob.list(prefix)
+                if k.endswith(".json")}
+
     def store(self, wasm: bytes, manifest: ActivityManifest, *,
               progress: Progress | None = None) -> UploadResult:
         """Store an already verified (wasm, manifest) pair. Versions are immutable."""
@@ -181,7 +208,14 @@ class ActivityRegistry:
         versions = self.versions(name)
         if not versions:
             raise errors.NotFound(f"activity {name!r} is not registered", activity=name)
-        manifest = self.get(name, versions[-1])
+        yanked = self.yanked(name)
+        eligible = [v for v in versions if v not in yanked]
+        if not eligible:
+            raise errors.NotFound(
+                f"every version of {name!r} is yanked ({', '.join(versions)}); pin one as "
+                f"{name}@<version>, or `loom activity yank --undo {name}@<version>`",
+                activity=name)
+        manifest = self.get(name, eligible[-1])
         self._latest[name] = (now, manifest)
         return manifest
 
