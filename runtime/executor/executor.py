@@ -245,9 +245,12 @@ class Executor:
         except errors.Timeout as exc:  # name the deadline in force, not the manifest's
             limit = self.registry.get(exc.activity or name, exc.version).limits.timeout_ms
             if timeout_ms is not None and 0 < timeout_ms < limit:
-                exc.message = exc.message.replace(
-                    f"{limit} ms", f"{timeout_ms} ms (this call's timeout_ms; the manifest "
-                    f"allows {limit} ms)")
+                why = f"(this call's timeout_ms; the manifest allows {limit} ms)"
+                text = exc.message.replace(f"{limit} ms deadline", f"{timeout_ms} ms deadline "
+                                           f"{why}")
+                exc.message = text if text != exc.message else exc.message.replace(
+                    f"{limit} ms", f"{timeout_ms} ms {why}")
+                exc.args = (exc.message,)
             raise
 
     def _execute(self, name: str, input: Any, *, version: str | None, idempotency_key: str | None,
