@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import time
 import uuid
@@ -23,7 +24,7 @@ from runtime.backends.blob import BlobStore, Progress
 from runtime.backends.factory import open_blob_store
 from runtime.executor.engines import EngineConfig, Engines
 from runtime.executor.instances import CoreInstance, run_command
-from runtime.executor.linking import Linkers, check_module
+from runtime.executor.linking import LinkerKey, Linkers, check_module
 from runtime.executor.module_cache import ModuleCache, load_or_create_key
 from runtime.executor.pool import InstancePool, PoolKey
 from runtime.executor.registry import ActivityRegistry, UploadResult, parse_manifest, sha256_hex
@@ -31,10 +32,12 @@ from runtime.executor.session import GuestSession
 from runtime.settings import LoomSettings, load_settings, secret_from_environment
 from schemas.json_schema import compile_schema
 from schemas.json_text import json_problem
-from schemas.manifest import AbiKind, ActivityManifest
+from schemas.manifest import AbiKind, ActivityManifest, Limits
 
 M = TypeVar("M", bound=BaseModel)
 WASM_MAGIC = b"\0asm"
+DEFAULT_SCHEMA = {"type": "object"}
+"""The manifests' default input and output schema (prewarmed)."""
 ENV_ALLOW_VARIABLE = "LOOM_GUEST_ENV_ALLOW"
 """Comma- or space-separated host variable names that manifests may grant as `env`."""
 RESERVED_ENV_PREFIX = "LOOM_"
@@ -125,7 +128,7 @@ class Executor:
 
     def __init__(self, settings: LoomSettings | None = None, *, blob: BlobStore | None = None,
                  secrets: Mapping[str, str] | Callable[[str], str | None] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, prewarm: bool = True) -> None:
         self.settings = settings or load_settings()
         s = self.settings
         self.registry = ActivityRegistry(blob or open_blob_store(s), latest_ttl_s=s.latest_ttl_s)
@@ -147,8 +150,29 @@ class Executor:
         self._plans: dict[tuple[str, str], _Plan] = {}
         self._adhoc = itertools.count(1)
         self._adhoc_prefix = uuid.uuid4().hex[:12]
+        if prewarm:
+            self._warm()
 
     # -- lifecycle -------------------------------------------------------------------------
+    def _warm(self) -> None:
+        """Build at construction (~2 ms) what a first call needs whatever the activity, so
+        the first call does not pay it: the engine and linker of the default limits and
+        capabilities, the validators of the default schema, a few lazy imports. A worker
+        constructs its executor at start-up, before its first request. (A background
+        thread was tried: with the GIL it made construction + first call slower.)
+        Only an optimisation: errors are ignored, the call path builds the same on demand."""
+        try:
+            config = EngineConfig(fuel=False, max_stack=Limits().stack_bytes)
+            engine = self.engines.get(config)
+            _ = config.fingerprint
+            self.linkers.for_key(engine, LinkerKey(id(engine), fs=False, clock=False))
+            compile_schema(DEFAULT_SCHEMA)
+            compile_schema(DEFAULT_SCHEMA, parsed_json=True)
+            b"{}".decode("utf-8-sig")  # the manifest reader's codec (imported on first use)
+            wasmtime.WasiConfig()
+        except Exception:  # pragma: no cover - never seen; the call path redoes it all
+            logging.getLogger("loom.executor").debug("prewarm failed", exc_info=True)
+
     def close(self) -> None:
         self._threads.shutdown(wait=True)
         self.pool.clear()

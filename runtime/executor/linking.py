@@ -72,7 +72,9 @@ class Linkers:
         return LinkerKey(id(engine), bool(caps.dirs), caps.clock)
 
     def get(self, engine: wasmtime.Engine, manifest: ActivityManifest) -> wasmtime.Linker:
-        key = self.key(engine, manifest)
+        return self.for_key(engine, self.key(engine, manifest))
+
+    def for_key(self, engine: wasmtime.Engine, key: LinkerKey) -> wasmtime.Linker:
         linker = self._linkers.get(key)
         if linker is None:
             with self._lock:
