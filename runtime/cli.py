@@ -483,19 +483,22 @@ def cmd_actor_inbox(args: argparse.Namespace) -> int:
     """Messages, events and timers queued for an actor and not yet consumed."""
     import asyncio
 
-    async def inbox() -> tuple[LoomSettings, list[dict[str, Any]]]:
+    async def inbox() -> tuple[LoomSettings, list[dict[str, Any]] | None]:
         settings = load_settings()
         journal = _open_existing_journal(settings)
         if journal is None:
-            return settings, []
+            return settings, None
         try:
             return settings, await journal.inbox(_actor_key(args), _FAR_FUTURE)
         finally:
             await journal.close()
 
     settings, entries = asyncio.run(inbox())
-    if not entries:
+    if entries is None:
         return _nothing(f"no pending messages for {_actor_key(args)}", settings)
+    if not entries:  # an answer, not a failure
+        print(f"no pending messages for {_actor_key(args)} in {_journal_where(settings)}")
+        return 0
     now = time.time()
     for env in entries:
         kind = env.get("kind", "call")
