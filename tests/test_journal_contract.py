@@ -1,5 +1,6 @@
 """One contract for every JournalStore, run against memory, SQLite and Cosmos (the session
-emulator, a fresh container per test).
+emulator, a fresh container per test): commits, the numbered inbox, outcomes, and the
+schedule with its leases.
 
 Each test runs its scenario with `asyncio.run` (no pytest-asyncio). A known bug of one store is
 its param marked `xfail(strict=True, reason="BUG: ...")`, so the fix has to remove the mark.
@@ -76,6 +77,7 @@ def make_cosmos(cosmos_server: CosmosServer, cosmos_admin: Any) -> Iterator[Call
 
     def make(**kw: Any) -> CosmosJournal:
         kw.setdefault("container", f"t-{uuid.uuid4().hex[:16]}")
+        kw.setdefault("poll_interval_s", 0.0)  # the contract: every call sees the schedule
         journal = CosmosJournal(cosmos_server.endpoint, cosmos_server.key, database=COSMOS_DB,
                                 verify_tls=False, **kw)
         made.append(journal)
@@ -366,33 +368,6 @@ def test_purge_tombstones(journal: JournalStore) -> None:
     run(main())
 
 
-def test_due_actors_and_next_due(journal: JournalStore) -> None:
-    async def main() -> None:
-        assert await journal.due_actors(1.0) == []
-        assert await journal.next_due(1.0) is None
-        await journal.enqueue(env("due/a", "a1", deliver_at=0.0))
-        await journal.enqueue(env("due/a", "a2", deliver_at=50.0))
-        await journal.enqueue(env("due/b", "b1", "timer", deliver_at=500.0))
-        await journal.enqueue(env("due/c", "c1", deliver_at=10.0))
-        await journal.enqueue(env("due/d", "d1", deliver_at=300.0))
-        await journal.consume("due/c", ["c1"], 20.0)
-        await journal.consume("due/d", ["d1"], 20.0)  # a consumed future entry: not due ever
-
-        assert await journal.due_actors(100.0) == ["due/a"]
-        assert await journal.due_actors(100.0, limit=1) == ["due/a"]
-        assert sorted(await journal.due_actors(500.0)) == ["due/a", "due/b"]
-        assert len(await journal.due_actors(500.0, limit=1)) == 1
-        assert await journal.next_due(100.0) == 500.0
-        assert await journal.next_due(20.0) == 50.0
-        assert await journal.next_due(500.0) is None  # strictly after `now`
-        await journal.consume("due/b", ["b1"], 30.0)
-        assert await journal.next_due(100.0) is None
-        await journal.consume("due/a", ["a1", "a2"], 30.0)
-        assert await journal.due_actors(1e12) == []
-
-    run(main())
-
-
 def test_actors_by_prefix(journal: JournalStore) -> None:
     async def main() -> None:
         assert await journal.actors() == []
@@ -464,6 +439,295 @@ def test_a_second_instance_sees_the_same_journal(journal: JournalStore, tmp_path
             await other.close()
 
     run(read())
+
+
+# -- inbox numbers and outcomes -----------------------------------------------------------------
+
+def numbers(envelopes: list[dict[str, Any]]) -> list[int]:
+    return [e["n"] for e in envelopes]
+
+
+def test_inbox_numbers_are_per_actor_and_increasing(journal: JournalStore) -> None:
+    async def main() -> None:
+        for mid in ("z", "a", "m"):
+            assert await journal.enqueue(env("num/a", mid))
+        await journal.enqueue(env("num/b", "b1"))
+        await journal.enqueue(env("num/a", "later", deliver_at=50.0))
+        got = await journal.inbox("num/a", now=1.0)
+        assert ids(got) == ["z", "a", "m"] and numbers(got) == [1, 2, 3]
+        assert numbers(await journal.inbox("num/b", now=1.0)) == [1]  # numbered per actor
+        assert numbers(await journal.inbox("num/a", now=60.0)) == [1, 2, 3, 4]
+        # the number, not the clock or the id, orders the inbox
+        await journal.enqueue(env("num/a", "0-early", deliver_at=0.0))
+        assert ids(await journal.inbox("num/a", now=60.0))[-1] == "0-early"
+
+    run(main())
+
+
+def test_a_duplicate_enqueue_changes_nothing(journal: JournalStore) -> None:
+    async def main() -> None:
+        for mid in ("m1", "m2"):
+            await journal.enqueue(env("dup/1", mid))
+        assert await journal.acquire("dup/1", "w", 1.0, 10.0) is not None
+        seen = await journal.inbox("dup/1", 1.0)
+        await journal.consume("dup/1", ["m1", "m2"], 1.0)
+        await journal.settle("dup/1", "w", now=1.0, seen_n=max(numbers(seen)), busy=False)
+        assert await journal.due_actors(2.0) == []
+        assert await journal.enqueue(env("dup/1", "m1", deliver_at=0.0)) is False  # consumed
+        await journal.enqueue(env("dup/1", "t1", "timer", deliver_at=500.0))
+        await journal.acquire("dup/1", "w", 2.0, 10.0)
+        await journal.settle("dup/1", "w", now=2.0, seen_n=2, busy=False)
+        assert await journal.due_actors(3.0) == []
+        # pending, and raced by many senders: one wins, no number or due time moves
+        assert await journal.enqueue(env("dup/1", "t1", "timer", deliver_at=0.0)) is False
+        results = await asyncio.gather(*(journal.enqueue(env("dup/1", "m3")) for _ in range(6)))
+        assert sorted(results) == [False] * 5 + [True]
+        assert await journal.enqueue(env("dup/1", "m3")) is False
+        got = await journal.inbox("dup/1", 600.0)
+        assert ids(got) == ["t1", "m3"] and numbers(got) == [3, 4]
+        assert await journal.due_actors(3.0) == ["dup/1"]  # m3 (new) is due, not t1
+        await journal.settle("dup/1", "w", now=3.0, seen_n=4, busy=True)
+        assert await journal.due_actors(11.0) == []  # busy: the call waits; lease ends at 12
+        assert await journal.due_actors(12.0) == ["dup/1"]
+
+    run(main())
+
+
+def test_outcome_finds_the_completing_commit(journal: JournalStore) -> None:
+    async def main() -> None:
+        run_of = {"msg": "m1", "ts": 1.0, "start": 1}
+        await journal.append(commit("out/1", 0, state={}))
+        await journal.append(commit("out/1", 1, run=run_of, events=[{"op": "x"}]))
+        assert await journal.outcome("out/1", "m1") is None  # started, not completed
+        await journal.append(commit("out/1", 2, run=run_of, kind="completed", result=7,
+                                    state={"n": 1}))
+        await journal.append(commit("out/1", 3, run={"msg": "m2", "ts": 2.0, "start": 3},
+                                    kind="failed", error={"type": "X"}, state={"n": 1}))
+        assert (await journal.outcome("out/1", "m1") or {}).get("result") == 7
+        found = await journal.outcome("out/1", "m2")
+        assert found is not None and found["seq"] == 3 and found["kind"] == "failed"
+        assert await journal.outcome("out/1", "m3") is None
+        assert await journal.outcome("out/2", "m1") is None  # another actor
+
+    run(main())
+
+
+# -- the schedule ----------------------------------------------------------------------------
+
+def test_due_actors_and_next_due(journal: JournalStore) -> None:
+    async def main() -> None:
+        assert await journal.due_actors(1.0) == []
+        assert await journal.next_due(1.0) is None
+        await journal.enqueue(env("due/a", "a1", deliver_at=0.0))
+        await journal.enqueue(env("due/a", "a2", deliver_at=50.0))
+        await journal.enqueue(env("due/b", "b1", "timer", deliver_at=500.0))
+        await journal.enqueue(env("due/c", "c1", deliver_at=10.0))
+        await journal.enqueue(env("due/d", "d1", deliver_at=300.0))
+        assert await journal.due_actors(5.0) == ["due/a"]
+        assert await journal.next_due(5.0) == 10.0
+        assert await journal.due_actors(100.0) == ["due/a", "due/c"]
+        assert await journal.next_due(100.0) == 300.0
+        assert len(await journal.due_actors(500.0, limit=1)) <= 2  # one of each kind at most
+        assert sorted(await journal.due_actors(500.0)) == ["due/a", "due/b", "due/c", "due/d"]
+        assert await journal.next_due(500.0) is None  # strictly after `now`
+        # consuming does not move the schedule; the owner's settle does
+        for actor, mid in (("due/c", "c1"), ("due/d", "d1")):
+            assert await journal.acquire(actor, "w", 20.0, 10.0) is not None
+            await journal.consume(actor, [mid], 20.0)
+            await journal.settle(actor, "w", now=20.0, seen_n=1, busy=False, release=True)
+        assert await journal.due_actors(100.0) == ["due/a"]
+        assert await journal.next_due(100.0) == 500.0
+        await journal.acquire("due/a", "w", 30.0, 10.0)
+        await journal.consume("due/a", ["a1"], 30.0)
+        await journal.settle("due/a", "w", now=30.0, seen_n=2, busy=False)
+        assert await journal.due_actors(40.0) == []
+        assert await journal.next_due(40.0) == 50.0  # a2, not yet due when it was settled
+        assert await journal.due_actors(50.0) == ["due/a"]
+
+    run(main())
+
+
+def test_ready_actors_oldest_first_and_timers_earliest_first(journal: JournalStore) -> None:
+    async def main() -> None:
+        for actor in ("r/3", "r/1", "r/2"):
+            await journal.enqueue(env(actor, "m"))
+        await journal.enqueue(env("r/3", "again"))  # already ready: keeps its place
+        for actor, at in (("t/b", 20.0), ("t/a", 30.0), ("t/c", 10.0)):
+            await journal.enqueue(env(actor, "t", "timer", deliver_at=at))
+        got = await journal.due_actors(100.0)
+        assert [a for a in got if a.startswith("r/")] == ["r/3", "r/1", "r/2"]
+        assert [a for a in got if a.startswith("t/")] == ["t/c", "t/b", "t/a"]
+        assert await journal.due_actors(15.0) == ["r/3", "r/1", "r/2", "t/c"]
+        assert (await journal.due_actors(100.0, limit=2))[:2] == ["r/3", "r/1"]
+
+    run(main())
+
+
+def test_ready_actors_do_not_starve_a_due_timer(journal: JournalStore) -> None:
+    async def main() -> None:
+        # the emulator takes ~100 ms an enqueue (a TLS handshake a request): fewer there
+        ready, limit = (40, 32) if journal.url.startswith("cosmos") else (300, 256)
+        await journal.enqueue(env("late/timer", "t", "timer", deliver_at=5.0))
+        await asyncio.gather(*(journal.enqueue(env(f"ready/{i:03d}", "m"))
+                               for i in range(ready)))
+        got = await journal.due_actors(10.0, limit=limit)
+        assert "late/timer" in got
+        assert len([a for a in got if a.startswith("ready/")]) == limit
+
+    run(main())
+
+
+def test_due_actors_skips_actors_leased_to_another_live_owner(journal: JournalStore) -> None:
+    async def main() -> None:
+        assert await journal.acquire("own/x", "a", 0.0, 10.0) is not None
+        await journal.enqueue(env("own/x", "m1"))
+        await journal.enqueue(env("own/y", "m1"))
+        assert await journal.due_actors(1.0, owner="b") == ["own/y"]
+        assert await journal.due_actors(1.0, owner="a") == ["own/x", "own/y"]
+        assert await journal.due_actors(1.0) == ["own/x", "own/y"]  # no owner: everything
+        assert await journal.due_actors(10.0, owner="b") == ["own/y"]  # until the lease end
+        assert await journal.due_actors(10.5, owner="b") == ["own/x", "own/y"]
+
+    run(main())
+
+
+def test_acquire_renew_and_epochs(journal: JournalStore) -> None:
+    async def main() -> None:
+        first = await journal.acquire("l/x", "a", 0.0, 10.0)
+        assert first is not None
+        assert await journal.acquire("l/x", "a", 1.0, 10.0) == first  # same owner, same epoch
+        assert await journal.acquire("l/x", "b", 5.0, 10.0) is None  # a holds it until 11
+        assert await journal.acquire("l/y", "a", 0.0, 10.0) is not None
+        assert await journal.renew("a", 2.0, 10.0) == {"l/x", "l/y"}  # now until 12
+        assert await journal.acquire("l/x", "b", 11.5, 10.0) is None
+        second = await journal.acquire("l/x", "b", 12.5, 10.0)  # expired: b takes over
+        assert second is not None and second > first
+        assert await journal.renew("a", 13.0, 10.0) == {"l/y"}  # l/x was lost
+        assert await journal.renew("b", 13.0, 10.0) == {"l/x"}
+        assert await journal.acquire("l/x", "a", 20.0, 10.0) is None  # b renewed until 23
+        assert await journal.acquire("l/x", "b", 21.0, 10.0) == second
+        assert await journal.owners() == {"a": 1, "b": 1}
+        assert await journal.renew("nobody", 13.0, 10.0) == set()
+
+    run(main())
+
+
+def test_renew_moves_a_busy_actor_due_at_the_lease_end(journal: JournalStore) -> None:
+    async def main() -> None:
+        await journal.acquire("busy/x", "a", 0.0, 10.0)
+        await journal.enqueue(env("busy/x", "c1"))
+        await journal.enqueue(env("busy/x", "c2"))
+        got = await journal.inbox("busy/x", 1.0, calls=1)
+        await journal.consume("busy/x", ["c1"], 1.0)
+        await journal.settle("busy/x", "a", now=1.0, seen_n=max(numbers(got)), busy=True)
+        assert await journal.due_actors(9.0) == []  # c2 waits for the run to end
+        assert await journal.due_actors(10.0) == ["busy/x"]  # ... or for a crash
+        assert await journal.renew("a", 5.0, 10.0) == {"busy/x"}
+        assert await journal.due_actors(10.0) == []
+        assert await journal.due_actors(15.0) == ["busy/x"]
+
+    run(main())
+
+
+def test_settle(journal: JournalStore) -> None:
+    async def main() -> None:
+        x = "set/x"
+        await journal.acquire(x, "a", 0.0, 100.0)
+        await journal.enqueue(env(x, "e1", "event", name="stray"))
+        got = await journal.inbox(x, 1.0)
+        await journal.settle(x, "a", now=1.0, seen_n=max(numbers(got)), busy=False)
+        assert await journal.due_actors(2.0) == []  # an event it saw and left: not due
+        await journal.enqueue(env(x, "e2", "event", name="new"))
+        assert await journal.due_actors(2.0) == [x]
+        got = await journal.inbox(x, 2.0)
+        await journal.settle(x, "a", now=2.0, seen_n=1, busy=False)  # e2 (2) not seen yet
+        assert await journal.due_actors(3.0) == [x]
+        await journal.settle(x, "a", now=2.0, seen_n=2, busy=True)
+        assert await journal.due_actors(3.0) == []
+        # busy: an unseen call waits (no later than the lease end); an unseen event does not
+        await journal.enqueue(env(x, "c1"))
+        got = await journal.inbox(x, 3.0, calls=0)
+        await journal.settle(x, "a", now=3.0, seen_n=2, busy=True)
+        assert await journal.due_actors(99.0) == []
+        assert await journal.due_actors(100.0) == [x]
+        await journal.settle(x, "a", now=3.0, seen_n=2, busy=False)
+        assert await journal.due_actors(4.0) == [x]
+        # a future timer always counts, seen or not
+        await journal.enqueue(env(x, "t1", "timer", deliver_at=50.0))
+        got = await journal.inbox(x, 4.0)
+        await journal.consume(x, ["c1"], 4.0)
+        await journal.settle(x, "a", now=4.0, seen_n=4, busy=False)
+        assert await journal.due_actors(49.0) == []
+        assert await journal.next_due(49.0) == 50.0
+        assert await journal.due_actors(50.0) == [x]
+        # the cap is the lease end only when that comes first
+        await journal.settle(x, "a", now=4.0, seen_n=4, busy=True)
+        assert await journal.due_actors(50.0) == [x]
+        # a non-owner's settle is a no-op
+        await journal.settle(x, "b", now=4.0, seen_n=99, busy=False, release=True)
+        assert await journal.due_actors(50.0) == [x]
+        assert await journal.acquire(x, "b", 5.0, 10.0) is None
+        # release frees the lease at once and keeps the due time
+        await journal.settle(x, "a", now=5.0, seen_n=4, busy=False, release=True)
+        assert await journal.acquire(x, "b", 6.0, 10.0) is not None
+        assert await journal.due_actors(50.0, owner="b") == [x]
+        assert await journal.renew("a", 7.0, 10.0) == set()
+        assert x not in await journal.owners() or (await journal.owners())[x] == 0
+
+    run(main())
+
+
+def test_expire_owner(journal: JournalStore) -> None:
+    async def main() -> None:
+        await journal.acquire("exp/x", "dead", 0.0, 100.0)
+        await journal.acquire("exp/y", "dead", 0.0, 100.0)
+        await journal.acquire("exp/z", "alive", 0.0, 100.0)
+        await journal.enqueue(env("exp/x", "t1", "timer", deliver_at=1000.0))
+        await journal.settle("exp/x", "dead", now=1.0, seen_n=1, busy=True)  # due at 100
+        assert await journal.owners() == {"dead": 2, "alive": 1}
+        assert await journal.due_actors(2.0, owner="b") == []
+        assert await journal.expire_owner("dead") == 2
+        assert await journal.owners() == {"alive": 1}
+        assert await journal.due_actors(2.0, owner="b") == ["exp/x"]  # due now, for anyone
+        assert await journal.acquire("exp/y", "b", 2.0, 10.0) is not None
+        assert await journal.renew("dead", 3.0, 10.0) == set()
+        assert await journal.expire_owner("dead") == 0
+        assert await journal.acquire("exp/z", "b", 2.0, 10.0) is None
+
+    run(main())
+
+
+@pytest.mark.parametrize("journal", [p for p in stores() if p.id != "memory"], indirect=True)
+def test_two_instances_contend_for_one_lease(journal: JournalStore, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
+    if journal.url.startswith("sqlite"):
+        from runtime.journal.sqlite import SqliteJournal
+        other: JournalStore = SqliteJournal(tmp_path / "journal.db")
+    else:
+        other = request.getfixturevalue("make_cosmos")(container=journal.container)  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        try:
+            for i in range(4):
+                actor = f"two/{i}"
+                await journal.enqueue(env(actor, "m"))
+                won = await asyncio.gather(journal.acquire(actor, "a", 1.0, 10.0),
+                                           other.acquire(actor, "b", 1.0, 10.0))
+                assert sum(e is not None for e in won) == 1, won
+                winner, loser = (journal, other) if won[0] is not None else (other, journal)
+                mine, theirs = ("a", "b") if won[0] is not None else ("b", "a")
+                assert actor in await winner.renew(mine, 2.0, 10.0)
+                assert actor not in await loser.renew(theirs, 2.0, 10.0)
+                assert actor not in await loser.due_actors(3.0, owner=theirs)
+                epoch = won[0] if won[0] is not None else won[1]
+                assert epoch is not None
+                taken = await loser.acquire(actor, theirs, 13.0, 10.0)  # after the lease
+                assert taken is not None and taken > epoch
+                assert actor not in await winner.renew(mine, 14.0, 10.0)
+        finally:
+            await other.close()
+
+    run(main())
 
 
 # -- Cosmos only -----------------------------------------------------------------------------
@@ -553,7 +817,7 @@ def test_cosmos_oversized_envelope_with_blob_store(make_cosmos: Callable[..., An
     async def main() -> None:
         assert await journal.enqueue(big) is True
         assert await journal.enqueue(big) is False
-        assert await journal.inbox("big/2", 1.0) == [big]
+        assert await journal.inbox("big/2", 1.0) == [{**big, "n": 1}]
 
     run(main())
 
@@ -607,17 +871,3 @@ def test_cosmos_from_settings(cosmos_server: CosmosServer, cosmos_admin: Any) ->
         run(main())
     finally:
         cosmos_admin.delete_container(name)
-
-
-def test_due_actors_without_calls_counts_only_timers_and_events(journal: JournalStore) -> None:
-    async def main() -> None:
-        await journal.enqueue(env("busy/1", "c1"))
-        await journal.enqueue(env("timer/1", "t1", kind="timer", deliver_at=5.0))
-        await journal.enqueue(env("event/1", "e1", kind="event", name="go"))
-        assert sorted(await journal.due_actors(10.0)) == ["busy/1", "event/1", "timer/1"]
-        assert sorted(await journal.due_actors(10.0, calls=False)) == ["event/1", "timer/1"]
-        assert await journal.due_actors(1.0, calls=False) == ["event/1"]  # timer not yet due
-        await journal.consume("event/1", ["e1"], now=2.0)
-        assert await journal.due_actors(1.0, calls=False) == []
-
-    run(main())

@@ -128,21 +128,26 @@ class MemoryJournal:
                 self._timed_due[actor] = due_at
         ready = [a for a, _ in sorted(self._ready.items(), key=lambda kv: kv[1])
                  if self._free_for(self._sched[a], owner, now)][:limit]
-        timed = [a for a, _ in sorted(self._timed_due.items(), key=lambda kv: kv[1])
-                 if self._free_for(self._sched[a], owner, now)][:limit]
+        timed = [a for a, d in sorted(self._timed_due.items(), key=lambda kv: kv[1])
+                 if d <= now and self._free_for(self._sched[a], owner, now)][:limit]
         out = list(dict.fromkeys(ready + timed))
         return out
 
     async def next_due(self, now: float) -> float | None:
+        found: float | None = None
         while self._timed:
             due_at, actor = self._timed[0]
             row = self._sched.get(actor)
             if row is not None and row.due_at == due_at and due_at > now:
-                return due_at
+                found = due_at
+                break
             if row is not None and row.due_at == due_at:  # due already: due_actors takes it
                 self._timed_due[actor] = due_at
             heapq.heappop(self._timed)
-        return None
+        # taken from the heap by an earlier, later `now` (a clock that stepped back)
+        later = [d for d in self._timed_due.values() if d > now]
+        return min([*later, found]) if later and found is not None else \
+            (min(later) if later else found)
 
     async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> int | None:
         row = self._sched.setdefault(actor, _Sched())
@@ -194,7 +199,8 @@ class MemoryJournal:
     async def expire_owner(self, owner: str) -> int:
         n = 0
         for actor, row in self._sched.items():
-            if row.owner == owner:
+            if row.owner == owner:  # the lease ends: renew() no longer returns it
+                row.owner = None
                 row.lease_until = 0.0
                 if row.due_at is not None and row.due_at > 0:
                     self._set_due(actor, row, 0.0)

@@ -284,13 +284,16 @@ class SqliteJournal:
                 "SELECT MIN(deliver_at) FROM inbox WHERE actor=?1 AND consumed_at IS NULL AND "
                 "(deliver_at > ?2 OR (n > ?3 AND NOT (?4 AND kind = 'call')))",
                 (actor, now, seen_n, int(busy))).fetchone()[0]
+            # an actor that stays ready keeps its place in the ready order
             if release:
-                db.execute("UPDATE sched SET due_at=?3, ready_n=?4, owner=NULL, lease_until=0 "
+                db.execute("UPDATE sched SET ready_n = CASE WHEN due_at = 0 AND ?3 = 0 THEN "
+                           "ready_n ELSE ?4 END, due_at=?3, owner=NULL, lease_until=0 "
                            "WHERE actor=?1 AND owner=?2", (actor, owner, due, time.time_ns()))
             else:
                 db.execute(
-                    "UPDATE sched SET due_at = CASE WHEN ?5 AND (?3 IS NULL OR lease_until < ?3)"
-                    " THEN lease_until ELSE ?3 END, ready_n=?4 WHERE actor=?1 AND owner=?2",
+                    "UPDATE sched SET ready_n = CASE WHEN due_at = 0 AND ?3 = 0 THEN ready_n "
+                    "ELSE ?4 END, due_at = CASE WHEN ?5 AND (?3 IS NULL OR lease_until < ?3)"
+                    " THEN lease_until ELSE ?3 END WHERE actor=?1 AND owner=?2",
                     (actor, owner, due, time.time_ns(), int(busy)))
 
         await self._submit(write)
@@ -302,8 +305,9 @@ class SqliteJournal:
 
     async def expire_owner(self, owner: str) -> int:
         def write(db: sqlite3.Connection) -> int:
-            return db.execute("UPDATE sched SET lease_until = 0, due_at = CASE WHEN due_at IS "
-                              "NULL THEN NULL ELSE 0 END WHERE owner = ?", (owner,)).rowcount
+            return db.execute("UPDATE sched SET owner = NULL, lease_until = 0, due_at = CASE "
+                              "WHEN due_at IS NULL THEN NULL ELSE 0 END WHERE owner = ?",
+                              (owner,)).rowcount
 
         expired: int = await self._submit(write)
         return expired
