@@ -59,7 +59,8 @@ def test_invoke_timeout_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("LOOM_HOME", str(tmp_path))
     with Executor(load_settings(home=tmp_path)) as ex:
         ex.upload(guests.infinite_loop(), guests.manifest("spin", limits={"timeout_ms": 2000}))
-    code, _, err = run("activity", "invoke", "spin", "--input", "{\"go\": 1}", "--timeout-ms", "150")
+    code, _, err = run("activity", "invoke", "spin", "--input", '{"go": 1}',
+                       "--timeout-ms", "150")
     assert code == 2
     assert "[timeout spin@1.0.0" in err and "exceeded the 150 ms deadline" in err
     assert err.rstrip().endswith("(retryable)")
