@@ -57,8 +57,8 @@ deletes, in that partition only:
 - tombstones consumed more than `tombstone_ttl_s` ago (a late duplicate within that time is
   refused; after it, it would run again — so the TTL must exceed any redelivery delay);
 - commits older than the latest state-bearing commit *and* older than `tombstone_ttl_s +
-  COMMIT_MARGIN_S` (server `_ts`), so `outcome()` still answers a duplicate that a tombstone
-  refused, and the blobs those commits reference.
+  commit_margin_s` (server `_ts`; the margin is an hour by default), so `outcome()` still
+  answers a duplicate that a tombstone refused, and the blobs those commits reference.
 It never deletes the latest state-bearing commit or anything after it, so replay, the newest
 outbox and its `consumed` ids are untouched, and nothing is ever sent again.
 
@@ -236,7 +236,7 @@ class CosmosJournal:
                  blob: BlobStore | None = None, max_item_bytes: int = MAX_ITEM_BYTES,
                  timeout: float = 30.0, poll_interval_s: float = 1.0,
                  max_throttle_wait_s: float = 30.0, tombstone_ttl_s: float = 7 * 86400.0,
-                 compact_every: int = 64) -> None:
+                 compact_every: int = 64, commit_margin_s: float = COMMIT_MARGIN_S) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise errors.SettingsInvalid(
@@ -255,6 +255,7 @@ class CosmosJournal:
         self.max_throttle_wait_s = max_throttle_wait_s
         self.tombstone_ttl_s = tombstone_ttl_s
         self.compact_every = compact_every
+        self.commit_margin_s = commit_margin_s
         self.stats: defaultdict[str, float] = defaultdict(float)
         """Requests (`requests`, `requests:<op>`) and request charge (`charge`,
         `charge:<op>`) sent so far, from the response headers."""
@@ -338,7 +339,12 @@ class CosmosJournal:
         if self._container is None:
             with self._init_lock:
                 if self._container is None:
-                    self._container = self._connect()
+                    op = getattr(self._op, "name", None)
+                    self._op.name = "connect"
+                    try:
+                        self._container = self._connect()
+                    finally:
+                        self._op.name = op
         return self._container
 
     _op = threading.local()
@@ -563,6 +569,12 @@ class CosmosJournal:
 
     async def _number(self, actor: str, item_id: str, deliver_at: float) -> None:
         """Give the entry the next inbox number and make the actor due at `deliver_at`."""
+        n = await self._reserve(actor, deliver_at)
+        await self._write_number(actor, item_id, n)
+        if deliver_at > 0:
+            self._hint = min(self._hint, deliver_at)
+
+    async def _reserve(self, actor: str, deliver_at: float) -> int:
         taken: list[int] = []
 
         def change(row: dict[str, Any] | None) -> dict[str, Any]:
@@ -574,14 +586,15 @@ class CosmosJournal:
             return row
 
         await self._update("enqueue", actor, change)
+        return taken[0]
+
+    async def _write_number(self, actor: str, item_id: str, n: int) -> None:
         # A 412: numbered meanwhile by a repair; that number stands, this one is a gap.
         with contextlib.suppress(CosmosHttpResponseError):
             await self._call("enqueue", actor, lambda c: c.patch_item(
                 item_id, partition_key=actor,
-                patch_operations=[{"op": "set", "path": "/n", "value": taken[0]}],
+                patch_operations=[{"op": "set", "path": "/n", "value": n}],
                 filter_predicate=_NOT_NUMBERED), expect=(404, 412))
-        if deliver_at > 0:
-            self._hint = min(self._hint, deliver_at)
 
     async def inbox(self, actor: str, now: float, *, calls: int | None = None) -> list[Envelope]:
         base = (f"FROM c WHERE {_PENDING} AND NOT IS_NULL(c.n) AND c.deliver_at <= @now")
@@ -890,7 +903,7 @@ class CosmosJournal:
     async def compact(self, actor: str, *, now: float | None = None) -> tuple[int, int]:
         """Delete `actor`'s tombstones consumed more than `tombstone_ttl_s` before `now`, and
         its commits older than both its latest state-bearing commit and `tombstone_ttl_s +
-        COMMIT_MARGIN_S` (with the blobs they reference). Returns (commits, tombstones)
+        commit_margin_s` (with the blobs they reference). Returns (commits, tombstones)
         deleted. Never touches the latest state-bearing commit or anything after it."""
         now = time.time() if now is None else now
         tombs = await self._rows(
@@ -908,7 +921,7 @@ class CosmosJournal:
         old = await self._rows(
             "compact", "SELECT c.id, c.blobs FROM c WHERE c.type = 'commit' AND c.seq < @s "
             "AND c._ts < @t", actor, s=last[0],
-            t=int(now - self.tombstone_ttl_s - COMMIT_MARGIN_S))
+            t=int(now - self.tombstone_ttl_s - self.commit_margin_s))
         deleted = 0
         for row in old:
             if await self._delete("compact", actor, row["id"]):
