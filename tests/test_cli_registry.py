@@ -136,3 +136,15 @@ def test_registry_yank_api(tmp_path: Path) -> None:
             ex.registry.get("echo")
         ex.registry.unyank("echo", "1.0.0")
         assert ex.registry.get("echo").version == "1.0.0"
+
+
+def test_wdl_validate_on_a_fresh_home_says_how_to_get_the_samples(home: Path) -> None:
+    """Issue 8 item 10: on a fresh clone nothing had put the samples into LOOM_HOME."""
+    example = str(ROOT / "wdl" / "examples" / "onboarding.json")
+    code, _, err = run("wdl", "validate", example)
+    assert code == 2 and "activity http_post is not registered" in err
+    assert f"(looked in the registry file://{home.resolve()}/blobs" in err
+    assert "upload the samples with `loom activity upload activities/build`" in err
+    assert run("activity", "upload", str(BUILD))[0] == 0
+    code, out, err = run("wdl", "validate", example)
+    assert code == 0 and "customer-onboarding@1.0.0 is valid" in out, err
