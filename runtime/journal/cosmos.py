@@ -787,6 +787,7 @@ class CosmosJournal:
         repairs: list[tuple[str, float]] = []
         returned = self._returned.get(actor)
         settled: list[float | None] = [None]
+        unchanged = [False]
 
         async def read_inbox() -> None:
             pending[:] = await self._rows(
@@ -797,6 +798,7 @@ class CosmosJournal:
             repairs.clear()
             if row is None or row.get("owner") != owner:
                 return None
+            before = dict(row)
             wall = time.time()
             due = INF
             for r in pending:
@@ -815,12 +817,17 @@ class CosmosJournal:
                 due = min(due, float(row["lease_until"]))
             settled[0] = None if due == INF else due
             self._set_due(row, settled[0])
+            if row == before:  # nothing to change: no write
+                unchanged[0] = True
+                return None
             return row
 
         # The row is read before the inbox and replaced only if unchanged: an entry numbered
         # after the inbox read changed the row, so the replace fails and looks again.
         for _ in range(8):
+            unchanged[0] = False
             written = await self._update("settle", actor, change, between=read_inbox)
+            written = written or unchanged[0]
             if not repairs:
                 break
             for item_id, deliver_at in repairs:  # an enqueue cut off before numbering
