@@ -182,3 +182,36 @@ def test_name_resolution_is_bounded_by_the_deadline(monkeypatch: pytest.MonkeyPa
         release.set()
     assert time.monotonic() - started < 0.8
     assert out["ok"] is False and "timed out" in out["error"]["message"], out
+
+
+def test_a_connection_close_response_body_arriving_later_is_read() -> None:
+    """http.client closes the connection once it has the headers of a `Connection: close`
+    response; the body must still be readable (found by the README test: EBADF when the
+    body came in a later packet)."""
+    from runtime.executor import http_capability
+    from schemas.manifest import HttpCapability
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nConnection: close\r\n"
+                         b"Content-Type: application/json\r\n\r\n")
+            time.sleep(0.2)  # the body arrives after the headers were parsed
+            conn.sendall(b'{"id": "late-body"}')
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    cap = HttpCapability.model_validate({
+        "allow": [{"scheme": "http", "host": "127.0.0.1", "port": port}], "allow_private": True})
+    try:
+        out = http_capability.perform({"method": "POST", "url": f"http://127.0.0.1:{port}/",
+                                       "body": "{}"}, cap, idempotency_key="k", timeout_s=5)
+    finally:
+        thread.join(5)
+        sock.close()
+    assert out["ok"] is True, out
+    assert out["status"] == 200 and out["body"] == '{"id": "late-body"}'

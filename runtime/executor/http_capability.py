@@ -108,36 +108,59 @@ def _left(deadline: float) -> float:
 class _DeadlineReader(io.RawIOBase):
     """Reads a socket with each recv bounded by the time left to an overall deadline."""
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
+    def __init__(self, owner: _DeadlineSocket, deadline: float) -> None:
+        self._owner = owner
         self._deadline = deadline
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        self._sock.settimeout(_left(self._deadline))
-        return self._sock.recv_into(buffer)
+        sock = self._owner.sock
+        sock.settimeout(_left(self._deadline))
+        return sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._owner.release()
+        super().close()
 
 
 class _DeadlineSocket:
-    """The parts of a socket http.client uses, each bounded by one overall deadline."""
+    """The parts of a socket http.client uses, each bounded by one overall deadline.
+
+    Like `socket.makefile`, an open reader keeps the connection open: http.client closes
+    the connection as soon as it has the headers of a `Connection: close` response, and
+    hands the body over to the response's reader.
+    """
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
+        self.sock = sock
         self._deadline = deadline
+        self._readers = 0
+        self._closed = False
 
     def sendall(self, data: Any) -> None:
-        self._sock.settimeout(_left(self._deadline))  # sendall's timeout is for all of data
-        self._sock.sendall(data)
+        self.sock.settimeout(_left(self._deadline))  # sendall's timeout is for all of data
+        self.sock.sendall(data)
 
     def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
         if "r" not in mode or "w" in mode:
             raise ValueError(f"unsupported makefile mode {mode!r}")
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+        self._readers += 1
+        return io.BufferedReader(_DeadlineReader(self, self._deadline))
+
+    def release(self) -> None:
+        self._readers -= 1
+        self._close_when_unused()
 
     def close(self) -> None:
-        self._sock.close()
+        self._closed = True
+        self._close_when_unused()
+
+    def _close_when_unused(self) -> None:
+        if self._closed and self._readers <= 0:
+            self.sock.close()
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -193,6 +216,7 @@ def perform(request: dict[str, Any], cap: HttpCapability, *, idempotency_key: st
         conn = conn_type(host, port, resolve(host, port, cap, deadline), deadline)
     except OSError as exc:
         return _failed(exc, started, timeout_s)
+    resp: http.client.HTTPResponse | None = None
     try:
         conn.request(method, path, body=payload, headers=headers)
         resp = conn.getresponse()
@@ -207,6 +231,8 @@ def perform(request: dict[str, Any], cap: HttpCapability, *, idempotency_key: st
     except (OSError, http.client.HTTPException) as exc:
         return _failed(exc, started, timeout_s)
     finally:
+        if resp is not None:
+            resp.close()
         conn.close()
 
 
