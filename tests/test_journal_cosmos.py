@@ -328,3 +328,27 @@ def test_compaction_runs_by_itself_every_few_snapshots(make: Callable[..., Cosmo
         assert seqs[0] in (4, 8) and seqs[-1] == 8, seqs
 
     run(main())
+
+
+def test_an_idle_runtime_costs_about_one_request_a_second(
+        make: Callable[..., CosmosJournal]) -> None:
+    """The whole loop (due_actors, next_due, renew, owners every 50 ms / 3 s / 5 s) with no
+    actors: about one cross-partition query a second, no reads or writes."""
+    from runtime.actors import ActorRuntime
+
+    journal = make()
+
+    async def main() -> None:
+        await journal.due_actors(0.0)  # connect (database and container) before counting
+        journal.stats.clear()
+        rt = ActorRuntime(journal, None)
+        await rt.start()
+        try:
+            await asyncio.sleep(3.0)
+        finally:
+            await rt.stop()
+        ops = {k: v for k, v in journal.stats.items() if k.startswith("requests:")}
+        assert set(ops) <= {"requests:due_actors", "requests:owners"}, ops
+        assert 2 <= journal.stats["requests"] <= 5, ops
+
+    run(main())
