@@ -6,7 +6,8 @@ STAMP   := $(VENV)/.installed
 ACTIVITY ?= echo
 INPUT   ?= {"hello": "world"}
 
-.PHONY: run test test-fast bench activities sandbox upload emulators emulators-install lint clean
+.PHONY: run test test-fast bench activities sandbox upload emulators emulators-install lint clean \
+	simulate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +29,14 @@ test: activities emulators-install
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not integration and not system"
+
+# The durable core under simulated faults (tests/test_simulation.py); `make test` runs 2,000
+# seeds. SEEDS=N runs N seeds from FIRST (default 0); SEED=n replays one seed.
+SEEDS ?= 20000
+FIRST ?= 0
+simulate: $(STAMP)
+	LOOM_SIM_SEEDS=$(SEEDS) LOOM_SIM_FIRST=$(FIRST) LOOM_SIM_SEED=$(SEED) \
+		$(BIN)/pytest -q -p no:cacheprovider tests/test_simulation.py -k seeds
 
 bench: activities
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'

@@ -113,7 +113,9 @@ class Activation:
         self.stale = False
         self._reported = False
         self.seen_n = 0
+        self.read_at = 0.0  # when the inbox was last read (entries due later are unseen)
         self.epoch = 0
+        self.stray: list[str] = []  # timers nobody waits for: consumed by the next commit
 
     # -- loading and replay ----------------------------------------------------------------
     async def load(self) -> None:
@@ -288,6 +290,8 @@ class Activation:
                 # Take what is outstanding now: concurrent branches may add more meanwhile.
                 events, run.pending = run.pending, []
                 outbox, run.outbox = run.outbox, []
+                stray, self.stray = self.stray, []
+                consumed = [*(consumed or []), *stray]
                 doc: Commit = {"actor": self.key, "seq": self.seq + 1, "ts": host.clock(),
                                "run": {"msg": run.msg_id, "ts": run.ts, "start": run.start_seq},
                                "events": events, "outbox": outbox,
@@ -300,6 +304,7 @@ class Activation:
                     host.hooks.fire("before_commit", self.key)
                     await host.journal.append(doc)
                 except Exception as exc:
+                    self.stray[:0] = stray
                     raise self._fail(exc) from exc
                 self.seq += 1
                 run.announced = True
@@ -371,7 +376,9 @@ class Activation:
         host = self.host
         now = host.clock()
         calls = 1 if self.run is None else 0
-        for env in await host.journal.inbox(self.key, now, calls=calls):
+        entries = await host.journal.inbox(self.key, now, calls=calls)
+        self.read_at = now
+        for env in entries:
             self.seen_n = max(self.seen_n, int(env.get("n", 0)))
             run = self.run
             kind = env.get("kind", "call")
@@ -382,12 +389,49 @@ class Activation:
                 continue
             if run is None or run.task is None or run.task.done():
                 if kind == "timer":  # a timer of a finished run
-                    await host.journal.consume(self.key, [env["id"]], host.clock())
+                    self._stray(env["id"])
                 continue
             await self._deliver(run, env)
             if self.stale:
                 return
+        if self.stray and self.run is None:
+            await self._sweep()
         host.settle_later(self.key, now, self.seen_n, self.run is not None)
+
+    async def _sweep(self) -> None:
+        """With no run to carry them, stray timers get a commit of their own (fenced)."""
+        host = self.host
+        async with self.commit_lock:
+            stray, self.stray = self.stray, []
+            doc: Commit = {"actor": self.key, "seq": self.seq + 1, "ts": host.clock(),
+                           "events": [], "outbox": [], "consumed": stray, "epoch": self.epoch}
+            try:
+                await host.journal.append(doc)
+                self.seq += 1
+                host.committed(self.key)
+                await host.journal.consume(self.key, stray, host.clock())
+            except Exception as exc:
+                raise self._fail(exc) from exc
+
+    async def release_point(self) -> tuple[float, int, bool]:
+        """Where the schedule should stand when this activation leaves memory: (the time
+        the inbox was read, the highest number seen, whether the run still waits for
+        nothing it could be given now). A parked run whose timer or event is already in
+        the inbox, undelivered, is not truly parked: it must be due at once."""
+        run = self.run
+        if run is None:
+            return self.read_at, self.seen_n, True
+        if not run.parked:
+            return self.host.clock(), -1, False
+        now = self.host.clock()
+        entries = await self.host.journal.inbox(self.key, now, calls=0)
+        seen = max([self.seen_n, *(int(e.get("n", 0)) for e in entries)])
+        for env in entries:
+            for wait in run.waits:
+                if (env.get("kind") == "timer" and wait.timer == env.get("name")) or \
+                        self._matches(run, wait, env):
+                    return now, -1, False
+        return now, seen, True
 
     def _matches(self, run: Run, wait: Wait, env: Envelope) -> bool:
         if env.get("kind") != "event" or wait.event != env.get("name"):
@@ -424,7 +468,14 @@ class Activation:
                 await self._settle_wait(run, wait, record, env, env.get("payload"))
                 return
         if kind == "timer" and not str(name).startswith(f"timer:{run.msg_id}:"):
-            await self.host.journal.consume(self.key, [env["id"]], self.host.clock())
+            self._stray(env["id"])
+
+    def _stray(self, timer_id: str) -> None:
+        """A timer no run waits for. It is consumed by this activation's next commit, never
+        on its own: a stale activation (its lease long gone) must not consume a timer that
+        a later run, unknown to it, is waiting for."""
+        if timer_id not in self.stray:
+            self.stray.append(timer_id)
 
     async def _settle_wait(self, run: Run, wait: Wait, record: dict[str, Any], env: Envelope,
                            outcome: Any) -> None:

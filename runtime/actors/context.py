@@ -209,7 +209,7 @@ class ActorContext:
             except errors.LoomError as exc:
                 self._run.inflight -= 1
                 if not plan.should_retry(exc, attempts):
-                    self._record(step, f"{kind}.failed", name, fp,
+                    self._record(step, f"{kind}.failed", name, fp, key=key,
                                  error=error_record(exc), attempts=attempts)
                     raise activity_failed(name, attempts, exc.message, exc.code.value,
                                           **where) from exc
@@ -218,7 +218,7 @@ class ActorContext:
                     await rt.sleep(delay)
                     continue
                 timer = f"timer:{self._run.msg_id}:{step}:{attempts}"
-                self._record(step, f"{kind}.retry", name, fp,
+                self._record(step, f"{kind}.retry", name, fp, key=key,
                              attempt=attempts, error=error_record(exc), timer=timer,
                              fire_at=rt.clock() + delay)
                 await self._act.start_timer(self._run, timer, rt.clock() + delay)
@@ -226,7 +226,7 @@ class ActorContext:
                 continue
             self._run.inflight -= 1
             rt.hooks.fire("after_activity", self._act.key)
-            self._record(step, f"{kind}.done", name, fp,
+            self._record(step, f"{kind}.done", name, fp, key=key,
                          result=result, attempts=attempts)
             return self._shape(result, output_model)
 

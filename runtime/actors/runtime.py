@@ -311,15 +311,21 @@ class ActorRuntime:
         return key not in self._pumping and (act.run is None or act.run.parked)
 
     async def _release(self, key: str, act: Activation) -> None:
-        run = act.run
+        if act.stale:
+            await act.deactivate()
+            return
+        try:
+            now, seen_n, quiet = await act.release_point()
+        except Exception:
+            now, seen_n, quiet = self.clock(), -1, False  # unsure: due at once
+        busy = act.run is not None
         await act.deactivate()
         if act.stale:
             return
-        parked = run is not None and run.parked
-        # A run cut off in the middle (not parked) must be due at once for whoever is next.
-        await self.journal.settle(key, self.owner, now=self.clock(),
-                                  seen_n=act.seen_n if run is None or parked else -1,
-                                  busy=parked, release=True)
+        # Parked (or idle): due again when something it has not seen arrives or a timer
+        # falls due. Cut off in the middle, or with its wake-up already waiting: due now.
+        await self.journal.settle(key, self.owner, now=now, seen_n=seen_n,
+                                  busy=busy and quiet, release=True)
 
     async def _drop(self, key: str, act: Activation) -> None:
         if self.activations.get(key) is act:
@@ -403,7 +409,7 @@ class ActorRuntime:
                 due = await self.journal.next_due(self.clock())
                 delay = self.poll_interval_s
                 if due is not None:
-                    delay = max(0.0, min(delay, due - self.clock()))
+                    delay = max(0.001, min(delay, due - self.clock()))
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)

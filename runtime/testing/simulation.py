@@ -1,0 +1,393 @@
+"""Deterministic simulation of the real actor runtime under faults.
+
+Several `ActorRuntime`s (simulated processes) share one in-memory journal on a virtual
+clock. A seeded random source decides everything else: which journal calls fail (before or
+after they land), when a process crashes, freezes past its leases or has its clock stepped,
+which activity calls fail, and how long they take. A client that never crashes sends,
+asks and signals, retrying with the same message ids as a real client would.
+
+After the scenario the faults stop, the cluster settles, and `check()` verifies the
+promises: every accepted message completed exactly once, every ask was answered, one
+idempotency key never stood for two different effects, every recorded effect reached the
+receiver, no compensation ran without a failure, no failed run's message left, and no
+non-determinism was reported for unchanged code. A violation names the seed; running the
+same seed again replays the same history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime import errors
+from runtime.actors.actor import Actor
+from runtime.actors.hooks import Hooks
+from runtime.actors.runtime import ActorRuntime
+from runtime.journal.memory import MemoryJournal
+from runtime.testing.effects import Receiver, StubActivities
+from runtime.testing.faults import Faults, FaultyJournal
+from runtime.testing.loop import run_virtual
+
+BUSINESS = (errors.HandlerFailed, errors.ActivityFailed, errors.EventTimeout,
+            errors.InvariantViolated, errors.CircuitOpen)
+
+
+class Node:
+    """One simulated process: a runtime over its own faulty view of the shared journal."""
+
+    def __init__(self, sim: Simulation, index: int, generation: int) -> None:
+        self.sim = sim
+        self.name = f"p{index}.{generation}"
+        self.rng = random.Random(f"{sim.seed}:{self.name}")
+        self.faults = sim.faults
+        self.stats = sim.stats
+        self.offset = self.rng.uniform(-sim.faults.skew_s, sim.faults.skew_s)
+        self.dead = False
+        self.can_crash = True
+        self._running = asyncio.Event()
+        self._running.set()
+        hooks = Hooks()
+        for point in Hooks.POINTS:
+            hooks.on(point, self._hook)
+        activities = StubActivities(sim.receiver, rng=self.rng, flaky=sim.faults.flaky,
+                                    latency=0.3)
+        activities.handlers = sim.activities.handlers
+        activities.before = self.gate
+        activities.after = self.gate
+        self.rt = ActorRuntime(
+            FaultyJournal(sim.journal, self),
+            activities=activities, clock=self.clock, hooks=hooks, lint=sim.lint,
+            poll_interval_s=0.1, lease_ttl_s=sim.lease_ttl_s,
+            owner=f"{socket.gethostname()}:{os.getpid()}:sim-{sim.seed}-{self.name}",
+            max_activations=1 if sim.faults.evict else 10_000,
+            idle_timeout_s=2.0 if sim.faults.evict else 300.0,
+            durable_retry_threshold_s=0.5)
+        for cls in sim.actor_types:
+            self.rt.register(cls)
+
+    @property
+    def faulty(self) -> bool:
+        return self.sim.faulty
+
+    def clock(self) -> float:
+        return asyncio.get_running_loop().time() + self.offset
+
+    async def gate(self) -> None:
+        """Every journal or activity call passes here: a dead process goes no further, a
+        frozen one waits until it thaws."""
+        if self.dead:
+            raise asyncio.CancelledError
+        if not self._running.is_set():
+            await self._running.wait()
+            if self.dead:
+                raise asyncio.CancelledError
+
+    def _hook(self, actor: str) -> None:
+        if self.faulty and self.can_crash and self.rng.random() < self.faults.crash:
+            self.crash("at a commit point")
+
+    def crash(self, where: str) -> None:
+        self.kill(where)
+        raise asyncio.CancelledError
+
+    def kill(self, where: str) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        self.stats["crashes"] += 1
+        self.sim.trace.append(f"{self._now():.3f} {self.name} crashed {where}")
+        self.rt.abandon()
+        self._running.set()
+
+    def freeze(self) -> None:
+        self._running.clear()
+
+    def thaw(self) -> None:
+        self._running.set()
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+
+@dataclass
+class Report:
+    seed: int
+    violations: list[str] = field(default_factory=list)
+    stats: Counter[str] = field(default_factory=Counter)
+    trace: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def raise_for_violations(self) -> None:
+        if self.violations:
+            lines = "\n  ".join(self.violations[:20])
+            raise AssertionError(
+                f"simulation seed {self.seed} broke {len(self.violations)} promise(s):\n  "
+                f"{lines}\nreproduce: make simulate SEED={self.seed}\n"
+                f"last events:\n  " + "\n  ".join(self.trace[-25:]))
+
+
+Scenario = Callable[["Simulation"], Coroutine[Any, Any, None]]
+
+
+class Simulation:
+    """Run `scenario(sim)` against simulated processes under `faults`, then check.
+
+        sim = Simulation(seed=7, faults=Faults(crash=0.02, storage=0.02, processes=2))
+        sim.register(Order)
+        sim.activity("charge")                    # or sim.activity("charge", fn)
+        report = sim.run(my_scenario)             # my_scenario uses sim.ask/send/signal
+        report.raise_for_violations()
+    """
+
+    def __init__(self, seed: int, faults: Faults | None = None, *, lease_ttl_s: float = 3.0,
+                 lint: bool = True, horizon_s: float = 120.0, settle_s: float = 600.0) -> None:
+        self.seed = seed
+        self.faults = faults if faults is not None else Faults()
+        self.rng = random.Random(seed)
+        self.lease_ttl_s = lease_ttl_s
+        self.lint = lint
+        self.horizon_s = horizon_s
+        self.settle_s = settle_s
+        self.journal = MemoryJournal()
+        self.receiver = Receiver()
+        self.activities = StubActivities(self.receiver)
+        self.actor_types: list[type[Actor]] = []
+        self.stats: Counter[str] = Counter()
+        self.trace: list[str] = []
+        self.faulty = True
+        self.nodes: list[Node] = []
+        self.client: ActorRuntime | None = None
+        self.asked: dict[str, tuple[str, Any]] = {}  # msg id -> (actor, outcome)
+        self._generations: Counter[int] = Counter()
+
+    # -- set-up ----------------------------------------------------------------------------
+    def register(self, *classes: type[Actor]) -> None:
+        self.actor_types.extend(classes)
+
+    def activity(self, name: str, fn: Callable[[Any, str], Any] | None = None) -> None:
+        self.activities.add(name, fn)
+
+    # -- what a scenario calls -----------------------------------------------------------------
+    async def ask(self, target: str, handler: str, payload: Any = None, *,
+                  msg_id: str) -> Any:
+        """Ask as a client would: retry on storage errors with the same id, until answered.
+        A business error is returned (not raised) and recorded as the outcome."""
+        assert self.client is not None
+        self.asked[msg_id] = (target, None)
+        while True:
+            try:
+                result: Any = await self.client.ask(target, handler, payload, msg_id=msg_id,
+                                                    timeout=5.0)
+            except (errors.StorageError, TimeoutError):
+                await asyncio.sleep(0.2)
+                continue
+            except BUSINESS as exc:
+                result = exc
+            except errors.NonDeterminismError as exc:
+                self.trace.append(f"ask {msg_id}: {exc}")
+                result = exc
+            self.asked[msg_id] = (target, result)
+            return result
+
+    async def send(self, target: str, handler: str, payload: Any = None, *,
+                   msg_id: str) -> None:
+        await self._retrying(lambda: self._client().send(target, handler, payload,
+                                                         msg_id=msg_id))
+
+    async def signal(self, target: str, event: str, payload: Any = None, *, msg_id: str,
+                     key: str | None = None) -> None:
+        await self._retrying(lambda: self._client().signal(target, event, payload,
+                                                           msg_id=msg_id, key=key))
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def _client(self) -> ActorRuntime:
+        assert self.client is not None
+        return self.client
+
+    async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            try:
+                await call()
+                return
+            except errors.StorageError:
+                await asyncio.sleep(0.2)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, scenario: Scenario) -> Report:
+        """Run the scenario on virtual time, settle, stop, and check the promises."""
+        quiet = logging.getLogger("loom")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            return run_virtual(self._run(scenario))
+        finally:
+            quiet.setLevel(level)
+
+    async def _run(self, scenario: Scenario) -> Report:
+        client_node = Node(self, 99, 0)
+        client_node.can_crash = False
+        client_node.rt.types.clear()  # a client: sends and asks, runs no actors
+        self.client = client_node.rt
+        await self.client.start()
+        for i in range(self.faults.processes):
+            await self._boot(i)
+        chaos = asyncio.get_running_loop().create_task(self._chaos())
+        work: asyncio.Future[None] = asyncio.ensure_future(scenario(self))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(work), self.horizon_s)
+        # Heal: no more faults; every process alive and running; let everything finish.
+        self.faulty = False
+        chaos.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await chaos
+        for i, node in enumerate(list(self.nodes)):
+            node.thaw()
+            if node.dead:
+                await self._boot(i)
+        try:
+            await asyncio.wait_for(work, self.settle_s)
+        except TimeoutError:
+            self.trace.append("the scenario did not finish after the faults stopped")
+        await self._quiesce()
+        report = Report(self.seed, stats=self.stats, trace=self.trace)
+        report.violations = await self.check(finished=work.done() and not work.cancelled())
+        for node in self.nodes:
+            if not node.dead:
+                await node.rt.stop()
+        await self.client.stop()
+        return report
+
+    async def _boot(self, index: int) -> None:
+        self._generations[index] += 1
+        node = Node(self, index, self._generations[index])
+        if index < len(self.nodes):
+            self.nodes[index] = node
+        else:
+            self.nodes.append(node)
+        self.trace.append(f"{asyncio.get_running_loop().time():.3f} {node.name} started "
+                          f"(clock {node.offset:+.2f} s)")
+        await node.rt.start()
+
+    async def _chaos(self) -> None:
+        f, rng = self.faults, self.rng
+        while True:
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            for i, node in enumerate(list(self.nodes)):
+                if node.dead:
+                    if rng.random() < 0.5:
+                        await self._boot(i)
+                    continue
+                roll = rng.random()
+                if roll < f.kill:
+                    node.kill("by the chaos monkey")
+                elif roll < f.kill + f.pause:
+                    self.stats["pauses"] += 1
+                    self.trace.append(f"{asyncio.get_running_loop().time():.3f} {node.name} "
+                                      "frozen")
+                    node.freeze()
+                    asyncio.get_running_loop().call_later(
+                        rng.uniform(0.5, 3.0) * self.lease_ttl_s, node.thaw)
+                elif roll < f.kill + f.pause + f.clock_step and f.skew_s:
+                    node.offset += rng.uniform(-f.skew_s, f.skew_s)
+                    self.stats["clock_steps"] += 1
+
+    async def _quiesce(self) -> None:
+        """Run until no message is left unconsumed and no run is in flight (bounded)."""
+        for _ in range(int(self.settle_s / 0.5)):
+            if not self._unfinished():
+                return
+            await asyncio.sleep(0.5)
+
+    def _unfinished(self) -> list[str]:
+        left = []
+        for actor, box in self.journal._inbox.items():
+            for mid, entry in box.items():
+                if entry.consumed_at is None and entry.kind == "call":
+                    left.append(f"{actor}: {mid}")
+        return left
+
+    # -- the promises --------------------------------------------------------------------------
+    async def check(self, *, finished: bool = True) -> list[str]:
+        out: list[str] = []
+        if not finished:
+            out.append("the scenario never finished (an ask was never answered)")
+        for mid, (actor, outcome) in self.asked.items():
+            if outcome is None:
+                out.append(f"ask {mid} to {actor} was never answered")
+            if isinstance(outcome, errors.NonDeterminismError):
+                out.append(f"ask {mid} to {actor}: {outcome}")
+        out += [f"message never completed: {m}" for m in self._unfinished()]
+        for key, first, second in self.receiver.conflicts:
+            out.append(f"key {key} stood for two effects: {first} and {second}")
+        recorded: dict[str, str] = {}  # effect key -> kind of the run that recorded it
+        compensated_in: dict[str, str] = {}
+        for actor in sorted(self.journal._commits):
+            commits = await self.journal.read(actor)
+            kinds: Counter[str] = Counter()
+            run_kind: dict[str, str] = {}
+            for c in commits:
+                if "kind" in c and c.get("run"):
+                    kinds[c["run"]["msg"]] += 1
+                    run_kind[c["run"]["msg"]] = c["kind"]
+                    err = c.get("error") or {}
+                    if err.get("type") == "NonDeterminismError" or \
+                            err.get("code") == errors.ErrorCode.NON_DETERMINISM.value:
+                        out.append(f"{actor}: non-determinism reported: {err.get('message')}")
+            for mid, n in kinds.items():
+                if n != 1:
+                    out.append(f"{actor}: message {mid} completed {n} times")
+            for c in commits:
+                msg = (c.get("run") or {}).get("msg")
+                for e in c.get("events", []):
+                    key = e.get("key")
+                    if e["op"] in ("activity.done", "compensation.done") and key:
+                        recorded[key] = run_kind.get(str(msg), "unfinished")
+                    if e["op"] == "compensation.done" and key:
+                        compensated_in[key] = run_kind.get(str(msg), "unfinished")
+        for key in self.receiver.applied:
+            if key not in recorded:
+                out.append(f"effect {key} happened but no run recorded it")
+        for key in recorded:
+            if key not in self.receiver.applied:
+                out.append(f"effect {key} was recorded but never reached the receiver")
+        for key, kind in compensated_in.items():
+            if kind not in ("failed", "rejected"):
+                out.append(f"compensation {key} ran in a run that ended {kind}")
+        out += self._check_sends(recorded)
+        for node in self.nodes:
+            for act in node.rt.activations.values():
+                if act.broken is not None:
+                    out.append(f"{act.key}: broken: {act.broken}")
+        return out
+
+    def _check_sends(self, recorded: dict[str, str]) -> list[str]:
+        """Every message an actor sent left only with a completed run."""
+        out = []
+        sent_by_kind: dict[str, str] = {}
+        for seqs in self.journal._commits.values():
+            commits = [json.loads(seqs[s]) for s in sorted(seqs)]
+            kinds = {c["run"]["msg"]: c["kind"] for c in commits if "kind" in c and c.get("run")}
+            for c in commits:
+                for e in c.get("events", []):
+                    if e["op"] == "send.sent":
+                        sent_by_kind[e["msg"]] = kinds.get(c["run"]["msg"], "unfinished")
+        for box in self.journal._inbox.values():
+            for mid, entry in box.items():
+                if entry.kind == "call" and mid in sent_by_kind and \
+                        sent_by_kind[mid] != "completed":
+                    out.append(f"message {mid} left a run that ended {sent_by_kind[mid]}")
+        return out
