@@ -313,10 +313,16 @@ def cmd_actor_journal(args: argparse.Namespace) -> int:
         for m in c.get("outbox", []):
             print(f"        outbox -> {m['target']} {m.get('handler') or m.get('name')}")
         if "error" in c:
-            print(f"        error: {c['error'].get('type')}: {c['error'].get('message')}")
+            print(f"        error: {_error_text(c['error'])}")
         if "state" in c:
             print(f"        state: {json.dumps(c['state'])[:200]}")
     return 0
+
+
+def _error_text(err: dict[str, Any]) -> str:
+    """`Type: message`, without doubling a type the message already starts with."""
+    kind, message = str(err.get("type")), str(err.get("message"))
+    return message if message.startswith(f"{kind}: ") else f"{kind}: {message}"
 
 
 def _outcome(commit: dict[str, Any], handlers: dict[str, str]) -> dict[str, Any]:
@@ -352,6 +358,7 @@ def cmd_actor_show(args: argparse.Namespace) -> int:
             tail = await journal.read_tail(_actor_key(args))
             recent = [] if not tail else await journal.read(
                 _actor_key(args), after_seq=max(-1, tail[-1]["seq"] - 200))
+            waiting = await journal.inbox(_actor_key(args), float("inf"), calls=0)
         finally:
             await journal.close()
         if not tail:
@@ -359,9 +366,16 @@ def cmd_actor_show(args: argparse.Namespace) -> int:
         state = tail[0].get("state") if "state" in tail[0] else None
         names = _handlers(recent)
         outcomes = [_outcome(c, names) for c in recent if c.get("kind") in OUTCOMES]
+        start = 1 if "state" in tail[0] else 0
+        # events no wait has taken: sent before the run that could wait for them, or not
+        # yet waited for; they are never handed to a later run
+        events = [{"id": e["id"], "name": e.get("name"), "n": e.get("n"),
+                   "payload": e.get("payload")} for e in waiting if e.get("kind") == "event"]
         print(json.dumps({"actor": _actor_key(args), "seq": tail[-1]["seq"],
-                          "state": state, "run_in_progress": "state" not in tail[-1],
-                          "recent": outcomes[-args.last:] if args.last > 0 else []},
+                          "state": state,
+                          "run_in_progress": any(c.get("run") for c in tail[start:]),
+                          "recent": outcomes[-args.last:] if args.last > 0 else [],
+                          "undelivered_events": events},
                          indent=2))
         return 0
 

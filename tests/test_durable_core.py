@@ -163,11 +163,11 @@ def test_a_failed_append_neither_compensates_nor_consumes(kind: str, tmp_path: P
     failures = [0]
 
     def fail_second_append(op: str, args: tuple[Any, ...]) -> None:
-        if op == "append" and args[0]["actor"] == "payment/p1" and failures[0] < 2:
-            if any(e["op"] == "activity.done" and e["name"] == "ship"
-                   for e in args[0].get("events", [])):
-                failures[0] += 1
-                raise errors.StorageError("injected: 503 after the SDK's retries")
+        shipped = any(e["op"] == "activity.done" and e["name"] == "ship"
+                      for e in args[0].get("events", [])) if op == "append" else False
+        if shipped and args[0]["actor"] == "payment/p1" and failures[0] < 2:
+            failures[0] += 1
+            raise errors.StorageError("injected: 503 after the SDK's retries")
         return None
 
     journal.rules.append(fail_second_append)
@@ -451,7 +451,8 @@ def test_a_recorded_failure_replays_with_the_text_it_was_raised_with(kind: str,
         async with runtime(journal, acts, da.Brancher) as rt2:  # the run resumes by replay
             await rt2.signal("brancher/b5", "go", None, msg_id="g")
             text = await rt2.ask("brancher/b5", "keep_error", None, msg_id="m1")
-        assert text.startswith("[activity_failed") and "broken failed after 1 attempt(s)" in text
+        assert text.startswith("[activity_failed")
+        assert "broken failed after 1 attempt(s)" in text
         report = await replay_commits(da.Brancher, "brancher/b5",
                                       await journal.read("brancher/b5"))
         assert [r.status for r in report.runs] == ["ok"], report.runs
@@ -460,7 +461,7 @@ def test_a_recorded_failure_replays_with_the_text_it_was_raised_with(kind: str,
     run(main())
 
 
-# -- 12. never evict during a commit ----------------------------------------------------------------
+# -- 12. never evict during a commit -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -470,7 +471,8 @@ def test_a_run_is_not_evicted_while_its_commit_is_in_flight(kind: str, tmp_path:
     journal = Tripwire(open_journal(kind, tmp_path))
 
     def slow_timer_commit(op: str, args: tuple[Any, ...]) -> Awaitable[None] | None:
-        if op == "append" and any(e["op"] == "timer.start" for e in args[0].get("events", [])):
+        events = args[0].get("events", []) if op == "append" else []
+        if any(e["op"] == "timer.start" for e in events):
             return asyncio.sleep(0.3)
         return None
 
@@ -491,7 +493,7 @@ def test_a_run_is_not_evicted_while_its_commit_is_in_flight(kind: str, tmp_path:
     run(main())
 
 
-# -- 14. commit, then dispatch -----------------------------------------------------------------------
+# -- 14. commit, then dispatch --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -515,6 +517,26 @@ def test_a_commit_that_does_not_land_lets_no_message_out(kind: str, tmp_path: Pa
             await eventually(lambda: _true(refused[0] >= 3), what="refused commits")
             assert await journal.inbox("payee/x", time.time() + 60) == []
             assert await rt.state_of("payee/x") is None
+        await journal.close()
+
+    run(main())
+
+
+# -- asks are matched by (actor, message id) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_asks_with_one_message_id_at_two_actors_and_twice_at_one(kind: str,
+                                                                  tmp_path: Path) -> None:
+    async def main() -> None:
+        journal = open_journal(kind, tmp_path)
+        async with runtime(journal, stubs("effect"), da.Shipper) as rt:
+            asks = [rt.ask("shipper/a", "ship", {"order": "a", "nap": 0.05}, msg_id="start"),
+                    rt.ask("shipper/b", "ship", {"order": "b", "nap": 0.05}, msg_id="start"),
+                    rt.ask("shipper/b", "ship", {"order": "b", "nap": 0.05}, msg_id="start")]
+            a, b1, b2 = await asyncio.wait_for(asyncio.gather(*asks), 10)
+        assert a["a"] == "effect:shipper/a:start:0" and b1 == b2
+        assert b1["a"] == "effect:shipper/b:start:0"
         await journal.close()
 
     run(main())

@@ -236,6 +236,8 @@ class Activation:
             kind_name = (failure.error_type if isinstance(failure, errors.HandlerFailed)
                          else type(failure).__name__)
             extra["error"] = {**error_record(failure), "type": kind_name}
+            log.warning("%s: %s(%s) %s: %s", self.key, run.msg.get("handler"), run.msg_id,
+                        kind, failure.message)
         run.held = []
         reply_to = run.msg.get("reply_to")
         if reply_to:
@@ -246,14 +248,14 @@ class Activation:
         # The asker is answered as soon as the outcome is durable; dispatch and consume
         # follow before this actor starts its next run.
         await self.commit(run, consumed=[run.msg_id], extra=extra,
-                          durable=lambda: host.resolve(run.msg_id, result, failure))
+                          durable=lambda: host.resolve(self.key, run.msg_id, result, failure))
         self.committed_state = state
 
     def _break(self, run: Run, exc: errors.LoomError) -> None:
         log.error("%s", exc)
         self.broken = exc
         self.run = None
-        self.host.resolve(run.msg_id, None, exc)
+        self.host.resolve(self.key, run.msg_id, None, exc)
 
     def _fail(self, cause: BaseException) -> ActivationLost:
         """Mark this activation stale at once (so nothing else is written or run by it) and

@@ -121,7 +121,8 @@ class ActorRuntime:
         self._dirty: set[str] = set()
         self._unsettled: dict[str, tuple[float, int, bool]] = {}
         self._backoff: dict[str, int] = {}
-        self._waiters: dict[str, tuple[str, asyncio.Future[Any]]] = {}
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[Any]]] = {}
+        self._remote_polls: dict[tuple[str, str], tuple[float, float]] = {}
         self._unknown: set[str] = set()
         self._wake = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
@@ -189,7 +190,8 @@ class ActorRuntime:
         msg_id = msg_id or str(uuid.uuid4())
         ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
         fut = asyncio.get_running_loop().create_future()
-        self._waiters[msg_id] = (str(ref), fut)
+        waiting = (str(ref), msg_id)
+        self._waiters.setdefault(waiting, []).append(fut)
         try:
             env = self.envelope(ref, handler, payload, msg_id=msg_id)
             if not await self.journal.enqueue(env):  # seen before: it may be done already
@@ -199,7 +201,12 @@ class ActorRuntime:
             self.notify(str(ref))
             return await asyncio.wait_for(fut, timeout)
         finally:
-            self._waiters.pop(msg_id, None)
+            futures = self._waiters.get(waiting, [])
+            if fut in futures:
+                futures.remove(fut)
+            if not futures:
+                self._waiters.pop(waiting, None)
+                self._remote_polls.pop(waiting, None)
 
     async def signal(self, target: ActorRef | str, event: str, payload: Any = None, *,
                      msg_id: str | None = None, key: str | None = None) -> str:
@@ -220,14 +227,15 @@ class ActorRuntime:
             else:
                 self._wake.set()
 
-    def resolve(self, msg_id: str, result: Any, failure: BaseException | None) -> None:
-        waiter = self._waiters.get(msg_id)
-        if waiter is None or waiter[1].done():
-            return
-        if failure is None:
-            waiter[1].set_result(result)
-        else:
-            waiter[1].set_exception(failure)
+    def resolve(self, key: str, msg_id: str, result: Any,
+                failure: BaseException | None) -> None:
+        for fut in self._waiters.get((key, msg_id), []):
+            if fut.done():
+                continue
+            if failure is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(failure)
 
     # -- scheduling ------------------------------------------------------------------------
     def notify(self, key: str) -> None:
@@ -316,6 +324,8 @@ class ActorRuntime:
             return
         try:
             now, seen_n, quiet = await act.release_point()
+            if quiet and await self.journal.read(key, after_seq=act.seq):
+                quiet, seen_n = False, -1  # someone committed past this activation's view
         except Exception:
             now, seen_n, quiet = self.clock(), -1, False  # unsure: due at once
         busy = act.run is not None
@@ -375,16 +385,25 @@ class ActorRuntime:
                 log.info("took back %d lease(s) of %s, which is gone", n, owner)
 
     async def _answer_remote_asks(self) -> None:
-        for msg_id, (key, fut) in list(self._waiters.items()):
+        """Asks whose actor runs elsewhere are answered from the journal's outcome, looked
+        up with a backoff (50 ms doubling to 1 s) so a long wait costs little."""
+        now = asyncio.get_running_loop().time()
+        for waiting, futures in list(self._waiters.items()):
+            key, msg_id = waiting
             act = self.activations.get(key)
-            if fut.done() or (act is not None and not act.stale):
+            if all(f.done() for f in futures) or (act is not None and not act.stale):
                 continue
+            due, interval = self._remote_polls.get(waiting, (0.0, 0.05))
+            if now < due:
+                continue
+            self._remote_polls[waiting] = (now + interval, min(1.0, interval * 2))
             done = await self.journal.outcome(key, msg_id)
-            if done is not None and not fut.done():
-                try:
-                    fut.set_result(_reply_of(done))
-                except errors.LoomError as exc:
-                    fut.set_exception(exc)
+            if done is None:
+                continue
+            try:
+                self.resolve(key, msg_id, _reply_of(done), None)
+            except errors.LoomError as exc:
+                self.resolve(key, msg_id, None, exc)
 
     async def tick(self) -> None:
         """One round of the scheduling loop (the loop calls it; tests may too)."""

@@ -33,8 +33,12 @@ class _Sched:
 
 
 class MemoryJournal:
-    def __init__(self) -> None:
+    """`fence_epochs=False` makes it fence by (actor, seq) only, as the Cosmos journal does
+    (the simulation runs both ways)."""
+
+    def __init__(self, *, fence_epochs: bool = True) -> None:
         self.url = "memory://"
+        self.fence_epochs = fence_epochs
         self._commits: dict[str, dict[int, str]] = {}
         self._outcomes: dict[tuple[str, str], int] = {}
         self._inbox: dict[str, dict[str, _Entry]] = {}
@@ -50,6 +54,11 @@ class MemoryJournal:
         seqs = self._commits.setdefault(commit["actor"], {})
         if commit["seq"] in seqs:
             raise JournalConflict(f"commit {commit['actor']}#{commit['seq']} already exists")
+        row = self._sched.get(commit["actor"])
+        epoch = commit.get("epoch")
+        if self.fence_epochs and epoch and row is not None and row.epoch != epoch:
+            raise JournalConflict(f"commit {commit['actor']}#{commit['seq']} of lease epoch "
+                                  f"{epoch} is fenced out by epoch {row.epoch}")
         seqs[commit["seq"]] = doc
         if "kind" in commit and commit.get("run"):
             self._outcomes[(commit["actor"], commit["run"]["msg"])] = commit["seq"]

@@ -155,7 +155,16 @@ class SqliteJournal:
         done = commit["run"]["msg"] if "kind" in commit and commit.get("run") else None
         row = (commit["actor"], commit["seq"], int("state" in commit), doc, done)
 
+        epoch = commit.get("epoch")
+
         def write(db: sqlite3.Connection) -> None:
+            if epoch:  # the writer's lease must still be the newest: a stale holder is fenced
+                found = db.execute("SELECT epoch FROM sched WHERE actor=?",
+                                   (commit["actor"],)).fetchone()
+                if found is not None and found[0] != epoch:
+                    raise JournalConflict(
+                        f"commit {commit['actor']}#{commit['seq']} of lease epoch {epoch} is "
+                        f"fenced out by epoch {found[0]}")
             try:
                 db.execute("INSERT INTO commits (actor, seq, has_state, doc, done_msg) "
                            "VALUES (?,?,?,?,?)", row)

@@ -37,7 +37,9 @@ class JournalStore(Protocol):
 
     # -- commits ---------------------------------------------------------------------------
     async def append(self, commit: Commit) -> None:
-        """Write `commit` if (actor, seq) is free; else raise JournalConflict."""
+        """Write `commit` if (actor, seq) is free; else raise JournalConflict. A commit that
+        carries a lease `epoch` older than the actor's current one is refused too, where the
+        store can check both in one atomic step (memory, SQLite; not Cosmos)."""
         ...
 
     async def read(self, actor: str, after_seq: int = -1) -> list[Commit]:

@@ -33,6 +33,7 @@ class Faults:
     skew_s: float = 0.0  # processes' clocks differ by up to this much
     processes: int = 1  # runtimes contending for the same actors
     evict: bool = False  # a tiny activation cache: parked runs leave memory and replay
+    seq_fence_only: bool = False  # commits fenced by (actor, seq) only, as on Cosmos
 
     @classmethod
     def none(cls) -> Faults:
@@ -45,7 +46,8 @@ class Faults:
         return cls(storage=pick() * 0.04, ambiguous=pick() * 0.02, crash=pick() * 0.02,
                    flaky=pick() * 0.2, kill=pick() * 0.15, pause=pick() * 0.1,
                    clock_step=pick() * 0.1, skew_s=rng.choice([0.0, 0.5, 3.0, 30.0]),
-                   processes=rng.choice([1, 2, 2, 3]), evict=rng.random() < 0.4)
+                   processes=rng.choice([1, 2, 2, 3]), evict=rng.random() < 0.4,
+                   seq_fence_only=rng.random() < 0.3)
 
 
 class FaultyJournal:

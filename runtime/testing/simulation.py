@@ -66,7 +66,7 @@ class Node:
         self.rt = ActorRuntime(
             FaultyJournal(sim.journal, self),
             activities=activities, clock=self.clock, hooks=hooks, lint=sim.lint,
-            poll_interval_s=0.1, lease_ttl_s=sim.lease_ttl_s,
+            poll_interval_s=sim.poll_interval_s, lease_ttl_s=sim.lease_ttl_s,
             owner=f"{socket.gethostname()}:{os.getpid()}:sim-{sim.seed}-{self.name}",
             max_activations=1 if sim.faults.evict else 10_000,
             idle_timeout_s=2.0 if sim.faults.evict else 300.0,
@@ -152,7 +152,8 @@ class Simulation:
     """
 
     def __init__(self, seed: int, faults: Faults | None = None, *, lease_ttl_s: float = 3.0,
-                 lint: bool = True, horizon_s: float = 120.0, settle_s: float = 600.0) -> None:
+                 lint: bool = True, horizon_s: float = 120.0, settle_s: float = 3600.0,
+                 poll_interval_s: float = 0.5) -> None:
         self.seed = seed
         self.faults = faults if faults is not None else Faults()
         self.rng = random.Random(seed)
@@ -160,7 +161,8 @@ class Simulation:
         self.lint = lint
         self.horizon_s = horizon_s
         self.settle_s = settle_s
-        self.journal = MemoryJournal()
+        self.poll_interval_s = poll_interval_s
+        self.journal = MemoryJournal(fence_epochs=not self.faults.seq_fence_only)
         self.receiver = Receiver()
         self.activities = StubActivities(self.receiver)
         self.actor_types: list[type[Actor]] = []
@@ -307,10 +309,10 @@ class Simulation:
 
     async def _quiesce(self) -> None:
         """Run until no message is left unconsumed and no run is in flight (bounded)."""
-        for _ in range(int(self.settle_s / 0.5)):
+        for _ in range(int(self.settle_s)):
             if not self._unfinished():
                 return
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
 
     def _unfinished(self) -> list[str]:
         left = []
