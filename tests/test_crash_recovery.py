@@ -510,3 +510,27 @@ def test_activities_of_different_actors_run_concurrently(trial: Trial) -> None:
           f"at most {trial.receiver.max_inflight} request(s) at a time")
     assert trial.receiver.max_inflight >= 2, (
         f"12 requests ran one at a time ({took:.2f} s)\n" + "\n".join(trial.receiver.timeline))
+
+
+def test_two_workers_share_one_journal_without_running_an_actor_twice(trial: Trial) -> None:
+    """Two `loom worker`s on one SQLite journal (issue "durable core", defect 1): every
+    order runs in one of them only, so no effect is even attempted twice; then one worker
+    is killed mid-flight and the other finishes its runs."""
+    trial.receiver.delay_s = 0.01
+    for i in range(12):
+        trial.enqueue(f"w{i}", 100 + i)
+    first, second = trial.start_worker(), trial.start_worker()
+    trial.wait_done(first)
+    summary = check_exactly_once(trial)
+    assert summary["duplicates"] == [], summary  # nobody ran an order the other ran
+    for i in range(12, 24):
+        trial.enqueue(f"w{i}", 100 + i)
+    _wait_for_request(trial, second, trial.receiver.requests, "the second batch")
+    trial.receiver.note("SIGKILL the second worker")
+    second.proc.send_signal(signal.SIGKILL)
+    second.wait_killed()
+    trial.wait_done(first)
+    first.stop()
+    summary = check_exactly_once(trial)
+    print(f"two workers, one killed: {summary['effects']} effects, "
+          f"duplicates {summary['duplicates']}")

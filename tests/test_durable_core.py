@@ -540,3 +540,22 @@ def test_asks_with_one_message_id_at_two_actors_and_twice_at_one(kind: str,
         await journal.close()
 
     run(main())
+
+
+# -- 13. an actor's activity calls run as its tenant -----------------------------------------------
+
+
+def test_activity_calls_run_as_the_actors_namespace_or_a_configured_tenant() -> None:
+    async def main() -> None:
+        acts = stubs("charge", "ship")
+        async with runtime(MemoryJournal(), acts, da.Charger) as rt:
+            await rt.ask("charger/acme-1", "charge", {"order": "o1"}, msg_id="m1")
+        assert {tenant for _, _, tenant in acts.calls} == {"charger"}
+        acts = stubs("charge", "ship")
+        async with runtime(MemoryJournal(), acts, da.Charger,
+                           tenant_of=lambda key: key.split("/")[1].split("-")[0]) as rt:
+            await rt.ask("charger/acme-1", "charge", {"order": "o1"}, msg_id="m1")
+            await rt.ask("charger/globex-2", "charge", {"order": "o2"}, msg_id="m1")
+        assert sorted({tenant for _, _, tenant in acts.calls}) == ["acme", "globex"]
+
+    run(main())

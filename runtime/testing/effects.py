@@ -80,6 +80,7 @@ class StubActivities:
         self.handlers: dict[str, Handler] = {}
         self.before: Callable[[], Any] | None = None  # e.g. a crash or a pause point
         self.after: Callable[[], Any] | None = None
+        self.calls: list[tuple[str, str, str]] = []  # (activity, key, tenant), every attempt
 
     def add(self, name: str, fn: Handler | None = None) -> None:
         """Register an activity; by default it returns `{"id": "<name>:<key>"}`."""
@@ -88,6 +89,7 @@ class StubActivities:
     async def run(self, name: str, input: Any, *, version: str | None, idempotency_key: str,
                   timeout_ms: int | None, tenant: str) -> Any:
         fn = self.handlers.get(name)
+        self.calls.append((name, idempotency_key, tenant))
         if fn is None:
             raise errors.NotFound(f"activity {name!r} is not registered", activity=name)
         if self.before is not None:
