@@ -26,13 +26,16 @@ if TYPE_CHECKING:
     from runtime.actors.activation import Activation, Run
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+
+
 def canonical_json(value: Any) -> bytes:
     """JSON with sorted keys and no whitespace; refuses what is not JSON (sets, objects)."""
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode()
+        return _CANONICAL.encode(value).encode()
     except (TypeError, ValueError) as exc:
         raise TypeError(f"step arguments must be JSON (the journal records them): {exc}") \
             from None
