@@ -176,3 +176,23 @@ class TwoWay(Actor, type_name="twoway"):
 
         got, _ = await asyncio.gather(waiter(), sleeper())
         return f"both: {got}"
+
+
+class Ordered(Actor, type_name="ordered"):
+    @handler
+    async def go(self, ctx: ActorContext, p: Any) -> Any:
+        return await ctx.call_activity("effect", {"a": 1, "b": 2})
+
+
+class Reordered(Actor, type_name="ordered"):
+    """The same arguments, built in another key order."""
+
+    @handler
+    async def go(self, ctx: ActorContext, p: Any) -> Any:
+        return await ctx.call_activity("effect", {"b": 2, "a": 1})
+
+
+class Changed(Actor, type_name="ordered"):
+    @handler
+    async def go(self, ctx: ActorContext, p: Any) -> Any:
+        return await ctx.call_activity("effect", {"a": 1, "b": 3})

@@ -424,9 +424,14 @@ def test_step_arguments_must_be_json_and_are_digested_canonically() -> None:
 
     async def main() -> None:
         journal = MemoryJournal()
-        async with runtime(journal, stubs("effect"), da.Brancher) as rt:
+        async with runtime(journal, stubs("effect"), da.Brancher, da.Ordered) as rt:
             with pytest.raises(errors.HandlerFailed, match="must be JSON"):
                 await rt.ask("brancher/b4", "sets", None)
+            await rt.ask("ordered/o1", "go", None)
+        commits = await journal.read("ordered/o1")
+        for cls, status in ((da.Reordered, "ok"), (da.Changed, "diverged")):
+            report = await replay_commits(cls, "ordered/o1", commits)
+            assert [r.status for r in report.runs] == [status], (cls, report.runs)
 
     run(main())
 

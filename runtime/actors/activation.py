@@ -58,6 +58,7 @@ class Run:
     before: Any = None
     inflight: int = 0
     committing: int = 0
+    _base: str | None = None
 
     @property
     def parked(self) -> bool:
@@ -76,7 +77,9 @@ class Run:
 
     @property
     def base(self) -> str:
-        return key_base(self.msg_id)
+        if self._base is None:
+            self._base = key_base(self.msg_id)
+        return self._base
 
     def add_event(self, record: dict[str, Any]) -> None:
         self.pending.append(record)

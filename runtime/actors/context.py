@@ -13,9 +13,10 @@ import json
 import random
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from runtime import errors
 from runtime.actors.actor import ActorRef
@@ -42,8 +43,23 @@ def canonical_json(value: Any) -> bytes:
 
 
 def digest(value: Any) -> str:
-    """A short fingerprint of JSON arguments, the same in every process and on replay."""
+    """A short fingerprint of JSON arguments, the same in every process and on replay
+    (keys sorted, so a dict built in another order still matches)."""
     return hashlib.blake2b(canonical_json(value), digest_size=8).hexdigest()
+
+
+def quick_digest(value: Any) -> str:
+    """The fingerprint of the arguments exactly as built (key order included): cheap, and
+    equal bytes are equal arguments. A replay compares this first and falls back to the
+    canonical digest only when it differs."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return hashlib.blake2b(to_json(value), digest_size=8).hexdigest()
+
+
+class Fingerprint(NamedTuple):
+    quick: str
+    canon: str
 
 
 def error_record(exc: errors.LoomError) -> dict[str, Any]:
@@ -138,8 +154,13 @@ class ActorContext:
         return self._run.step < self._run.replay_until
 
     # -- steps -----------------------------------------------------------------------------
-    def _begin(self, kind: str, name: str, args: Any) -> tuple[Any, list[dict[str, Any]], str]:
-        """Allocate the next step; return it with its recorded events (checked for identity)."""
+    def _begin(self, kind: str, name: str, args: Any
+               ) -> tuple[Any, list[dict[str, Any]], Fingerprint]:
+        """Allocate the next step; return it with its recorded events (checked for identity).
+
+        Live, the arguments must be JSON (refused otherwise). On replay the recorded step
+        must have the same kind, name and arguments: the same bytes as built, or the same
+        canonical JSON (a dict built in another key order is the same argument)."""
         run = self._run
         step: Any
         if self._prefix is None:
@@ -151,21 +172,28 @@ class ActorContext:
             step = f"{self._prefix}{index}"
         run.visited.add(step)
         recorded = run.recorded.get(step, [])
-        fingerprint = digest(args)
-        want = f"{kind} {name!r} ({fingerprint})"
         if recorded:
             first = recorded[0]
-            have = f"{first['op'].split('.')[0]} {first['name']!r} ({first['digest']})"
-            if have != want:
+            quick = quick_digest(args)
+            same = first["op"].split(".")[0] == kind and first["name"] == name and (
+                first["digest"] == quick or first.get("canon") == digest(args))
+            if not same:
+                have = f"{first['op'].split('.')[0]} {first['name']!r} ({first['digest']})"
+                want = f"{kind} {name!r} ({quick})"
                 raise errors.NonDeterminismError(actor=self._act.key, seq=run.start_seq,
                                                  step=step, recorded=have, requested=want)
-        elif isinstance(step, int) and step < run.replay_until:
-            raise errors.NonDeterminismError(actor=self._act.key, seq=run.start_seq, step=step,
-                                             recorded="no step", requested=want)
+            return step, recorded, Fingerprint(quick, str(first.get("canon", "")))
+        fingerprint = Fingerprint(quick_digest(args), digest(args))
+        if isinstance(step, int) and step < run.replay_until:
+            raise errors.NonDeterminismError(
+                actor=self._act.key, seq=run.start_seq, step=step, recorded="no step",
+                requested=f"{kind} {name!r} ({fingerprint.quick})")
         return step, recorded, fingerprint
 
-    def _record(self, step: Any, op: str, name: str, digest_: str, **fields: Any) -> dict[str, Any]:
-        record = {"step": step, "op": op, "name": name, "digest": digest_, **fields}
+    def _record(self, step: Any, op: str, name: str, fp: Fingerprint,
+                **fields: Any) -> dict[str, Any]:
+        record = {"step": step, "op": op, "name": name, "digest": fp.quick, "canon": fp.canon,
+                  **fields}
         self._run.add_event(record)
         return record
 
