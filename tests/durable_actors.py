@@ -196,3 +196,59 @@ class Changed(Actor, type_name="ordered"):
     @handler
     async def go(self, ctx: ActorContext, p: Any) -> Any:
         return await ctx.call_activity("effect", {"a": 1, "b": 3})
+
+
+class Payment3(Actor, type_name="payment3"):
+    """A saga whose second effect is followed by a third inside the block."""
+
+    @handler
+    async def pay(self, ctx: ActorContext, p: dict[str, Any]) -> Any:
+        async with ctx.saga() as saga:
+            await ctx.call_activity("pay", {"order": p["order"]}, retry=ONCE)
+            saga.add("refund", {"order": p["order"]})
+            await ctx.call_activity("ship", {"order": p["order"]}, retry=ONCE)
+            await ctx.call_activity("notify", {"order": p["order"]}, retry=ONCE)
+        return "ok"
+
+
+class Br(Actor, type_name="br"):
+    """The left branch holds the run on two waits; the right one makes two effects."""
+
+    @handler
+    async def run(self, ctx: ActorContext, p: Any) -> Any:
+        async def left() -> Any:
+            b = ctx.branch("left")
+            await b.wait_for_event("a")
+            return await b.wait_for_event("b")
+
+        async def right() -> None:
+            b = ctx.branch("right")
+            await b.call_activity("effect", {"n": 1})
+            await b.call_activity("effect", {"n": 2})
+
+        await asyncio.gather(left(), right())
+        return "ok"
+
+
+class BrDropped(Br, type_name="br"):
+    """Br whose right branch lost its last step."""
+
+    @handler
+    async def run(self, ctx: ActorContext, p: Any) -> Any:
+        async def left() -> Any:
+            b = ctx.branch("left")
+            await b.wait_for_event("a")
+            return await b.wait_for_event("b")
+
+        async def right() -> None:
+            await ctx.branch("right").call_activity("effect", {"n": 1})
+
+        await asyncio.gather(left(), right())
+        return "ok"
+
+
+class Gate(Actor, type_name="gate"):
+    @handler
+    async def go(self, ctx: ActorContext, p: Any) -> Any:
+        await ctx.call_activity("slow", {})
+        return await ctx.wait_for_event("go")

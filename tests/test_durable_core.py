@@ -106,11 +106,10 @@ def test_two_processes_never_run_one_actor_at_once(tmp_path: Path) -> None:
         rt1 = runtime(j1, stubs("effect", receiver=receiver), da.Shipper)
         rt2 = runtime(j2, stubs("effect", receiver=receiver), da.Shipper)
         async with rt1, rt2:
-            asks = [(rt1 if n % 2 else rt2).ask(f"shipper/s{n % 10}", "ship",
-                                                 {"order": f"o{n}"}, msg_id=f"m{n}")
-                    for n in range(40)]
+            asks = [rt.ask(f"shipper/s{n % 10}", "ship", {"order": f"o{n}"}, msg_id=f"m{n}")
+                    for n in range(40) for rt in (rt1, rt2)]  # each asked in both
             results = await asyncio.gather(*asks)
-        assert len(results) == 40
+        assert len(results) == 80 and results[0::2] == results[1::2]
         for n in range(10):
             done = await completions(j1, f"shipper/s{n}")
             assert sorted(c["run"]["msg"] for c in done) == sorted(
@@ -490,7 +489,9 @@ def test_a_run_is_not_evicted_while_its_commit_is_in_flight(kind: str, tmp_path:
             await asyncio.sleep(0.05)  # the timer's commit is in flight now
             for i in range(3):
                 await rt.send(f"parker/x{i}", "park", None)
-            await asyncio.sleep(0.4)
+            # the sleeping branch's timer fires on its own (nothing else re-activates it)
+            await eventually(lambda: _has_op(journal, "twoway/t1", "timer.fired"), timeout=3,
+                             what="the sleeping branch's timer to fire unprompted")
             await rt.signal("twoway/t1", "ping", "pong", msg_id="p1")
             assert await asyncio.wait_for(task, 10) == "both: pong"
         await journal.close()
@@ -562,5 +563,107 @@ def test_activity_calls_run_as_the_actors_namespace_or_a_configured_tenant() -> 
             await rt.ask("charger/acme-1", "charge", {"order": "o1"}, msg_id="m1")
             await rt.ask("charger/globex-2", "charge", {"order": "o2"}, msg_id="m1")
         assert sorted({tenant for _, _, tenant in acts.calls}) == ["acme", "globex"]
+
+    run(main())
+
+
+# -- found by mutating the fixes: each fails if its fix is undone -------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_failed_append_inside_a_saga_does_not_compensate(kind: str, tmp_path: Path) -> None:
+    receiver = Receiver()
+    journal = Tripwire(open_journal(kind, tmp_path))
+    failures = [0]
+
+    def rule(op: str, args: tuple[Any, ...]) -> None:
+        events = args[0].get("events", []) if op == "append" else []
+        if failures[0] < 1 and any(e["op"] == "activity.done" and e["name"] == "ship"
+                                   for e in events):
+            failures[0] += 1
+            raise errors.StorageError("injected")
+        return None
+
+    journal.rules.append(rule)
+
+    async def main() -> None:
+        acts = stubs("pay", "ship", "refund", "notify", receiver=receiver)
+        async with runtime(journal, acts, da.Payment3) as rt:
+            assert await rt.ask("payment3/p1", "pay", {"order": "o1"}, msg_id="m1") == "ok"
+        await journal.close()
+
+    run(main())
+    assert failures[0] == 1
+    assert not receiver.of("refund")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_trailing_step_removed_inside_a_branch_is_a_divergence(kind: str,
+                                                                 tmp_path: Path) -> None:
+    async def main() -> None:
+        journal = open_journal(kind, tmp_path)
+        rt = runtime(journal, stubs("effect"), da.Br)
+        await rt.start()
+        await rt.send("br/b1", "run", None, msg_id="m1")
+        await eventually(lambda: _count_op(journal, "br/b1", "wait.start", 1))
+        await rt.signal("br/b1", "a", 1, msg_id="ea")
+        await eventually(lambda: _count_op(journal, "br/b1", "wait.start", 2))
+        await eventually(lambda: _count_op(journal, "br/b1", "activity.done", 2))
+        await rt.stop()
+        async with runtime(journal, stubs("effect"), da.BrDropped) as rt2:
+            await rt2.signal("br/b1", "b", 1, msg_id="eb")
+            with pytest.raises(errors.NonDeterminismError) as info:
+                await rt2.ask("br/b1", "run", None, msg_id="m1", timeout=10)
+            assert "right/1" in str(info.value)
+        await journal.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_run_released_with_its_event_already_waiting_is_due_at_once(kind: str,
+                                                                      tmp_path: Path) -> None:
+    """The event arrives while the run is inside an activity (seen, not deliverable yet);
+    the pump that would deliver it stalls, and the runtime stops: the next runtime must
+    find the run due at once, not wait for an event that already came."""
+    journal = Tripwire(open_journal(kind, tmp_path))
+    armed = [False]
+    hold = asyncio.Event()
+    started = [False]
+
+    def rule(op: str, args: tuple[Any, ...]) -> Any:
+        if op == "append" and any(e["op"] == "wait.start" for e in args[0].get("events", [])):
+            armed[0] = True
+        elif op == "inbox" and armed[0] and args[0] == "gate/g1":
+            armed[0] = False
+            return asyncio.Event().wait()  # the delivering pump never gets its read
+        return None
+
+    journal.rules.append(rule)
+
+    async def main() -> None:
+        acts = stubs("slow")
+
+        async def before() -> None:
+            started[0] = True
+            await hold.wait()
+
+        acts.before = before
+        rt1 = runtime(journal, acts, da.Gate)
+        await rt1.start()
+        await rt1.send("gate/g1", "go", None, msg_id="m1")
+        await eventually(lambda: _true(started[0]), what="the activity")
+        await rt1.signal("gate/g1", "go", "yes", msg_id="e1")  # seen, no wait yet
+        await asyncio.sleep(0.1)
+        hold.set()
+        await eventually(lambda: _has_op(journal, "gate/g1", "wait.start"))
+        await asyncio.sleep(0.1)
+        await rt1.stop()
+        async with runtime(journal, stubs("slow"), da.Gate):
+            async def done() -> bool:
+                return await journal.outcome("gate/g1", "m1") is not None
+
+            await eventually(done, timeout=3, what="the run to finish after release")
+        await journal.close()
 
     run(main())
