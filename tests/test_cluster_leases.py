@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterator
@@ -91,7 +92,7 @@ def test_epochs_strictly_increase_on_every_grant(client: redis.Redis, keys: Clus
             epochs.append(lease.epoch)
             assert leases.acquire(7, new_token("x")) is None  # a refusal takes no epoch
             assert leases.release(lease)
-        assert all(x < y for x, y in zip(epochs, epochs[1:], strict=False)), epochs
+        assert all(x < y for x, y in itertools.pairwise(epochs)), epochs
         assert int(client.get(keys.epoch(7)) or 0) == epochs[-1]
     # With the floor, an epoch is at least the Redis server's clock in ms.
     server_ms = int(client.time()[0]) * 1000
