@@ -129,6 +129,18 @@ def test_idle_limits_leave_no_keys_behind(redis_server: Any) -> None:
     assert all(0 < client.pttl(k) <= 1100 for k in client.scan_iter(f"{prefix}:*"))
 
 
+def test_a_renewed_lease_outlives_its_keys_ttl(redis_server: Any) -> None:
+    prefix = f"test{uuid.uuid4().hex[:8]}:limit"
+    limiter = _limiter(redis_server.url, prefix, {"send_email": {"concurrency": 1,
+                                                                  "lease_s": 2}})
+    assert isinstance(limiter.try_acquire("send_email", "", "a"), Grant)
+    time.sleep(0.3)
+    assert isinstance(limiter.try_acquire("send_email", "", "a"), Grant)  # re-run: renewed
+    client = redis.Redis.from_url(redis_server.url)
+    for kind in ("grants", "holders"):  # the keys live at least as long as the new lease
+        assert client.pttl(f"{prefix}:{{send_email}}:{kind}") > 2900
+
+
 def test_a_wiped_redis_resets_the_limits(redis_server: Any) -> None:
     prefix = f"test{uuid.uuid4().hex[:8]}:limit"
     limiter = _limiter(redis_server.url, prefix)

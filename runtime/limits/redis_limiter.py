@@ -50,7 +50,11 @@ for i = 1, n do
 end
 local held = redis.call('HGET', KEYS[1], token)
 if held then
-  for i = 1, n do redis.call('ZADD', KEYS[2 * i], 'XX', now + lease, token) end
+  for i = 1, n do
+    redis.call('ZADD', KEYS[2 * i], 'XX', now + lease, token)
+    touch(KEYS[2 * i], ttl_ms)
+  end
+  touch(KEYS[1], ttl_ms)
   return {1, held, '0', ''}
 end
 local blocked, wait, which = false, 0, ''
