@@ -89,6 +89,7 @@ class ClusterNode:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tick_lock = threading.Lock()
+        self._stopped = False
 
     def holds(self, partition: int) -> Lease | None:
         return self.keeper.holds(partition)
@@ -153,14 +154,22 @@ class ClusterNode:
         self.tick()
 
     def stop(self, *, release: bool = True) -> None:
-        """Stop balancing and renewing; with `release`, give every lease up and leave the
-        membership at once (else they expire: a crash)."""
+        """Stop balancing and renewing. With `release` (a graceful exit): `on_release` and
+        release for every partition, and leave the membership at once; without (a crash,
+        for tests): leases and heartbeat are left to expire. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
+        if release:
+            try:
+                self.drain()
+            except Exception as exc:  # Redis unreachable: the leases will expire
+                log.warning("could not hand the partitions over: %s", exc)
         self.keeper.stop(release=release)
         if release:
             with contextlib.suppress(Exception):
                 self.membership.leave(self.worker.id)
-
