@@ -165,7 +165,7 @@ def test_rate_admits_rate_times_time_plus_burst(backend: Backend) -> None:
     elapsed = backend.now() - start
     expected = burst + rate * elapsed
     print(f"rate: admitted {admitted} in {elapsed:.3f}s, expected {expected:.1f}")
-    assert expected - 3 <= admitted <= expected + 1, (admitted, expected, elapsed)
+    assert expected - 5 <= admitted <= expected + 1, (admitted, expected, elapsed)
 
 
 def test_retry_after_is_the_time_to_the_next_token(backend: Backend) -> None:

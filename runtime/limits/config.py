@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,9 +33,16 @@ yet; `parse_limits(os.environ.get(SETTING, ""))`)."""
 
 ANY_TENANT = "*"
 
-ActivityName = Annotated[str, StringConstraints(min_length=1, max_length=200,
-                                                pattern=r"^[^{}\s]+$")]
-"""No braces (they would break the Redis Cluster hash tag) and no whitespace."""
+
+
+def _activity_name(name: str) -> str:
+    if not name or len(name) > 200 or any(c in "{}" or c.isspace() for c in name):
+        raise ValueError("an activity name must be 1-200 characters without braces or "
+                         "whitespace (braces would break the Redis Cluster hash tag)")
+    return name
+
+
+ActivityName = Annotated[str, AfterValidator(_activity_name)]
 
 
 class Limit(BaseModel):
