@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from runtime.journal.store import JournalStore
 
 PROGRESS_THRESHOLD = 1024 * 1024
-OUTCOMES = ("completed", "failed", "rejected")
+OUTCOMES = ("completed", "failed", "rejected", "cancelled")
 """The `kind` of a commit that ends a message's run."""
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 SDK_LOGGERS = ("azure", "urllib3", "redis")
@@ -439,6 +439,29 @@ def cmd_actor_send(args: argparse.Namespace) -> int:
     return asyncio.run(send())
 
 
+def cmd_actor_cancel(args: argparse.Namespace) -> int:
+    """Cancel the actor's current run, on whichever worker holds it (or when it wakes)."""
+    import asyncio
+    import uuid
+
+    from runtime.journal import open_journal
+
+    async def cancel() -> int:
+        journal = open_journal(load_settings())
+        msg_id = f"cancel:{uuid.uuid4()}"
+        env = {"id": msg_id, "target": _actor_key(args), "kind": "cancel",
+               "payload": {"reason": args.reason}, "deliver_at": 0.0}
+        try:
+            await journal.enqueue(env)
+        finally:
+            await journal.close()
+        print(f"cancel queued for {_actor_key(args)} ({msg_id}): its run stops at its next "
+              "step and compensates; `loom actor show` reports it cancelled")
+        return 0
+
+    return asyncio.run(cancel())
+
+
 def cmd_actor_ask(args: argparse.Namespace) -> int:
     """Queue a call and wait until its outcome is durable in the journal; print it."""
     import asyncio
@@ -568,7 +591,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from runtime.actors.worker import run_worker
 
-    asyncio.run(run_worker(args.module, load_settings(), poll_interval_s=args.poll))
+    asyncio.run(run_worker(args.module, load_settings(), poll_interval_s=args.poll,
+                           drain_timeout_s=args.drain_timeout))
     return 0
 
 
@@ -757,6 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--payload", default="null", help="JSON; the handler's one argument")
         p.add_argument("--msg-id", help="message id (a repeated id is delivered once)")
         p.set_defaults(func=None, direct=cmd_actor_send, event=is_event)
+    cn = leaf(actors, "cancel", "cancel the actor's current run (its saga compensates)")
+    cn.add_argument("type")
+    cn.add_argument("id")
+    cn.add_argument("--reason", default="cancelled by an operator")
+    cn.set_defaults(func=None, direct=cmd_actor_cancel)
     ask = leaf(actors, "ask", "call a handler and wait for its durable outcome")
     ask.add_argument("type")
     ask.add_argument("id")
@@ -797,6 +826,9 @@ def build_parser() -> argparse.ArgumentParser:
     wk = leaf(sub, "worker", "run the actors of a module")
     wk.add_argument("--module", required=True)
     wk.add_argument("--poll", type=float, default=0.05, help="inbox poll interval (s)")
+    wk.add_argument("--drain-timeout", type=float, default=30.0,
+                    help="on SIGTERM, seconds to let runs in flight finish (a second SIGTERM "
+                         "stops at once; unfinished runs resume elsewhere by replay)")
     wk.set_defaults(func=None, direct=cmd_worker, verbose_default=True)
     return parser
 

@@ -186,6 +186,13 @@ class EventTimeout(LoomError):
     code = ErrorCode.EVENT_TIMEOUT
 
 
+class RunCancelled(LoomError):
+    """The run was cancelled (`loom actor cancel`, `ActorRuntime.cancel`): raised at its next
+    step boundary or in the wait it is parked on, so its saga compensates."""
+
+    code = ErrorCode.CANCELLED
+
+
 class ActivityFailed(LoomError):
     """An activity failed for good (retries exhausted or a non-retryable error)."""
 

@@ -33,3 +33,4 @@ class ErrorCode(StrEnum):
     LINT = "lint"
     WORKFLOW_INVALID = "workflow_invalid"
     WORKFLOW_FAILED = "workflow_failed"
+    CANCELLED = "cancelled"

@@ -252,3 +252,19 @@ class Gate(Actor, type_name="gate"):
     async def go(self, ctx: ActorContext, p: Any) -> Any:
         await ctx.call_activity("slow", {})
         return await ctx.wait_for_event("go")
+
+
+class Booking(Actor, type_name="booking"):
+    """Books, then waits for a confirmation; a cancel undoes the booking."""
+
+    @handler
+    async def book(self, ctx: ActorContext, p: dict[str, Any]) -> str:
+        async with ctx.saga() as saga:
+            await ctx.call_activity("book", {"trip": p["trip"]})
+            saga.add("unbook", {"trip": p["trip"]})
+            if p.get("slow"):
+                await ctx.call_activity("slow", {"trip": p["trip"]})
+                await ctx.call_activity("ticket", {"trip": p["trip"]})
+            await ctx.wait_for_event("confirmed", timeout=p.get("timeout", 60))
+        self.state["booked"] = p["trip"]
+        return "booked"

@@ -51,6 +51,9 @@ async def scenario(sim: Simulation) -> None:
         if confirm is not None:
             delay = rng.uniform(0, 4.0)  # races the wait's timeout
             asks.append(asyncio.ensure_future(_signal_later(sim, actor, delay, n)))
+        if rng.random() < 0.15:  # an operator cancels whatever runs there at some point
+            asks.append(asyncio.ensure_future(
+                _cancel_later(sim, actor, rng.uniform(0, 3.0), f"cancel-{n}")))
         await sim.sleep(rng.uniform(0, 1.0))
     await asyncio.gather(*asks)
 
@@ -58,6 +61,11 @@ async def scenario(sim: Simulation) -> None:
 async def _signal_later(sim: Simulation, actor: str, delay: float, n: int) -> None:
     await sim.sleep(delay)
     await sim.signal(actor, "confirm", {"n": n}, msg_id=f"confirm-{n}")
+
+
+async def _cancel_later(sim: Simulation, actor: str, delay: float, mid: str) -> None:
+    await sim.sleep(delay)
+    await sim.cancel(actor, "operator", msg_id=mid)
 
 
 def run_seed(seed: int) -> None:

@@ -58,6 +58,9 @@ class Run:
     before: Any = None
     inflight: int = 0
     committing: int = 0
+    cancelled: str | None = None  # the reason, once a cancel was recorded for this run
+    cancel_at: dict[str, int] = field(default_factory=dict)  # first cancelled step per branch
+    resumed: bool = False  # rebuilt from the journal: a step may have been cut off in flight
     _base: str | None = None
 
     @property
@@ -84,6 +87,30 @@ class Run:
     def add_event(self, record: dict[str, Any]) -> None:
         self.pending.append(record)
         self.events.append(record)
+
+
+def split_step(step: Any) -> tuple[str, int]:
+    """(branch prefix, index) of a step: 7 -> ("", 7); "a/b/3" -> ("a/b/", 3)."""
+    if isinstance(step, int):
+        return "", step
+    prefix, _, index = str(step).rpartition("/")
+    return f"{prefix}/", int(index)
+
+
+def cancel_point(run: Run) -> dict[str, int]:
+    """Per branch prefix, the first step a cancel stops ("*": any other branch).
+
+    Steps allocated before the cancel still run: one may be an activity in flight, whose
+    effect must be recorded (and compensated), not orphaned. A run rebuilt from the journal
+    cannot tell which step was in flight when its last process died, so in each branch the
+    step after the recorded ones may still run once."""
+    at: dict[str, int] = {"": run.step, **run.counters, "*": 1 if run.resumed else 0}
+    if run.resumed:
+        for step in run.recorded:
+            prefix, index = split_step(step)
+            at[prefix] = max(at.get(prefix, 0), index + 2)
+        at[""] = max(at[""], 1)
+    return at
 
 
 def key_base(msg_id: str) -> str:
@@ -166,9 +193,15 @@ class Activation:
         if message is None:
             raise errors.LoomError(f"journal of {self.key} at seq {first['seq']}: an "
                                    "unfinished run lacks its starting message")
-        run = Run(msg=message, start_seq=first["seq"], ts=first["run"]["ts"], announced=True)
+        run = Run(msg=message, start_seq=first["seq"], ts=first["run"]["ts"], announced=True,
+                  resumed=True)
         for c in commits:
             for event in c.get("events", []):
+                if event["op"] == "run.cancelled":
+                    run.cancelled = str(event.get("reason") or "cancelled")
+                    run.cancel_at = dict(event.get("at") or {})
+                    run.events.append(event)
+                    continue
                 run.recorded.setdefault(event["step"], []).append(event)
                 run.events.append(event)
         run.replay_until = max((k for k in run.recorded if isinstance(k, int)), default=-1) + 1
@@ -224,6 +257,8 @@ class Activation:
         kind = "failed" if failure else "completed"
         if isinstance(failure, errors.InvariantViolated):
             kind = "rejected"
+        elif isinstance(failure, errors.RunCancelled) or (failure and run.cancelled):
+            kind = "cancelled"
         if failure is None:
             violation = host.check_invariants(self.key, self.actor, before, after, run.events)
             if violation is not None:
@@ -351,7 +386,12 @@ class Activation:
                                              name=timer, deliver_at=fire_at))
         await self.flush(run)
 
+    def check_cancelled(self, run: Run) -> None:
+        if run.cancelled is not None:
+            raise errors.RunCancelled(f"{self.key}: run {run.msg_id} cancelled: {run.cancelled}")
+
     async def wait_timer(self, run: Run, timer: str, step: Any) -> None:
+        self.check_cancelled(run)
         fut = asyncio.get_running_loop().create_future()
         run.waits.append(Wait(step=step, op="timer.fired", event=None, timer=timer, future=fut))
         self.host.notify(self.key)
@@ -359,6 +399,7 @@ class Activation:
 
     async def wait_event(self, run: Run, step: Any, event: str, timer: str | None,
                          op: str = "wait.event", key: str | None = None) -> Any:
+        self.check_cancelled(run)
         fut = asyncio.get_running_loop().create_future()
         run.waits.append(Wait(step=step, op=op, event=event, timer=timer, future=fut, key=key))
         self.host.notify(self.key)
@@ -380,7 +421,7 @@ class Activation:
     async def _pump(self) -> None:
         host = self.host
         now = host.clock()
-        calls = 1 if self.run is None else 0
+        calls = 1 if self.run is None and not host.draining else 0
         entries = await host.journal.inbox(self.key, now, calls=calls)
         self.read_at = now
         for env in entries:
@@ -393,8 +434,13 @@ class Activation:
                     self._start(Run(msg=env, start_seq=self.seq + 1, ts=host.clock()))
                 continue
             if run is None or run.task is None or run.task.done():
-                if kind == "timer":  # a timer of a finished run
+                if kind in ("timer", "cancel"):  # a timer of a finished run; nothing to cancel
                     self._stray(env["id"])
+                continue
+            if kind == "cancel":
+                await self._cancel(run, env)
+                if self.stale:
+                    return
                 continue
             await self._deliver(run, env)
             if self.stale:
@@ -481,6 +527,24 @@ class Activation:
         a later run, unknown to it, is waiting for."""
         if timer_id not in self.stray:
             self.stray.append(timer_id)
+
+    async def _cancel(self, run: Run, env: Envelope) -> None:
+        """Record the cancel (durably, with its reason), then fail the run's waits: the
+        handler sees RunCancelled at its wait or its next step, and its saga compensates."""
+        if run.cancelled is not None:
+            self._stray(env["id"])
+            return
+        reason = str((env.get("payload") or {}).get("reason") or "cancelled")
+        at = cancel_point(run)
+        run.add_event({"step": "cancel", "op": "run.cancelled", "name": "cancel", "digest": "",
+                       "reason": reason, "msg": env["id"], "at": at})
+        await self.commit(run, consumed=[env["id"]])
+        run.cancelled, run.cancel_at = reason, at
+        for wait in list(run.waits):
+            if not wait.future.done():
+                wait.future.set_exception(errors.RunCancelled(
+                    f"{self.key}: run {run.msg_id} cancelled: {reason}"))
+            run.waits.remove(wait)
 
     async def _settle_wait(self, run: Run, wait: Wait, record: dict[str, Any], env: Envelope,
                            outcome: Any) -> None:

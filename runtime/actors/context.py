@@ -172,6 +172,12 @@ class ActorContext:
             step = f"{self._prefix}{index}"
         run.visited.add(step)
         recorded = run.recorded.get(step, [])
+        if not recorded and run.cancelled is not None and kind != "compensation":
+            prefix = self._prefix or ""
+            index = step if not prefix else int(str(step)[len(prefix):])
+            if index >= run.cancel_at.get(prefix, run.cancel_at.get("*", 0)):
+                raise errors.RunCancelled(f"{self._act.key}: run {run.msg_id} cancelled: "
+                                          f"{run.cancelled}")
         if recorded:
             first = recorded[0]
             quick = quick_digest(args)

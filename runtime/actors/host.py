@@ -30,6 +30,7 @@ class Host(Protocol):
     hooks: Hooks
     durable_retry_threshold_s: float
     invariants: dict[str, Any]
+    draining: bool
 
     def clock(self) -> float: ...
 

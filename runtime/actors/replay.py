@@ -52,6 +52,7 @@ class _ReplayRuntime:
         self.hooks = Hooks()
         self.durable_retry_threshold_s = 0.0
         self.invariants: dict[str, Any] = {}
+        self.draining = False
         self.now = 0.0
 
     def clock(self) -> float:
@@ -105,10 +106,12 @@ class _ReplayActivation(Activation):
         raise _NeedsLiveStep("a timer that the journal did not record")
 
     async def wait_timer(self, run: Run, timer: str, step: Any) -> None:
+        self.check_cancelled(run)
         raise _NeedsLiveStep(f"timer {timer} had not fired when the journal ends")
 
     async def wait_event(self, run: Run, step: Any, event: str, timer: str | None,
                          op: str = "wait.event", key: str | None = None) -> Any:
+        self.check_cancelled(run)
         raise _NeedsLiveStep(f"event {event!r} had not arrived when the journal ends")
 
 
@@ -150,6 +153,10 @@ async def replay_commits(cls: type[Actor], key: str, commits: list[Commit]) -> R
         run = Run(msg=message, start_seq=first["seq"], ts=first["run"]["ts"], announced=True)
         for c in run_commits:
             for event in c.get("events", []):
+                if event["op"] == "run.cancelled":
+                    run.cancelled = str(event.get("reason") or "cancelled")
+                    run.cancel_at = dict(event.get("at") or {})
+                    continue
                 run.recorded.setdefault(event["step"], []).append(event)
         run.replay_until = max((k for k in run.recorded if isinstance(k, int)), default=-1) + 1
         rt.now = first["run"]["ts"]
@@ -183,7 +190,7 @@ async def replay_commits(cls: type[Actor], key: str, commits: list[Commit]) -> R
             status = "incomplete" if "state" not in last else "diverged"
             detail = f"the code asks for {exc}"
         except Exception as exc:
-            if last.get("kind") not in ("failed", "rejected"):
+            if last.get("kind") not in ("failed", "rejected", "cancelled"):
                 status, detail = "diverged", f"the handler now raises {type(exc).__name__}: {exc}"
         report.runs.append(RunReport(msg_id, handler, run.start_seq, status, detail))
     return report

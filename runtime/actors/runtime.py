@@ -44,6 +44,8 @@ def _reply_of(commit: dict[str, Any]) -> Any:
     if "error" not in commit:
         return commit.get("result")
     err = commit["error"]
+    if commit.get("kind") == "cancelled" or err.get("code") == errors.ErrorCode.CANCELLED.value:
+        raise errors.RunCancelled(err.get("message", "cancelled"))
     if err.get("code") == errors.ErrorCode.INVARIANT_VIOLATED.value:
         raise errors.InvariantViolated("(recorded)", err.get("message", ""),
                                        actor=str(commit.get("actor")))
@@ -130,6 +132,7 @@ class ActorRuntime:
             Lane(activity_threads, name="loom-activity")
         self._activity_threads = activity_threads
         self._closing = False
+        self.draining = False
         self._renew_at = 0.0
         self._reap_at = 0.0
 
@@ -217,6 +220,17 @@ class ActorRuntime:
         await self.dispatch([env])
         return str(env["id"])
 
+    async def cancel(self, target: ActorRef | str, reason: str = "cancelled", *,
+                     msg_id: str | None = None) -> str:
+        """Cancel the actor's current run, whichever process holds it: at its next step (or
+        in the wait it is parked on) it raises RunCancelled, its saga compensates, and it is
+        journaled `cancelled`. With no run in progress the cancel has nothing to do."""
+        ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
+        env = self.envelope(ref, None, {"reason": reason}, kind="cancel",
+                            msg_id=msg_id or f"cancel:{uuid.uuid4()}")
+        await self.dispatch([env])
+        return str(env["id"])
+
     async def dispatch(self, envelopes: list[Envelope]) -> None:
         """Put messages into their targets' inboxes (idempotent by id) and wake them."""
         now = self.clock()
@@ -239,7 +253,7 @@ class ActorRuntime:
 
     # -- scheduling ------------------------------------------------------------------------
     def notify(self, key: str) -> None:
-        if self._closing:
+        if self._closing or (self.draining and key not in self.activations):
             return
         if key in self._pumping:
             self._dirty.add(key)
@@ -417,7 +431,7 @@ class ActorRuntime:
             await self._reap()
         for key in await self.journal.due_actors(now, self.due_batch, owner=self.owner):
             if key.partition("/")[0] in self.types:
-                self.notify(key)
+                self.notify(key)  # while draining, only actors already active here
         await self._answer_remote_asks()
         await self._sweep_idle()
 
@@ -465,6 +479,23 @@ class ActorRuntime:
         _LIVE_OWNERS.discard(self.owner)
         if self._lane is not None:
             self._lane.close()
+
+    async def drain(self, timeout_s: float, *, abort: asyncio.Event | None = None) -> bool:
+        """Stop taking work, let runs in flight finish (or park) within `timeout_s` (or
+        until `abort` is set), then stop and release every lease. True if nothing was cut
+        off."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline and self._busy() and not (abort and abort.is_set()):
+            await asyncio.sleep(0.02)
+        finished = not self._busy()
+        await self.stop()
+        return finished
+
+    def _busy(self) -> list[str]:
+        return [k for k, a in self.activations.items()
+                if a.run is not None and not a.run.parked and not a.stale]
 
     def abandon(self) -> None:
         """Stop at once as a crash would: no lease released, nothing flushed (tests)."""

@@ -38,7 +38,7 @@ from runtime.testing.faults import Faults, FaultyJournal
 from runtime.testing.loop import run_virtual
 
 BUSINESS = (errors.HandlerFailed, errors.ActivityFailed, errors.EventTimeout,
-            errors.InvariantViolated, errors.CircuitOpen)
+            errors.InvariantViolated, errors.CircuitOpen, errors.RunCancelled)
 
 
 class Node:
@@ -213,6 +213,9 @@ class Simulation:
         await self._retrying(lambda: self._client().signal(target, event, payload,
                                                            msg_id=msg_id, key=key))
 
+    async def cancel(self, target: str, reason: str = "cancelled", *, msg_id: str) -> None:
+        await self._retrying(lambda: self._client().cancel(target, reason, msg_id=msg_id))
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
@@ -367,7 +370,7 @@ class Simulation:
             if key not in self.receiver.applied:
                 out.append(f"effect {key} was recorded but never reached the receiver")
         for key, kind in compensated_in.items():
-            if kind not in ("failed", "rejected"):
+            if kind not in ("failed", "rejected", "cancelled"):
                 out.append(f"compensation {key} ran in a run that ended {kind}")
         out += self._check_sends(recorded)
         for node in self.nodes:
