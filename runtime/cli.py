@@ -439,6 +439,44 @@ def cmd_actor_send(args: argparse.Namespace) -> int:
     return asyncio.run(send())
 
 
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    """The fleet's workers, partition owners and epochs, and due actors per partition."""
+    import asyncio
+
+    from runtime.cluster.partitions import partition_of
+    from runtime.cluster.status import fleet_status
+
+    settings = load_settings()
+    if not settings.redis_url:
+        print("error: LOOM_REDIS_URL is not set: workers run one process each, no fleet",
+              file=sys.stderr)
+        return 2
+
+    async def due() -> list[str]:
+        journal = _open_existing_journal(settings)
+        if journal is None:
+            return []
+        try:
+            return await journal.due_actors(time.time(), 10_000)
+        finally:
+            await journal.close()
+
+    try:
+        status = fleet_status(settings.redis_url, int(settings.lease_ttl_s * 1000),
+                              due=asyncio.run(due()), partitions_of=partition_of)
+    except redis_errors() as exc:
+        print(f"error: Redis at {settings.redis_url} unreachable: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(status, indent=2))
+    return 0
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.RedisError,)
+
+
 def cmd_actor_cancel(args: argparse.Namespace) -> int:
     """Cancel the actor's current run, on whichever worker holds it (or when it wakes)."""
     import asyncio
@@ -795,6 +833,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (exit 3 "
                                                                   "when no outcome came)")
     ask.set_defaults(func=None, direct=cmd_actor_ask)
+    cluster = sub.add_parser("cluster", help="a fleet of workers (LOOM_REDIS_URL)")
+    clusters = cluster.add_subparsers(dest="command", required=True)
+    st = leaf(clusters, "status", "workers, partition owners and epochs, due actors")
+    st.set_defaults(func=None, direct=cmd_cluster_status)
     chk = leaf(sub, "check", "lint actor modules for non-determinism")
     chk.add_argument("files", nargs="+")
     chk.set_defaults(func=None, direct=cmd_check)

@@ -36,6 +36,11 @@ class LoomSettings(BaseSettings):
     cosmos_container: str = "journal"
     cosmos_verify_tls: bool = True
     breaker_url: str = Field(default="memory://", description="memory:// or redis://host:port/db")
+    redis_url: str = Field(default="", description="redis://host:port/db: join a fleet of "
+                           "workers sharing the actors by partition (empty: one process).")
+    partitions: int | None = Field(default=None, ge=1, le=65536, description="Partition "
+                                   "count, fixed when the fleet is created (default 64).")
+    lease_ttl_s: float = Field(default=10.0, gt=0, description="Actor and partition lease TTL.")
     breaker_fail_max: int = Field(default=5, ge=1)
     breaker_reset_s: float = Field(default=30.0, gt=0)
 

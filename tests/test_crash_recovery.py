@@ -534,3 +534,59 @@ def test_two_workers_share_one_journal_without_running_an_actor_twice(trial: Tri
     summary = check_exactly_once(trial)
     print(f"two workers, one killed: {summary['effects']} effects, "
           f"duplicates {summary['duplicates']}")
+
+
+def _fleet(url: str) -> dict[str, Any]:
+    from runtime.cluster.status import fleet_status
+
+    return fleet_status(url, 2000)
+
+
+def _wait_for_fleet(url: str, shares: list[int], timeout: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = _fleet(url)
+        got = sorted(w["partitions"] for w in status.get("workers", []))
+        if got == sorted(shares) and not status["unowned"]:
+            return status
+        assert time.monotonic() < deadline, f"fleet never reached {shares}: {status}"
+        time.sleep(0.1)
+
+
+@pytest.mark.integration
+def test_a_fleet_of_three_workers_shares_the_actors_and_takes_over_a_killed_one(
+        trial: Trial, redis_server: Any) -> None:
+    """Three `loom worker`s with LOOM_REDIS_URL split 12 partitions 4/4/4 and run only the
+    actors of their partitions (no effect attempted twice); one is SIGKILLed mid-flight,
+    the other two take its partitions (6/6) and finish every run, exactly once."""
+    import redis
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(url).flushdb()
+    env = {"LOOM_REDIS_URL": url, "LOOM_LEASE_TTL_S": "2", "LOOM_PARTITIONS": "12"}
+    trial.receiver.delay_s = 0.01
+    workers = [trial.start_worker(**env) for _ in range(3)]
+    for worker in workers:
+        worker.wait_ready()
+    _wait_for_fleet(url, [4, 4, 4])
+    shown = subprocess.run([str(LOOM), "cluster", "status"], capture_output=True, text=True,
+                           env={**os.environ, **env, "LOOM_HOME": str(trial.home)}, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert len(json.loads(shown.stdout)["workers"]) == 3
+    for i in range(18):
+        trial.enqueue(f"f{i}", 200 + i)
+    trial.wait_done(workers[0])
+    assert check_exactly_once(trial)["duplicates"] == []  # nobody ran another's actor
+    for i in range(18, 36):
+        trial.enqueue(f"f{i}", 200 + i)
+    _wait_for_request(trial, workers[1], trial.receiver.requests, "the second batch")
+    trial.receiver.note("SIGKILL worker 1")
+    workers[1].proc.send_signal(signal.SIGKILL)
+    workers[1].wait_killed()
+    trial.wait_done(workers[0], timeout=40)
+    _wait_for_fleet(url, [6, 6])
+    workers[0].stop()
+    workers[2].stop()
+    summary = check_exactly_once(trial)
+    print(f"fleet of 3, one killed: {summary['effects']} effects, "
+          f"re-sent and absorbed: {len(summary['duplicates'])}")

@@ -32,7 +32,7 @@ from runtime.executor import Executor
 from runtime.journal.store import Envelope, JournalStore
 from schemas.manifest import RetryPolicy
 
-__all__ = ["ActivityRunner", "ActorRuntime", "Hooks"]
+__all__ = ["ActivityRunner", "ActorRuntime", "Hooks", "Ownership"]
 log = logging.getLogger("loom.actors")
 Invariant = Callable[[str, Any, Any, list[dict[str, Any]]], "bool | str | None"]
 _LIVE_OWNERS: set[str] = set()  # owner ids of the runtimes alive in this process
@@ -72,6 +72,16 @@ def _owner_dead(owner: str) -> bool:
     return False
 
 
+class Ownership(Protocol):
+    """Which actors this process may run (a fleet: those of the partitions it holds)."""
+
+    def partition(self, key: str) -> int: ...
+
+    def owns(self, key: str) -> bool: ...
+
+    def report(self, in_flight: int) -> None: ...
+
+
 class ActivityRunner(Protocol):
     """Runs activities for actors: the executor by default; stubs in tests/simulations."""
 
@@ -99,7 +109,7 @@ class ActorRuntime:
                  lint: bool = True, activity_threads: int = 8,
                  activities: ActivityRunner | None = None, lease_ttl_s: float = 10.0,
                  owner: str | None = None, tenant_of: Callable[[str], str] | None = None,
-                 due_batch: int = 256) -> None:
+                 due_batch: int = 256, ownership: Ownership | None = None) -> None:
         self.journal = journal
         self.executor = executor
         self.clock = clock
@@ -116,6 +126,7 @@ class ActorRuntime:
         self.owner = owner or f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._tenant_of = tenant_of
         self.due_batch = due_batch
+        self.ownership = ownership
         self.types: dict[str, type[Actor]] = {}
         self.invariants: dict[str, Invariant] = {}
         self.activations: OrderedDict[str, Activation] = OrderedDict()
@@ -281,6 +292,8 @@ class ActorRuntime:
             return found
         ref = ActorRef.parse(key)
         cls = self.types.get(ref.type)
+        if self.ownership is not None and not self.ownership.owns(key):
+            return None  # another worker's partition: it takes the message
         if cls is None:
             if key not in self._unknown:
                 self._unknown.add(key)
@@ -391,6 +404,33 @@ class ActorRuntime:
         for key, act in list(self.activations.items()):
             if key not in held and not act.stale:
                 act._lose(errors.JournalConflict(f"the lease on {key} was lost"))
+        if self.ownership is not None:  # leases of actors in partitions gone elsewhere
+            for key in sorted(held - set(self.activations)):
+                if not self.ownership.owns(key):
+                    await self.journal.settle(key, self.owner, now=now, seen_n=-1, busy=False,
+                                              release=True)
+            self.ownership.report(len(self._busy()))
+
+    async def release_partition(self, partition: int, why: str) -> None:
+        """A partition left this worker (handed over or lost): drop its activations and
+        release their journal leases, due at once for the next owner. Runs cut off resume
+        there by replay."""
+        if self.ownership is None:
+            return
+        for key, act in list(self.activations.items()):
+            if self.ownership.partition(key) != partition:
+                continue
+            if self.activations.get(key) is act:
+                del self.activations[key]
+            self._unsettled.pop(key, None)
+            await act.deactivate()
+            act.stale = True
+            try:
+                await self.journal.settle(key, self.owner, now=self.clock(), seen_n=-1,
+                                          busy=False, release=True)
+            except Exception as exc:
+                log.warning("releasing %s (partition %d %s) failed: %s", key, partition, why,
+                            exc)
 
     async def _reap(self) -> None:
         for owner in await self.journal.owners():
@@ -430,7 +470,8 @@ class ActorRuntime:
             self._reap_at = now + max(1.0, self.lease_ttl_s / 2)
             await self._reap()
         for key in await self.journal.due_actors(now, self.due_batch, owner=self.owner):
-            if key.partition("/")[0] in self.types:
+            if key.partition("/")[0] in self.types and (
+                    self.ownership is None or self.ownership.owns(key)):
                 self.notify(key)  # while draining, only actors already active here
         await self._answer_remote_asks()
         await self._sweep_idle()

@@ -3,17 +3,57 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
 import logging
+import os
 import signal
+import socket
+from typing import Any
+
+import redis
 
 from runtime.actors.loading import actor_classes, load_module
 from runtime.actors.resilience import breakers_from_settings
 from runtime.actors.runtime import ActorRuntime
+from runtime.cluster.ownership import PartitionOwnership
 from runtime.executor import Executor
 from runtime.journal.factory import open_journal
 from runtime.settings import LoomSettings
 
 log = logging.getLogger("loom.worker")
+
+
+def code_version(module: Any) -> str:
+    """A short hash of the actor module's source: what `loom cluster status` reports."""
+    try:
+        source = inspect.getsource(module).encode()
+    except (OSError, TypeError):
+        source = repr(module).encode()
+    return hashlib.blake2b(source, digest_size=6).hexdigest()
+
+
+def _join_fleet(settings: LoomSettings, module: Any) -> PartitionOwnership:
+    from runtime.cluster import (
+        ClusterConfig,
+        ClusterNode,
+        ClusterNotInitialized,
+        WorkerInfo,
+        connect,
+    )
+
+    ttl_ms = int(settings.lease_ttl_s * 1000)
+    client = connect(settings.redis_url, ttl_ms)
+    info = WorkerInfo(id=f"{socket.gethostname()}-{os.getpid()}", version=code_version(module))
+    try:
+        try:  # join with the stored partition count, or create the fleet with 64
+            node = ClusterNode(client, info, ClusterConfig(partitions=settings.partitions,
+                                                           lease_ttl_ms=ttl_ms))
+        except ClusterNotInitialized:
+            node = ClusterNode(client, info, ClusterConfig(partitions=64, lease_ttl_ms=ttl_ms))
+    except redis.RedisError as exc:
+        raise SystemExit(f"cannot join the fleet at LOOM_REDIS_URL: {exc}") from None
+    return PartitionOwnership(node)
 
 
 async def run_worker(module_spec: str, settings: LoomSettings, *,
@@ -37,10 +77,15 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
         breakers = breakers_from_settings(settings.breaker_url,
                                           fail_max=settings.breaker_fail_max,
                                           reset_timeout=settings.breaker_reset_s)
+        fleet = _join_fleet(settings, module) if settings.redis_url else None
         runtime = ActorRuntime(journal, executor, poll_interval_s=poll_interval_s,
-                               breakers=breakers)
+                               breakers=breakers, lease_ttl_s=settings.lease_ttl_s,
+                               ownership=fleet)
         for cls in classes:
             runtime.register(cls)
+        if fleet is not None:
+            fleet.attach(runtime, loop)
+            fleet.node.start()
         await runtime.start()
         log.info("worker running %s on %s", ", ".join(c.type_name for c in classes),
                  journal.url)
@@ -50,6 +95,8 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
         print(f"loom worker: draining (up to {drain_timeout_s:g} s; signal again to stop now)",
               flush=True)
         finished = await runtime.drain(drain_timeout_s, abort=now)
+        if fleet is not None:  # hand the partitions over at once, leave the membership
+            await asyncio.to_thread(fleet.node.stop, release=True)
         print("loom worker: drained and stopped" if finished else
               "loom worker: stopped with runs cut off; they resume elsewhere by replay",
               flush=True)
