@@ -7,7 +7,7 @@ ACTIVITY ?= echo
 INPUT   ?= {"hello": "world"}
 
 .PHONY: run test test-fast bench activities sandbox upload emulators emulators-install lint clean \
-	simulate
+	simulate chaos cluster
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,10 +38,20 @@ simulate: $(STAMP)
 	LOOM_SIM_SEEDS=$(SEEDS) LOOM_SIM_FIRST=$(FIRST) LOOM_SIM_SEED=$(SEED) \
 		$(BIN)/pytest -q -p no:cacheprovider tests/test_simulation.py -k seeds
 
-bench: activities
+bench: activities emulators-install
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python benchmarks/bench_executor.py
 	$(BIN)/python benchmarks/bench_actors.py
+	$(BIN)/python benchmarks/bench_cluster.py
+
+# A fleet under faults (tests/test_chaos_fleet.py); `make test` runs a short version.
+TRIALS ?= 200
+chaos: activities emulators-install
+	LOOM_CHAOS_TRIALS=$(TRIALS) $(BIN)/pytest -q -p no:cacheprovider -s tests/test_chaos_fleet.py
+
+# redis-server, three workers on the embedded profile and a small load; Ctrl-C stops all.
+cluster: activities emulators-install
+	$(BIN)/python -m runtime.demo.cluster
 
 sandbox: activities
 	$(BIN)/loom sandbox activities/build/$(ACTIVITY).wasm \
