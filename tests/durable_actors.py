@@ -268,3 +268,9 @@ class Booking(Actor, type_name="booking"):
             await ctx.wait_for_event("confirmed", timeout=p.get("timeout", 60))
         self.state["booked"] = p["trip"]
         return "booked"
+
+
+class Limited(Actor, type_name="limited"):
+    @handler
+    async def call(self, ctx: ActorContext, p: Any) -> Any:
+        return await ctx.call_activity("slow", {"n": p})

@@ -239,11 +239,14 @@ class ActorContext:
             await self._act.flush(self._run)  # earlier outcomes are durable before a new effect
             rt.hooks.fire("before_activity", self._act.key)
             self._run.inflight += 1
+            tenant = rt.tenant_of(self._act.key)
+            release = await rt.admit(name, tenant, key)  # fleet-wide limits: wait, not fail
             try:
                 result = await rt.run_activity(name, input, version=version,
                                                idempotency_key=key, timeout_ms=timeout_ms,
-                                               tenant=rt.tenant_of(self._act.key))
+                                               tenant=tenant)
             except errors.LoomError as exc:
+                await release()
                 self._run.inflight -= 1
                 if not plan.should_retry(exc, attempts):
                     self._record(step, f"{kind}.failed", name, fp, key=key,
@@ -261,6 +264,7 @@ class ActorContext:
                 await self._act.start_timer(self._run, timer, rt.clock() + delay)
                 await self._act.wait_timer(self._run, timer, step)
                 continue
+            await release()
             self._run.inflight -= 1
             rt.hooks.fire("after_activity", self._act.key)
             self._record(step, f"{kind}.done", name, fp, key=key,

@@ -6,6 +6,7 @@ refused; the simulation drives the real runtime. An activation never reaches fur
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from runtime import errors
@@ -64,3 +65,6 @@ class Host(Protocol):
                            tenant: str) -> Any: ...
 
     async def retry_policy_for(self, name: str, version: str | None) -> RetryPolicy: ...
+
+    async def admit(self, name: str, tenant: str, key: str) -> Callable[[], Awaitable[None]]:
+        ...

@@ -30,6 +30,7 @@ from runtime.actors.lane import Lane
 from runtime.actors.resilience import Breakers
 from runtime.executor import Executor
 from runtime.journal.store import Envelope, JournalStore
+from runtime.limits.base import Grant, Limiter
 from schemas.manifest import RetryPolicy
 
 __all__ = ["ActivityRunner", "ActorRuntime", "Hooks", "Ownership"]
@@ -51,6 +52,17 @@ def _reply_of(commit: dict[str, Any]) -> Any:
                                        actor=str(commit.get("actor")))
     raise errors.HandlerFailed(err.get("message", "handler failed"),
                                error_type=err.get("type", "Error"), error_code=err.get("code"))
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _releaser(limiter: Limiter, grant: Grant) -> Callable[[], Awaitable[None]]:
+    async def release() -> None:
+        await asyncio.to_thread(limiter.release, grant)
+
+    return release
 
 
 def _owner_dead(owner: str) -> bool:
@@ -109,7 +121,8 @@ class ActorRuntime:
                  lint: bool = True, activity_threads: int = 8,
                  activities: ActivityRunner | None = None, lease_ttl_s: float = 10.0,
                  owner: str | None = None, tenant_of: Callable[[str], str] | None = None,
-                 due_batch: int = 256, ownership: Ownership | None = None) -> None:
+                 due_batch: int = 256, ownership: Ownership | None = None,
+                 limiter: Limiter | None = None) -> None:
         self.journal = journal
         self.executor = executor
         self.clock = clock
@@ -127,6 +140,7 @@ class ActorRuntime:
         self._tenant_of = tenant_of
         self.due_batch = due_batch
         self.ownership = ownership
+        self.limiter = limiter
         self.types: dict[str, type[Actor]] = {}
         self.invariants: dict[str, Invariant] = {}
         self.activations: OrderedDict[str, Activation] = OrderedDict()
@@ -571,6 +585,20 @@ class ActorRuntime:
         call = partial(self.executor.invoke_sync, name, input, version=version,
                        idempotency_key=idempotency_key, timeout_ms=timeout_ms, tenant=tenant)
         return await self._lane.submit(partial(self.breakers.call, name, call))
+
+    async def admit(self, name: str, tenant: str, key: str) -> Callable[[], Awaitable[None]]:
+        """Wait (never fail) until the activity's concurrency and rate limits admit this
+        call; returns what frees its slot. A crash while waiting loses nothing: the step is
+        not recorded, so the run asks again on replay, under the same key (which the
+        limiter recognises, so a re-run never takes a second slot)."""
+        limiter = self.limiter
+        if limiter is None:
+            return _nothing
+        while True:
+            verdict = await asyncio.to_thread(limiter.try_acquire, name, tenant, key)
+            if isinstance(verdict, Grant):
+                return _releaser(limiter, verdict)
+            await asyncio.sleep(max(0.005, min(verdict.retry_after_s, 0.25)))
 
     async def retry_policy_for(self, name: str, version: str | None) -> RetryPolicy:
         if self.activities is not None:

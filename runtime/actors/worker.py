@@ -19,6 +19,7 @@ from runtime.actors.runtime import ActorRuntime
 from runtime.cluster.ownership import PartitionOwnership
 from runtime.executor import Executor
 from runtime.journal.factory import open_journal
+from runtime.limits import limiter_from_settings
 from runtime.settings import LoomSettings
 
 log = logging.getLogger("loom.worker")
@@ -78,9 +79,11 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
                                           fail_max=settings.breaker_fail_max,
                                           reset_timeout=settings.breaker_reset_s)
         fleet = _join_fleet(settings, module) if settings.redis_url else None
+        limiter = (limiter_from_settings(settings.limits, settings.redis_url or "memory://")
+                   if settings.limits else None)
         runtime = ActorRuntime(journal, executor, poll_interval_s=poll_interval_s,
                                breakers=breakers, lease_ttl_s=settings.lease_ttl_s,
-                               ownership=fleet)
+                               ownership=fleet, limiter=limiter)
         for cls in classes:
             runtime.register(cls)
         if fleet is not None:
