@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from runtime.journal.store import JournalStore
 
 PROGRESS_THRESHOLD = 1024 * 1024
-OUTCOMES = ("completed", "failed", "rejected", "cancelled")
+OUTCOMES = ("completed", "failed", "rejected", "cancelled", "dead_lettered")
 """The `kind` of a commit that ends a message's run."""
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 SDK_LOGGERS = ("azure", "urllib3", "redis")
@@ -477,6 +477,51 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     return (redis.RedisError,)
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """`loom dlq list|show|retry|drop`: messages whose activation kept ending before their
+    run finished (a poison message, a worker killed each time)."""
+    import asyncio
+    import uuid
+
+    async def dlq() -> int:
+        settings = load_settings()
+        journal = _open_existing_journal(settings)
+        if journal is None:
+            return _nothing("no dead letters", settings)
+        try:
+            entries = await journal.dead_letters(10_000)
+            if args.command == "list":
+                for e in entries:
+                    print(f"{e['actor']:<30} {e['msg']:<38} x{e.get('deliveries')}  "
+                          f"{(e.get('error') or {}).get('last', '')}")
+                if not entries:
+                    return _nothing("no dead letters", settings)
+                return 0
+            found = next((e for e in entries
+                          if e["actor"] == f"{args.type}/{args.id}" and e["msg"] == args.msg_id),
+                         None)
+            if found is None:
+                return _nothing(f"no dead letter {args.msg_id} for {args.type}/{args.id}",
+                                settings)
+            if args.command == "show":
+                print(json.dumps(found, indent=2))
+                return 0
+            if args.command == "retry":  # a new message: the dead one's id stays consumed
+                env = dict(found["envelope"])
+                env.pop("n", None)
+                env["id"] = f"{found['msg']}~retry-{uuid.uuid4().hex[:8]}"
+                await journal.enqueue(env)
+                print(f"re-sent as {env['id']}")
+            await journal.drop_dead_letter(found["actor"], found["msg"])
+            if args.command == "drop":
+                print(f"dropped {found['msg']} of {found['actor']}")
+            return 0
+        finally:
+            await journal.close()
+
+    return asyncio.run(dlq())
+
+
 def cmd_actor_cancel(args: argparse.Namespace) -> int:
     """Cancel the actor's current run, on whichever worker holds it (or when it wakes)."""
     import asyncio
@@ -833,6 +878,17 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (exit 3 "
                                                                   "when no outcome came)")
     ask.set_defaults(func=None, direct=cmd_actor_ask)
+    dl = sub.add_parser("dlq", help="dead-lettered messages: list, show, retry, drop")
+    dls = dl.add_subparsers(dest="command", required=True)
+    leaf(dls, "list", "every dead-lettered message").set_defaults(func=None, direct=cmd_dlq)
+    for name, text in (("show", "one dead letter, with its message and last error"),
+                       ("retry", "send the message again (as a new message) and unlist it"),
+                       ("drop", "unlist a dead letter")):
+        dp2 = leaf(dls, name, text)
+        dp2.add_argument("type")
+        dp2.add_argument("id")
+        dp2.add_argument("msg_id")
+        dp2.set_defaults(func=None, direct=cmd_dlq)
     cluster = sub.add_parser("cluster", help="a fleet of workers (LOOM_REDIS_URL)")
     clusters = cluster.add_subparsers(dest="command", required=True)
     st = leaf(clusters, "status", "workers, partition owners and epochs, due actors")

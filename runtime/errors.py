@@ -193,6 +193,13 @@ class RunCancelled(LoomError):
     code = ErrorCode.CANCELLED
 
 
+class DeadLettered(LoomError):
+    """The message's activation ended too often before its run finished (a poison message,
+    a worker killed each time): it was moved to the dead-letter list (`loom dlq`)."""
+
+    code = ErrorCode.DEAD_LETTERED
+
+
 class ActivityFailed(LoomError):
     """An activity failed for good (retries exhausted or a non-retryable error)."""
 

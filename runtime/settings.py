@@ -41,6 +41,8 @@ class LoomSettings(BaseSettings):
     partitions: int | None = Field(default=None, ge=1, le=65536, description="Partition "
                                    "count, fixed when the fleet is created (default 64).")
     lease_ttl_s: float = Field(default=10.0, gt=0, description="Actor and partition lease TTL.")
+    max_deliveries: int = Field(default=5, ge=1, description="Activations that may take a "
+                                "message up before it is dead-lettered (loom dlq).")
     limits: str = Field(default="", description='Per-activity limits as JSON, e.g. {"http_post": '
                         '{"concurrency": 4, "rate_per_s": 50}}: fleet-wide with LOOM_REDIS_URL.')
     breaker_fail_max: int = Field(default=5, ge=1)

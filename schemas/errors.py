@@ -34,3 +34,4 @@ class ErrorCode(StrEnum):
     WORKFLOW_INVALID = "workflow_invalid"
     WORKFLOW_FAILED = "workflow_failed"
     CANCELLED = "cancelled"
+    DEAD_LETTERED = "dead_lettered"

@@ -274,3 +274,9 @@ class Limited(Actor, type_name="limited"):
     @handler
     async def call(self, ctx: ActorContext, p: Any) -> Any:
         return await ctx.call_activity("slow", {"n": p})
+
+
+class Poison(Actor, type_name="poison"):
+    @handler
+    async def go(self, ctx: ActorContext, p: Any) -> Any:
+        return await ctx.call_activity("boom", {})

@@ -146,6 +146,7 @@ class Activation:
         self.read_at = 0.0  # when the inbox was last read (entries due later are unseen)
         self.epoch = 0
         self.stray: list[str] = []  # timers nobody waits for: consumed by the next commit
+        self.first_run = True  # the first run this activation takes up counts a delivery
 
     # -- loading and replay ----------------------------------------------------------------
     async def load(self) -> None:
@@ -220,8 +221,40 @@ class Activation:
         except asyncio.CancelledError:
             return
 
+    async def _count_delivery(self, run: Run) -> errors.DeadLettered | None:
+        """Count this activation as one more delivery of the run's message; past the
+        host's limit, the message is dead-lettered instead of run again."""
+        self.first_run = False
+        if not self.host.counts_delivery(self.key):
+            return None
+        try:
+            count = await self.host.journal.bump_delivery(self.key, run.msg_id)
+        except Exception as exc:
+            raise self._fail(exc) from exc
+        if count <= self.host.max_deliveries:
+            return None
+        why = self.host.last_failure(self.key) or "the process running it stopped"
+        err = errors.DeadLettered(
+            f"{self.key}: message {run.msg_id} was taken up {count} times without finishing "
+            f"(last: {why}); moved to the dead-letter list")
+        entry = {"actor": self.key, "msg": run.msg_id, "envelope": run.msg,
+                 "deliveries": count, "error": {**error_record(err), "last": why},
+                 "at": self.host.clock()}
+        try:
+            await self.host.journal.put_dead_letter(entry)
+        except Exception as exc:
+            raise self._fail(exc) from exc
+        return err
+
     async def _execute_run(self, run: Run) -> None:
         before = run.before = _json_copy(self.committed_state)
+        if self.first_run:
+            dead = await self._count_delivery(run)
+            if dead is not None:
+                await self._complete(run, before, None, dead)
+                self.run = None
+                self.host.notify(self.key)
+                return
         ctx = ActorContext(self, run)
         method_name = self.actor.handlers.get(str(run.msg["handler"]))
         result: Any = None
@@ -257,6 +290,8 @@ class Activation:
         kind = "failed" if failure else "completed"
         if isinstance(failure, errors.InvariantViolated):
             kind = "rejected"
+        elif isinstance(failure, errors.DeadLettered):
+            kind = "dead_lettered"
         elif isinstance(failure, errors.RunCancelled) or (failure and run.cancelled):
             kind = "cancelled"
         if failure is None:

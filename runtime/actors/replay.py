@@ -53,6 +53,7 @@ class _ReplayRuntime:
         self.durable_retry_threshold_s = 0.0
         self.invariants: dict[str, Any] = {}
         self.draining = False
+        self.max_deliveries = 1 << 30
         self.now = 0.0
 
     def clock(self) -> float:
@@ -78,6 +79,12 @@ class _ReplayRuntime:
 
     def committed(self, key: str) -> None:
         pass
+
+    def counts_delivery(self, key: str) -> bool:
+        return False
+
+    def last_failure(self, key: str) -> str | None:
+        return None
 
     def tenant_of(self, key: str) -> str:
         return ""
@@ -193,7 +200,7 @@ async def replay_commits(cls: type[Actor], key: str, commits: list[Commit]) -> R
             status = "incomplete" if "state" not in last else "diverged"
             detail = f"the code asks for {exc}"
         except Exception as exc:
-            if last.get("kind") not in ("failed", "rejected", "cancelled"):
+            if last.get("kind") not in ("failed", "rejected", "cancelled", "dead_lettered"):
                 status, detail = "diverged", f"the handler now raises {type(exc).__name__}: {exc}"
         report.runs.append(RunReport(msg_id, handler, run.start_seq, status, detail))
     return report

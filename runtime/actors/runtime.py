@@ -45,6 +45,8 @@ def _reply_of(commit: dict[str, Any]) -> Any:
     if "error" not in commit:
         return commit.get("result")
     err = commit["error"]
+    if commit.get("kind") == "dead_lettered":
+        raise errors.DeadLettered(err.get("message", "dead-lettered"))
     if commit.get("kind") == "cancelled" or err.get("code") == errors.ErrorCode.CANCELLED.value:
         raise errors.RunCancelled(err.get("message", "cancelled"))
     if err.get("code") == errors.ErrorCode.INVARIANT_VIOLATED.value:
@@ -122,7 +124,7 @@ class ActorRuntime:
                  activities: ActivityRunner | None = None, lease_ttl_s: float = 10.0,
                  owner: str | None = None, tenant_of: Callable[[str], str] | None = None,
                  due_batch: int = 256, ownership: Ownership | None = None,
-                 limiter: Limiter | None = None) -> None:
+                 limiter: Limiter | None = None, max_deliveries: int = 5) -> None:
         self.journal = journal
         self.executor = executor
         self.clock = clock
@@ -141,6 +143,8 @@ class ActorRuntime:
         self.due_batch = due_batch
         self.ownership = ownership
         self.limiter = limiter
+        self.max_deliveries = max_deliveries
+        self._infra_losses: dict[str, str] = {}  # actor -> why its last activation stopped
         self.types: dict[str, type[Actor]] = {}
         self.invariants: dict[str, Invariant] = {}
         self.activations: OrderedDict[str, Activation] = OrderedDict()
@@ -337,12 +341,23 @@ class ActorRuntime:
 
     def committed(self, key: str) -> None:
         self._backoff.pop(key, None)
+        self._infra_losses.pop(key, None)
+
+    def counts_delivery(self, key: str) -> bool:
+        """A new activation counts as a delivery of its first message, unless this process
+        knows the last one stopped for the journal's sake (storage error, fenced): that is
+        not the message's fault."""
+        return key not in self._infra_losses
+
+    def last_failure(self, key: str) -> str | None:
+        return self._infra_losses.get(key)
 
     def lost(self, key: str, activation: object, cause: BaseException) -> None:
         """An activation stopped on a storage error or a fence: drop it, retry later."""
         if self.activations.get(key) is activation:
             del self.activations[key]
         self._unsettled.pop(key, None)
+        self._infra_losses[key] = f"{type(cause).__name__}: {cause}"
         self._retry_later(key, cause)
 
     def _retry_later(self, key: str, cause: BaseException) -> None:

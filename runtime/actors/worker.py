@@ -83,7 +83,8 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
                    if settings.limits else None)
         runtime = ActorRuntime(journal, executor, poll_interval_s=poll_interval_s,
                                breakers=breakers, lease_ttl_s=settings.lease_ttl_s,
-                               ownership=fleet, limiter=limiter)
+                               ownership=fleet, limiter=limiter,
+                               max_deliveries=settings.max_deliveries)
         for cls in classes:
             runtime.register(cls)
         if fleet is not None:

@@ -148,6 +148,14 @@ _INDEXING = {
 }
 
 
+def _replace_if_unchanged(item: dict[str, Any]) -> Callable[[ContainerProxy], Any]:
+    def replace(container: ContainerProxy) -> Any:
+        return container.replace_item(item["id"], item, etag=item.get("_etag"),
+                                      match_condition=MatchConditions.IfNotModified)
+
+    return replace
+
+
 def _dumps(value: Any) -> str:
     """Compact JSON text; `\\u` escapes only if the value holds lone surrogates."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -842,6 +850,47 @@ class CosmosJournal:
             returned &= {r["n"] for r in pending}
         if settled[0] is not None:
             self._hint = min(self._hint, settled[0])
+
+    # -- deliveries and dead letters -----------------------------------------------------------
+    async def bump_delivery(self, actor: str, msg_id: str) -> int:
+        """Read the inbox entry and replace it with one more delivery, if no one changed it
+        meanwhile (etag); a consumed or missing entry counts 0."""
+        for _ in range(20):
+            try:
+                item = await self._call("bump_delivery", actor, lambda c: c.read_item(
+                    _item_id("i", msg_id), partition_key=actor), expect=(404,))
+            except CosmosHttpResponseError:
+                return 0
+            if item.get("consumed_at") is not None:
+                return 0
+            count = int(item.get("deliveries") or 0) + 1
+            item["deliveries"] = count
+            try:
+                await self._call("bump_delivery", actor, _replace_if_unchanged(item),
+                                 expect=(412,))
+                return count
+            except CosmosHttpResponseError:
+                continue
+        raise errors.StorageError(f"delivery count of {actor} {msg_id}: too much contention")
+
+    async def put_dead_letter(self, entry: dict[str, Any]) -> None:
+        item = {"id": _item_id("d", entry["msg"]), "actor": entry["actor"], "type": "dlq",
+                "at": float(entry.get("at", 0.0)), "body": _dumps(entry)}
+        await self._call("put_dead_letter", entry["actor"], lambda c: c.upsert_item(item))
+
+    async def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = await self._rows("dead_letters", "SELECT c.body, c.at FROM c WHERE "
+                                "c.type = 'dlq'", None)
+        rows.sort(key=lambda r: r.get("at") or 0.0)
+        return [json.loads(r["body"]) for r in rows[:limit]]
+
+    async def drop_dead_letter(self, actor: str, msg_id: str) -> bool:
+        try:
+            await self._call("drop_dead_letter", actor, lambda c: c.delete_item(
+                _item_id("d", msg_id), partition_key=actor), expect=(404,))
+            return True
+        except CosmosHttpResponseError:
+            return False
 
     async def owners(self) -> dict[str, int]:
         cached = self._owners

@@ -7,6 +7,7 @@ import heapq
 import itertools
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from runtime.journal.store import Commit, Envelope, JournalConflict
 
@@ -20,6 +21,7 @@ class _Entry:
     deliver_at: float
     consumed_at: float | None
     doc: str
+    deliveries: int = 0
 
 
 @dataclass
@@ -47,6 +49,7 @@ class MemoryJournal:
         self._timed: list[tuple[float, str]] = []  # heap of (due_at, actor), lazily pruned
         self._timed_due: dict[str, float] = {}  # timed actors whose time has come
         self._counter = itertools.count(1)
+        self._dead: dict[tuple[str, str], str] = {}
 
     # -- commits ---------------------------------------------------------------------------
     async def append(self, commit: Commit) -> None:
@@ -215,6 +218,25 @@ class MemoryJournal:
                     self._set_due(actor, row, 0.0)
                 n += 1
         return n
+
+    # -- deliveries and dead letters -----------------------------------------------------------
+    async def bump_delivery(self, actor: str, msg_id: str) -> int:
+        entry = self._inbox.get(actor, {}).get(msg_id)
+        if entry is None or entry.consumed_at is not None:
+            return 0
+        entry.deliveries += 1
+        return entry.deliveries
+
+    async def put_dead_letter(self, entry: dict[str, Any]) -> None:
+        key = (entry["actor"], entry["msg"])
+        self._dead.pop(key, None)
+        self._dead[key] = json.dumps(entry)
+
+    async def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
+        return [json.loads(d) for d in list(self._dead.values())[:limit]]
+
+    async def drop_dead_letter(self, actor: str, msg_id: str) -> bool:
+        return self._dead.pop((actor, msg_id), None) is not None
 
     # -- listing and upkeep ------------------------------------------------------------------
     async def actors(self, prefix: str = "") -> list[str]:

@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS sched (
     epoch INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS sched_due ON sched (due_at, ready_n) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sched_owner ON sched (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS deliveries (
+    actor TEXT NOT NULL, id TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (actor, id));
+CREATE TABLE IF NOT EXISTS dead_letters (
+    actor TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, doc BLOB NOT NULL,
+    PRIMARY KEY (actor, id));
 """
 MIGRATE_V1 = """
 ALTER TABLE inbox RENAME COLUMN enq TO n;
@@ -320,6 +325,42 @@ class SqliteJournal:
 
         expired: int = await self._submit(write)
         return expired
+
+    # -- deliveries and dead letters -----------------------------------------------------------
+    async def bump_delivery(self, actor: str, msg_id: str) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            if not db.execute("SELECT 1 FROM inbox WHERE actor=? AND id=? AND consumed_at IS "
+                              "NULL", (actor, msg_id)).fetchone():
+                return 0
+            row = db.execute("INSERT INTO deliveries (actor, id, count) VALUES (?,?,1) ON "
+                             "CONFLICT (actor, id) DO UPDATE SET count = count + 1 "
+                             "RETURNING count", (actor, msg_id)).fetchone()
+            return int(row[0])
+
+        count: int = await self._submit(write)
+        return count
+
+    async def put_dead_letter(self, entry: dict[str, Any]) -> None:
+        row = (entry["actor"], entry["msg"], float(entry.get("at", 0.0)), to_json(entry))
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO dead_letters (actor, id, at, doc) "
+                       "VALUES (?,?,?,?)", row)
+
+        await self._submit(write)
+
+    async def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self._query("SELECT doc FROM dead_letters ORDER BY at, actor, id LIMIT ?",
+                           (limit,))
+        return [from_json(r[0]) for r in rows]
+
+    async def drop_dead_letter(self, actor: str, msg_id: str) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM dead_letters WHERE actor=? AND id=?",
+                              (actor, msg_id)).rowcount == 1
+
+        dropped: bool = await self._submit(write)
+        return dropped
 
     async def actors(self, prefix: str = "") -> list[str]:
         rows = self._query("SELECT DISTINCT actor FROM commits WHERE actor >= ? AND actor < ? "

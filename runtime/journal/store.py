@@ -112,6 +112,25 @@ class JournalStore(Protocol):
         """End every lease of `owner` now (it is known to be dead); returns how many."""
         ...
 
+    # -- deliveries and dead letters -----------------------------------------------------------
+    async def bump_delivery(self, actor: str, msg_id: str) -> int:
+        """Count one more activation that took up this (unconsumed) message; returns the
+        count (0 if the entry is gone or consumed)."""
+        ...
+
+    async def put_dead_letter(self, entry: dict[str, Any]) -> None:
+        """Keep `entry` (actor, msg, envelope, error, deliveries, at) in the dead-letter
+        list; the same (actor, msg) again replaces it."""
+        ...
+
+    async def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The dead-letter list, oldest first."""
+        ...
+
+    async def drop_dead_letter(self, actor: str, msg_id: str) -> bool:
+        """Remove one entry from the list; False if it was not there."""
+        ...
+
     # -- listing and upkeep ------------------------------------------------------------------
     async def actors(self, prefix: str = "") -> list[str]:
         """Actors that have commits, optionally of one type ("type/")."""

@@ -1,0 +1,93 @@
+"""Dead letters (issue "many workers"): a message whose activation keeps ending before its
+run finishes (a worker killed each time) is moved to the dead-letter list after
+`max_deliveries`; storage errors never count towards it. `loom dlq` lists, shows, retries
+and drops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import durable_actors as da
+import pytest
+from test_durable_core import Tripwire, _true, completions, eventually, run, runtime, stubs
+
+from runtime import errors
+from runtime.cli import main as loom
+from runtime.journal import SqliteJournal
+
+
+def test_a_message_that_kills_its_worker_every_time_is_dead_lettered(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "loom.db"
+
+    async def main() -> None:
+        journal = SqliteJournal(db)
+        for attempt in range(3):  # three workers die while running it
+            acts = stubs("boom")
+            reached = [False]
+
+            async def die(reached: list[bool] = reached) -> None:
+                reached[0] = True
+                await asyncio.Event().wait()  # the process is gone before this returns
+
+            acts.before = die
+            rt = runtime(journal, acts, da.Poison, max_deliveries=3)
+            await rt.start()
+            if attempt == 0:
+                await rt.send("poison/p1", "go", None, msg_id="m1")
+            await eventually(lambda r=reached: _true(r[0]), what=f"delivery {attempt + 1}")
+            rt.abandon()
+        async with runtime(journal, stubs("boom"), da.Poison, max_deliveries=3) as rt:
+            with pytest.raises(errors.DeadLettered, match="taken up 4 times"):
+                await rt.ask("poison/p1", "go", None, msg_id="m1", timeout=10)
+        assert [c["kind"] for c in await completions(journal, "poison/p1")] == ["dead_lettered"]
+        dead = await journal.dead_letters()
+        assert [(d["actor"], d["msg"], d["deliveries"]) for d in dead] == [
+            ("poison/p1", "m1", 4)]
+        await journal.close()
+
+    run(main())
+    monkeypatch.setenv("LOOM_HOME", str(tmp_path))
+    assert loom(["dlq", "list"]) == 0
+    assert "poison/p1" in capsys.readouterr().out
+    assert loom(["dlq", "show", "poison", "p1", "m1"]) == 0
+    assert json.loads(capsys.readouterr().out)["envelope"]["handler"] == "go"
+    assert loom(["dlq", "retry", "poison", "p1", "m1"]) == 0
+    assert "re-sent as m1~retry-" in capsys.readouterr().out
+    assert loom(["dlq", "list"]) == 1  # unlisted after the retry
+
+    async def requeued() -> list[Any]:
+        journal = SqliteJournal(db)
+        try:
+            return await journal.inbox("poison/p1", 1e12, calls=None)
+        finally:
+            await journal.close()
+
+    assert [e["id"].split("~")[0] for e in asyncio.run(requeued())] == ["m1"]
+
+
+def test_storage_errors_never_dead_letter_a_message(tmp_path: Path) -> None:
+    journal = Tripwire(SqliteJournal(tmp_path / "j.db"))
+    failures = [0]
+
+    def flaky_commits(op: str, args: tuple[Any, ...]) -> None:
+        if op == "append" and failures[0] < 8:
+            failures[0] += 1
+            raise errors.StorageError("injected: 503")
+        return None
+
+    journal.rules.append(flaky_commits)
+
+    async def main() -> None:
+        async with runtime(journal, stubs("boom"), da.Poison, max_deliveries=2) as rt:
+            out = await rt.ask("poison/p2", "go", None, msg_id="m1", timeout=30)
+        assert out == {"id": "boom:poison/p2:m1:0"}
+        assert await journal.dead_letters() == []
+        await journal.close()
+
+    run(main())
+    assert failures[0] == 8
