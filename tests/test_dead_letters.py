@@ -12,7 +12,16 @@ from typing import Any
 
 import durable_actors as da
 import pytest
-from test_durable_core import Tripwire, _true, completions, eventually, run, runtime, stubs
+from test_durable_core import (
+    Tripwire,
+    _has_op,
+    _true,
+    completions,
+    eventually,
+    run,
+    runtime,
+    stubs,
+)
 
 from runtime import errors
 from runtime.cli import main as loom
@@ -91,3 +100,28 @@ def test_storage_errors_never_dead_letter_a_message(tmp_path: Path) -> None:
 
     run(main())
     assert failures[0] == 8
+
+
+def test_a_parked_run_reactivated_many_times_is_never_dead_lettered(tmp_path: Path) -> None:
+    """Worker restarts (even crashes) while a run waits for its event are no poison: the
+    replayed run makes no live call, so no delivery is counted."""
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db")
+        rt = runtime(journal, stubs("book", "unbook"), da.Booking, max_deliveries=2)
+        await rt.start()
+        await rt.send("booking/b1", "book", {"trip": "t1"}, msg_id="m1")
+        await eventually(lambda: _has_op(journal, "booking/b1", "wait.start"))
+        for _ in range(6):
+            rt.abandon()
+            rt = runtime(journal, stubs("book", "unbook"), da.Booking, max_deliveries=2)
+            await rt.start()
+            rt.notify("booking/b1")  # activates and replays the parked run
+            await asyncio.sleep(0.05)
+        await rt.signal("booking/b1", "confirmed", True, msg_id="c1")
+        assert await rt.ask("booking/b1", "book", {"trip": "t1"}, msg_id="m1",
+                            timeout=10) == "booked"
+        await rt.stop()
+        assert await journal.dead_letters() == []
+        await journal.close()
+
+    run(main())

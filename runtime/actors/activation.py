@@ -89,6 +89,12 @@ class Run:
         self.events.append(record)
 
 
+class _GiveUp(BaseException):
+    def __init__(self, error: errors.DeadLettered) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def split_step(step: Any) -> tuple[str, int]:
     """(branch prefix, index) of a step: 7 -> ("", 7); "a/b/3" -> ("a/b/", 3)."""
     if isinstance(step, int):
@@ -146,7 +152,7 @@ class Activation:
         self.read_at = 0.0  # when the inbox was last read (entries due later are unseen)
         self.epoch = 0
         self.stray: list[str] = []  # timers nobody waits for: consumed by the next commit
-        self.first_run = True  # the first run this activation takes up counts a delivery
+        self.counted = False  # its first live activity call counts a delivery of its message
 
     # -- loading and replay ----------------------------------------------------------------
     async def load(self) -> None:
@@ -215,27 +221,35 @@ class Activation:
 
     async def _execute(self, run: Run) -> None:
         try:
-            await self._execute_run(run)
+            try:
+                await self._execute_run(run)
+            except _GiveUp as give_up:  # no saga runs: the message is set aside as it is
+                self.actor.load_state(_json_copy(run.before))
+                await self._complete(run, run.before, None, give_up.error)
+                self.run = None
+                self.host.notify(self.key)
         except ActivationLost as exc:
             self._lose(exc.cause)
         except asyncio.CancelledError:
             return
 
-    async def _count_delivery(self, run: Run) -> errors.DeadLettered | None:
-        """Count this activation as one more delivery of the run's message; past the
-        host's limit, the message is dead-lettered instead of run again."""
-        self.first_run = False
-        if not self.host.counts_delivery(self.key):
-            return None
+    async def before_live_effect(self, run: Run) -> None:
+        """The first live activity call of this activation counts one delivery of its
+        message at this journal position. A run that keeps dying without progress (its
+        count at the same seq passes the host's limit) is given up: dead-lettered."""
+        if self.counted or not self.host.counts_delivery(self.key):
+            self.counted = True
+            return
+        self.counted = True
         try:
-            count = await self.host.journal.bump_delivery(self.key, run.msg_id)
+            count = await self.host.journal.bump_delivery(self.key, run.msg_id, self.seq)
         except Exception as exc:
             raise self._fail(exc) from exc
         if count <= self.host.max_deliveries:
-            return None
+            return
         why = self.host.last_failure(self.key) or "the process running it stopped"
         err = errors.DeadLettered(
-            f"{self.key}: message {run.msg_id} was taken up {count} times without finishing "
+            f"{self.key}: message {run.msg_id} was taken up {count} times without progress "
             f"(last: {why}); moved to the dead-letter list")
         entry = {"actor": self.key, "msg": run.msg_id, "envelope": run.msg,
                  "deliveries": count, "error": {**error_record(err), "last": why},
@@ -244,17 +258,10 @@ class Activation:
             await self.host.journal.put_dead_letter(entry)
         except Exception as exc:
             raise self._fail(exc) from exc
-        return err
+        raise _GiveUp(err)
 
     async def _execute_run(self, run: Run) -> None:
         before = run.before = _json_copy(self.committed_state)
-        if self.first_run:
-            dead = await self._count_delivery(run)
-            if dead is not None:
-                await self._complete(run, before, None, dead)
-                self.run = None
-                self.host.notify(self.key)
-                return
         ctx = ActorContext(self, run)
         method_name = self.actor.handlers.get(str(run.msg["handler"]))
         result: Any = None

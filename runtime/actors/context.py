@@ -237,6 +237,7 @@ class ActorContext:
         while True:
             attempts += 1
             await self._act.flush(self._run)  # earlier outcomes are durable before a new effect
+            await self._act.before_live_effect(self._run)
             rt.hooks.fire("before_activity", self._act.key)
             self._run.inflight += 1
             tenant = rt.tenant_of(self._act.key)

@@ -852,7 +852,7 @@ class CosmosJournal:
             self._hint = min(self._hint, settled[0])
 
     # -- deliveries and dead letters -----------------------------------------------------------
-    async def bump_delivery(self, actor: str, msg_id: str) -> int:
+    async def bump_delivery(self, actor: str, msg_id: str, at_seq: int) -> int:
         """Read the inbox entry and replace it with one more delivery, if no one changed it
         meanwhile (etag); a consumed or missing entry counts 0."""
         for _ in range(20):
@@ -863,8 +863,9 @@ class CosmosJournal:
                 return 0
             if item.get("consumed_at") is not None:
                 return 0
-            count = int(item.get("deliveries") or 0) + 1
-            item["deliveries"] = count
+            same = item.get("delivered_at") == at_seq
+            count = int(item.get("deliveries") or 0) + 1 if same else 1
+            item["deliveries"], item["delivered_at"] = count, at_seq
             try:
                 await self._call("bump_delivery", actor, _replace_if_unchanged(item),
                                  expect=(412,))

@@ -22,6 +22,7 @@ class _Entry:
     consumed_at: float | None
     doc: str
     deliveries: int = 0
+    delivered_at: int = -2
 
 
 @dataclass
@@ -220,11 +221,12 @@ class MemoryJournal:
         return n
 
     # -- deliveries and dead letters -----------------------------------------------------------
-    async def bump_delivery(self, actor: str, msg_id: str) -> int:
+    async def bump_delivery(self, actor: str, msg_id: str, at_seq: int) -> int:
         entry = self._inbox.get(actor, {}).get(msg_id)
         if entry is None or entry.consumed_at is not None:
             return 0
-        entry.deliveries += 1
+        entry.deliveries = entry.deliveries + 1 if entry.delivered_at == at_seq else 1
+        entry.delivered_at = at_seq
         return entry.deliveries
 
     async def put_dead_letter(self, entry: dict[str, Any]) -> None:

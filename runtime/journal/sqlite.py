@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS sched (
 CREATE INDEX IF NOT EXISTS sched_due ON sched (due_at, ready_n) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sched_owner ON sched (owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS deliveries (
-    actor TEXT NOT NULL, id TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (actor, id));
+    actor TEXT NOT NULL, id TEXT NOT NULL, count INTEGER NOT NULL, at_seq INTEGER NOT NULL,
+    PRIMARY KEY (actor, id));
 CREATE TABLE IF NOT EXISTS dead_letters (
     actor TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, doc BLOB NOT NULL,
     PRIMARY KEY (actor, id));
@@ -327,14 +328,16 @@ class SqliteJournal:
         return expired
 
     # -- deliveries and dead letters -----------------------------------------------------------
-    async def bump_delivery(self, actor: str, msg_id: str) -> int:
+    async def bump_delivery(self, actor: str, msg_id: str, at_seq: int) -> int:
         def write(db: sqlite3.Connection) -> int:
             if not db.execute("SELECT 1 FROM inbox WHERE actor=? AND id=? AND consumed_at IS "
                               "NULL", (actor, msg_id)).fetchone():
                 return 0
-            row = db.execute("INSERT INTO deliveries (actor, id, count) VALUES (?,?,1) ON "
-                             "CONFLICT (actor, id) DO UPDATE SET count = count + 1 "
-                             "RETURNING count", (actor, msg_id)).fetchone()
+            row = db.execute(
+                "INSERT INTO deliveries (actor, id, count, at_seq) VALUES (?1,?2,1,?3) ON "
+                "CONFLICT (actor, id) DO UPDATE SET count = CASE WHEN at_seq = ?3 THEN "
+                "count + 1 ELSE 1 END, at_seq = ?3 RETURNING count",
+                (actor, msg_id, at_seq)).fetchone()
             return int(row[0])
 
         count: int = await self._submit(write)

@@ -113,9 +113,10 @@ class JournalStore(Protocol):
         ...
 
     # -- deliveries and dead letters -----------------------------------------------------------
-    async def bump_delivery(self, actor: str, msg_id: str) -> int:
-        """Count one more activation that took up this (unconsumed) message; returns the
-        count (0 if the entry is gone or consumed)."""
+    async def bump_delivery(self, actor: str, msg_id: str, at_seq: int) -> int:
+        """Count one more activation that took this (unconsumed) message's run up at journal
+        position `at_seq`; a different position (the run made progress) starts the count
+        again at 1. Returns the count (0 if the entry is gone or consumed)."""
         ...
 
     async def put_dead_letter(self, entry: dict[str, Any]) -> None:
