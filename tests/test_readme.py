@@ -52,7 +52,7 @@ def fresh_checkout(dest: Path) -> Path:
 def test_the_readme_marks_few_blocks_as_not_run() -> None:
     found = blocks()
     skipped = [b for b in found if b["mark"] == "not-run"]
-    assert len(found) >= 10 and len(skipped) <= 3, [b["arg"] for b in skipped]
+    assert len(found) >= 10 and len(skipped) <= 4, [b["arg"] for b in skipped]
     assert all(b["arg"] for b in skipped), "each not-run block says why"
 
 
