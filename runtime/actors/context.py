@@ -182,14 +182,17 @@ class ActorContext:
             first = recorded[0]
             quick = quick_digest(args)
             same = first["op"].split(".")[0] == kind and first["name"] == name and (
-                first["digest"] == quick or first.get("canon") == digest(args))
+                first["digest"] == quick
+                or (first.get("canon") or first["digest"]) == digest(args))
             if not same:
                 have = f"{first['op'].split('.')[0]} {first['name']!r} ({first['digest']})"
                 want = f"{kind} {name!r} ({quick})"
                 raise errors.NonDeterminismError(actor=self._act.key, seq=run.start_seq,
                                                  step=step, recorded=have, requested=want)
             return step, recorded, Fingerprint(quick, str(first.get("canon", "")))
-        fingerprint = Fingerprint(quick_digest(args), digest(args))
+        quick = quick_digest(args)
+        canon = digest(args)  # also refuses arguments that are not JSON
+        fingerprint = Fingerprint(quick, "" if canon == quick else canon)
         if isinstance(step, int) and step < run.replay_until:
             raise errors.NonDeterminismError(
                 actor=self._act.key, seq=run.start_seq, step=step, recorded="no step",
@@ -198,8 +201,9 @@ class ActorContext:
 
     def _record(self, step: Any, op: str, name: str, fp: Fingerprint,
                 **fields: Any) -> dict[str, Any]:
-        record = {"step": step, "op": op, "name": name, "digest": fp.quick, "canon": fp.canon,
-                  **fields}
+        record = {"step": step, "op": op, "name": name, "digest": fp.quick, **fields}
+        if fp.canon:  # only when the arguments' canonical JSON differs from their bytes
+            record["canon"] = fp.canon
         self._run.add_event(record)
         return record
 
@@ -250,7 +254,7 @@ class ActorContext:
                 await release()
                 self._run.inflight -= 1
                 if not plan.should_retry(exc, attempts):
-                    self._record(step, f"{kind}.failed", name, fp, key=key,
+                    self._record(step, f"{kind}.failed", name, fp,
                                  error=error_record(exc), attempts=attempts)
                     raise activity_failed(name, attempts, exc.message, exc.code.value,
                                           **where) from exc
@@ -259,7 +263,7 @@ class ActorContext:
                     await rt.sleep(delay)
                     continue
                 timer = f"timer:{self._run.msg_id}:{step}:{attempts}"
-                self._record(step, f"{kind}.retry", name, fp, key=key,
+                self._record(step, f"{kind}.retry", name, fp,
                              attempt=attempts, error=error_record(exc), timer=timer,
                              fire_at=rt.clock() + delay)
                 await self._act.start_timer(self._run, timer, rt.clock() + delay)
@@ -268,7 +272,7 @@ class ActorContext:
             await release()
             self._run.inflight -= 1
             rt.hooks.fire("after_activity", self._act.key)
-            self._record(step, f"{kind}.done", name, fp, key=key,
+            self._record(step, f"{kind}.done", name, fp,
                          result=result, attempts=attempts)
             return self._shape(result, output_model)
 

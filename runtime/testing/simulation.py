@@ -43,6 +43,16 @@ BUSINESS = (errors.HandlerFailed, errors.ActivityFailed, errors.EventTimeout,
             errors.DeadLettered)
 
 
+def _effect_key(actor: str, msg: str, event: dict[str, Any]) -> str | None:
+    """The idempotency key of an activity or compensation event (derived, as the runtime
+    derives it: `actor:message:step`, compensations `actor:message:comp:step`)."""
+    op = str(event.get("op", ""))
+    if not op.startswith(("activity.", "compensation.")):
+        return None
+    comp = "comp:" if op.startswith("compensation.") else ""
+    return f"{actor}:{key_base(msg)}:{comp}{event['step']}"
+
+
 class Node:
     """One simulated process: a runtime over its own faulty view of the shared journal."""
 
@@ -368,13 +378,14 @@ class Simulation:
             for c in commits:
                 msg = (c.get("run") or {}).get("msg")
                 for e in c.get("events", []):
-                    key = e.get("key")
-                    if key:
-                        attempted.add(key)
-                    if e["op"] in ("activity.done", "compensation.done") and key:
-                        recorded[key] = run_kind.get(str(msg), "unfinished")
-                    if e["op"] == "compensation.done" and key:
-                        compensated_in[key] = run_kind.get(str(msg), "unfinished")
+                    effect = _effect_key(actor, str(msg), e)
+                    if effect is None:
+                        continue
+                    attempted.add(effect)
+                    if e["op"] in ("activity.done", "compensation.done"):
+                        recorded[effect] = run_kind.get(str(msg), "unfinished")
+                    if e["op"] == "compensation.done":
+                        compensated_in[effect] = run_kind.get(str(msg), "unfinished")
         for key in self.receiver.applied:
             # a dead-lettered run was given up: the step cut off when its last worker died
             # may have had its effect without a record (documented in docs/guarantees.md)
