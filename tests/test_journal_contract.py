@@ -871,3 +871,27 @@ def test_cosmos_from_settings(cosmos_server: CosmosServer, cosmos_admin: Any) ->
         run(main())
     finally:
         cosmos_admin.delete_container(name)
+
+
+def test_delivery_counts_and_dead_letters(journal: JournalStore) -> None:
+    async def main() -> None:
+        await journal.enqueue(env("dl/a", "m1"))
+        assert await journal.bump_delivery("dl/a", "m1", 3) == 1
+        assert await journal.bump_delivery("dl/a", "m1", 3) == 2
+        assert await journal.bump_delivery("dl/a", "m1", 4) == 1  # progress: counted anew
+        assert await journal.bump_delivery("dl/a", "nope", 0) == 0
+        await journal.consume("dl/a", ["m1"], 1.0)
+        assert await journal.bump_delivery("dl/a", "m1", 4) == 0  # consumed
+        assert await journal.dead_letters() == []
+        entry = {"actor": "dl/a", "msg": "m1", "envelope": env("dl/a", "m1"),
+                 "deliveries": 6, "error": {"message": "x"}, "at": 5.0}
+        await journal.put_dead_letter(entry)
+        await journal.put_dead_letter({**entry, "deliveries": 7})  # replaces
+        await journal.put_dead_letter({**entry, "actor": "dl/b", "at": 6.0})
+        got = await journal.dead_letters()
+        assert [(d["actor"], d["deliveries"]) for d in got] == [("dl/a", 7), ("dl/b", 6)]
+        assert await journal.drop_dead_letter("dl/a", "m1") is True
+        assert await journal.drop_dead_letter("dl/a", "m1") is False
+        assert [d["actor"] for d in await journal.dead_letters()] == ["dl/b"]
+
+    run(main())

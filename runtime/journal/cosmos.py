@@ -148,9 +148,10 @@ _INDEXING = {
 }
 
 
-def _replace_if_unchanged(item: dict[str, Any]) -> Callable[[ContainerProxy], Any]:
+def _replace_if_unchanged(item: dict[str, Any],
+                          etag: str | None) -> Callable[[ContainerProxy], Any]:
     def replace(container: ContainerProxy) -> Any:
-        return container.replace_item(item["id"], item, etag=item.get("_etag"),
+        return container.replace_item(item["id"], item, etag=etag,
                                       match_condition=MatchConditions.IfNotModified)
 
     return replace
@@ -855,23 +856,22 @@ class CosmosJournal:
     async def bump_delivery(self, actor: str, msg_id: str, at_seq: int) -> int:
         """Read the inbox entry and replace it with one more delivery, if no one changed it
         meanwhile (etag); a consumed or missing entry counts 0."""
-        for _ in range(20):
-            try:
-                item = await self._call("bump_delivery", actor, lambda c: c.read_item(
-                    _item_id("i", msg_id), partition_key=actor), expect=(404,))
-            except CosmosHttpResponseError:
+        item_id = _item_id("i", msg_id)
+        for attempt in range(20):
+            raw = await self._read("bump_delivery", actor, item_id)
+            if raw is None or raw.get("consumed_at") is not None:
                 return 0
-            if item.get("consumed_at") is not None:
-                return 0
+            etag = raw.get("_etag")
+            item = {k: v for k, v in raw.items() if not k.startswith("_")}
             same = item.get("delivered_at") == at_seq
             count = int(item.get("deliveries") or 0) + 1 if same else 1
             item["deliveries"], item["delivered_at"] = count, at_seq
             try:
-                await self._call("bump_delivery", actor, _replace_if_unchanged(item),
+                await self._call("bump_delivery", actor, _replace_if_unchanged(item, etag),
                                  expect=(412,))
                 return count
             except CosmosHttpResponseError:
-                continue
+                await asyncio.sleep(random.random() * 0.002 * min(attempt, 10))
         raise errors.StorageError(f"delivery count of {actor} {msg_id}: too much contention")
 
     async def put_dead_letter(self, entry: dict[str, Any]) -> None:
