@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,3 +92,21 @@ def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobS
             store._service.delete_container(container)
         finally:
             store.close()
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[Any]:
+    """A redis-py client on the session's redis-server (the cluster tests)."""
+    import redis
+
+    c = redis.Redis.from_url(redis_server.url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def keys() -> Any:
+    """Cluster key names under a prefix of their own, so tests never see each other's."""
+    from runtime.cluster import ClusterKeys
+
+    return ClusterKeys(f"t{uuid.uuid4().hex[:12]}")

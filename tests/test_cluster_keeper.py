@@ -6,11 +6,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
-import pytest
 import redis
 from servers import RedisServer
 
@@ -26,18 +23,6 @@ from runtime.cluster import (
 )
 
 TTL_MS = 300
-
-
-@pytest.fixture
-def client(redis_server: Any) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_server.url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def keys() -> ClusterKeys:
-    return ClusterKeys(f"t{uuid.uuid4().hex[:12]}")
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 3.0) -> None:

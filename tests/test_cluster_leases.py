@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import itertools
 import time
-import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -25,18 +22,6 @@ from runtime.cluster import (
 )
 
 TTL_MS = 300
-
-
-@pytest.fixture
-def client(redis_server: Any) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_server.url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def keys() -> ClusterKeys:
-    return ClusterKeys(f"t{uuid.uuid4().hex[:12]}")
 
 
 def test_the_partition_count_is_set_once_and_a_different_one_is_refused(

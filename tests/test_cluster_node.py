@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -21,13 +20,6 @@ from runtime.cluster import (
 
 TTL_MS = 400
 P = 12
-
-
-@pytest.fixture
-def client(redis_server: Any) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_server.url)
-    yield c
-    c.close()
 
 
 @pytest.fixture
