@@ -436,8 +436,7 @@ class ActorRuntime:
         if self.ownership is not None:  # leases of actors in partitions gone elsewhere
             for key in sorted(held - set(self.activations)):
                 if not self.ownership.owns(key):
-                    await self.journal.settle(key, self.owner, now=now, seen_n=-1, busy=False,
-                                              release=True)
+                    await self._hand_off(key)
             self.ownership.report(len(self._busy()))
 
     async def release_partition(self, partition: int, why: str) -> None:
@@ -455,11 +454,15 @@ class ActorRuntime:
             await act.deactivate()
             act.stale = True
             try:
-                await self.journal.settle(key, self.owner, now=self.clock(), seen_n=-1,
-                                          busy=False, release=True)
+                await self._hand_off(key)
             except Exception as exc:
                 log.warning("releasing %s (partition %d %s) failed: %s", key, partition, why,
                             exc)
+
+    async def _hand_off(self, key: str) -> None:
+        """Give up the actor's journal lease, due at once for whoever owns it next."""
+        await self.journal.settle(key, self.owner, now=self.clock(), seen_n=-1, busy=False,
+                                  release=True)
 
     async def _reap(self) -> None:
         for owner in await self.journal.owners():
