@@ -50,6 +50,8 @@ class AbiKind(StrEnum):
 
     CORE_V1 = "core-v1"
     WASI_COMMAND = "wasi-command"
+    COMPONENT_V1 = "component-v1"
+    """A component of the `loom:activity` world (activities/wit/loom.wit): Python, JS."""
 
 
 class HttpTarget(Strict):

@@ -22,11 +22,14 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 from runtime import errors
 from runtime.backends.blob import BlobStore, Progress
 from runtime.backends.factory import open_blob_store
+from runtime.executor.abi import Abi, Call, Services
+from runtime.executor.abi_command import CommandAbi
+from runtime.executor.abi_component import ComponentAbi
+from runtime.executor.abi_core import CoreAbi
 from runtime.executor.engines import EngineConfig, Engines
-from runtime.executor.instances import CoreInstance, run_command
-from runtime.executor.linking import LinkerKey, Linkers, check_module
+from runtime.executor.linking import LinkerKey, Linkers
 from runtime.executor.module_cache import ModuleCache, load_or_create_key
-from runtime.executor.pool import InstancePool, PoolKey
+from runtime.executor.pool import InstancePool
 from runtime.executor.registry import ActivityRegistry, UploadResult, parse_manifest, sha256_hex
 from runtime.executor.session import GuestSession
 from runtime.settings import LoomSettings, load_settings, secret_from_environment
@@ -138,6 +141,12 @@ class Executor:
                                    s.memory_cache_size)
         self.linkers = Linkers()
         self.pool = InstancePool(s.pool_size)
+        services = Services(self.engines, self.modules, self.linkers, self.pool,
+                            self.registry.fetch_wasm, self._session)
+        self.abis: dict[AbiKind, Abi] = {
+            abi.kind: abi for abi in (CoreAbi(services), CommandAbi(services),
+                                      ComponentAbi(services))}
+        """One implementation per ABI (runtime/executor/abi.py says what they do)."""
         self._threads = ThreadPoolExecutor(s.max_threads, thread_name_prefix="loom-guest")
         self._env = guest_environment(env, os.environ)
         if secrets is None:
@@ -186,8 +195,11 @@ class Executor:
 
     # -- upload ----------------------------------------------------------------------------
     def upload(self, wasm: bytes, manifest: Mapping[str, Any] | ActivityManifest | str | bytes,
-               *, progress: Progress | None = None) -> UploadResult:
-        """Validate the manifest and the module, then store both. Nothing is stored on error."""
+               *, progress: Progress | None = None,
+               on_stage: Callable[[str], None] | None = None) -> UploadResult:
+        """Validate the manifest and the module, then store both. Nothing is stored on error.
+
+        `on_stage` hears what a slow step is doing (compiling a component takes seconds)."""
         digest = sha256_hex(wasm)
         if isinstance(manifest, str | bytes):
             manifest = parse_manifest(manifest)
@@ -198,10 +210,13 @@ class Executor:
             raise errors.IntegrityError(
                 f"wasm sha256 is {digest}, the manifest says {parsed.sha256}",
                 activity=parsed.name, version=parsed.version)
-        self.verify_module(wasm, parsed)
+        self.verify_module(wasm, parsed, on_stage=on_stage)
+        if on_stage is not None:
+            on_stage(f"storing {parsed.ref} ({len(wasm):,} bytes)")
         return self.registry.store(wasm, parsed, progress=progress)
 
-    def verify_module(self, wasm: bytes, manifest: ActivityManifest) -> wasmtime.Module:
+    def verify_module(self, wasm: bytes, manifest: ActivityManifest, *,
+                      on_stage: Callable[[str], None] | None = None) -> None:
         """Compile `wasm` (priming the caches) and check it against its manifest's ABI."""
         where = {"activity": manifest.name, "version": manifest.version}
         if not wasm.startswith(WASM_MAGIC):
@@ -211,9 +226,8 @@ class Executor:
         config = self._engine_config(manifest)
         engine = self.engines.get(config)
         with _naming(where):
-            module = self.modules.get(engine, config.fingerprint, manifest.sha256, lambda: wasm)
-        check_module(module, manifest)
-        return module
+            self.abis[manifest.abi].prepare(wasm, manifest, engine, config.fingerprint,
+                                            progress=on_stage)
 
     # -- invoke ----------------------------------------------------------------------------
     @overload
@@ -307,43 +321,17 @@ class Executor:
         ticks, budget_ms = plan.ticks, manifest.limits.timeout_ms
         if timeout_ms is not None and 0 < timeout_ms < budget_ms:
             ticks, budget_ms = self.engines.ticks_for(timeout_ms), timeout_ms
-        deadline = time.monotonic() + budget_ms / 1000
-        reused = False
-        if manifest.abi is AbiKind.WASI_COMMAND:
-            session = self._session(manifest)
-            session.begin(key, deadline)
-            out, fuel, memory = run_command(plan.engine, self._pre(plan, where), manifest,
-                                            session, data, ticks)
-            output = self._decode(out, plan, validate, where)
-        else:
-            pool_key: PoolKey = (manifest.name, manifest.version, manifest.sha256, tenant)
-            instance = self.pool.acquire(pool_key)
-            if instance is None:
-                session = self._session(manifest)
-                session.begin(key, deadline)
-                instance = CoreInstance(plan.engine, self._pre(plan, where), manifest, session,
-                                        plan.ticks)
-                self.pool.stats.created += 1
-            else:
-                reused = True
-                session = instance.session
-                session.begin(key, deadline)
-            try:
-                is_error, out = instance.call(data, ticks)
-                fuel = instance.fuel_used()
-                memory = instance.memory_size
-                if is_error:
-                    raise self._guest_error(out, where)
-                output = self._decode(out, plan, validate, where)
-            except errors.OutputInvalid:
-                instance.healthy = False  # a guest that broke its contract is not reused
-                raise
-            finally:
-                self.pool.release(pool_key, instance, reusable=manifest.reuse_instances)
+        call = Call(manifest, plan.engine, plan.fingerprint, data, ticks, plan.ticks,
+                    time.monotonic() + budget_ms / 1000, key, tenant,
+                    lambda out: self._decode(out, plan, validate, where))
+        with _naming(where):
+            outcome = self.abis[manifest.abi].run(call)
+        session = outcome.session
         return InvocationResult(
-            output=output, activity=manifest.name, version=manifest.version,
+            output=outcome.output, activity=manifest.name, version=manifest.version,
             idempotency_key=key, duration_ms=(time.perf_counter() - started) * 1000,
-            fuel_used=fuel, memory_bytes=memory, reused_instance=reused, logs=session.logs,
+            fuel_used=outcome.fuel_used, memory_bytes=outcome.memory_bytes,
+            reused_instance=outcome.reused_instance, logs=session.logs,
             logs_dropped=session.logs_dropped)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -390,22 +378,3 @@ class Executor:
                          self._env_denied(m))
             self._plans[(m.ref, m.sha256)] = plan
         return plan
-
-    def _pre(self, plan: _Plan, where: dict[str, Any]) -> wasmtime.InstancePre:
-        m = plan.manifest
-        with _naming(where):
-            module = self.modules.get(plan.engine, plan.fingerprint, m.sha256,
-                                      lambda: self.registry.fetch_wasm(m))
-            return self.linkers.instance_pre(plan.engine, module, m)
-
-    @staticmethod
-    def _guest_error(raw: bytes, where: dict[str, Any]) -> errors.GuestError:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            return errors.GuestError(f"guest reported an error: {raw[:500]!r}", **where)
-        return errors.GuestError(str(body.get("message", "guest reported an error")),
-                                 retryable=bool(body.get("retryable", False)),
-                                 details={"code": body.get("code")}, **where)

@@ -34,6 +34,7 @@ from runtime.executor.session import (
     MAX_REQUEST_BYTES,
     SESSIONS,
     GuestSession,
+    host_failure,
 )
 
 WASI = "wasi_snapshot_preview1"
@@ -76,15 +77,8 @@ def _callback(fn: HostFn) -> Any:
                 return _trap("host call from an unregistered store")
             fn(session, caller, ctx, args)
             return 0
-        except errors.LoomError as exc:
-            if session is not None and session.violation is None:
-                session.violation = exc
-            return _trap(exc.message)
         except BaseException as exc:  # nothing may unwind into wasmtime
-            error = errors.Trap(f"host function failed: {type(exc).__name__}: {exc}")
-            if session is not None and session.violation is None:
-                session.violation = error
-            return _trap(error.message)
+            return _trap(host_failure(session, exc))
 
     return _bindings.wasmtime_func_unchecked_callback_t(callback)
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-
-from runtime.executor.instances import CoreInstance
+from typing import Protocol
 
 PoolKey = tuple[str, str, str, str]
 """(name, version, sha256, tenant)"""
+
+
+class Pooled(Protocol):
+    """A warm guest instance: `healthy` is False after any failure (never reused)."""
+
+    healthy: bool
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -23,10 +30,10 @@ class InstancePool:
     def __init__(self, max_idle: int) -> None:
         self.max_idle = max_idle
         self.stats = PoolStats()
-        self._idle: dict[PoolKey, deque[CoreInstance]] = {}
+        self._idle: dict[PoolKey, deque[Pooled]] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, key: PoolKey) -> CoreInstance | None:
+    def acquire(self, key: PoolKey) -> Pooled | None:
         with self._lock:
             idle = self._idle.get(key)
             if idle:
@@ -34,7 +41,7 @@ class InstancePool:
                 return idle.pop()
         return None
 
-    def release(self, key: PoolKey, instance: CoreInstance, *, reusable: bool) -> None:
+    def release(self, key: PoolKey, instance: Pooled, *, reusable: bool) -> None:
         """Return `instance` to the pool, or retire it (unhealthy, not reusable, pool full)."""
         if reusable and instance.healthy:
             with self._lock:
@@ -51,6 +58,11 @@ class InstancePool:
             if key is not None:
                 return len(self._idle.get(key, ()))
             return sum(len(d) for d in self._idle.values())
+
+    def hit_rate(self) -> float:
+        """Calls served by a warm instance / calls that asked the pool."""
+        asked = self.stats.reused + self.stats.created
+        return self.stats.reused / asked if asked else 0.0
 
     def clear(self) -> None:
         with self._lock:

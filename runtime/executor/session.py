@@ -34,6 +34,16 @@ def context_address(ctx: Any) -> int:
     return ctypes.cast(ctx, ctypes.c_void_p).value or 0
 
 
+def host_failure(session: GuestSession | None, exc: BaseException) -> str:
+    """Record why a host function failed on its session (the first reason wins) and
+    return the message for the trap handed to wasmtime."""
+    error = exc if isinstance(exc, errors.LoomError) else errors.Trap(
+        f"host function failed: {type(exc).__name__}: {exc}")
+    if session is not None and session.violation is None:
+        session.violation = error
+    return error.message
+
+
 class GuestSession:
     def __init__(self, manifest: ActivityManifest, *, env: Mapping[str, str],
                  secret: Callable[[str], str | None], command: bool = False) -> None:
