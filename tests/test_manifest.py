@@ -171,7 +171,7 @@ def test_good_name(name: str) -> None:
 
 
 @pytest.mark.parametrize("schema, json_path", [
-    ({"oneOf": [{"type": "string"}]}, "#/oneOf"),
+    ({"not": {"type": "string"}}, "#/not"),
     ({"$ref": "#/definitions/x"}, "#/$ref"),
     ({"type": "object", "properties": {"x": {"$ref": "#/defs/x"}}}, "#/properties/x/$ref"),
     ({"type": "array", "items": {"type": "string", "format": "email", "allOf": []}},
@@ -179,7 +179,7 @@ def test_good_name(name: str) -> None:
     ({"anyOf": [{"type": "string"}, {"not": {}}]}, "#/anyOf/1/not"),
     ({"type": "object", "patternProperties": {}}, "#/patternProperties"),
     ({"type": "object", "properties": {"x": {"type": "date"}}}, "#/properties/x/type"),
-], ids=["oneOf", "ref", "nested-ref", "items-allOf", "anyOf-not", "patternProperties",
+], ids=["not", "missing-ref", "nested-ref", "items-allOf", "anyOf-not", "patternProperties",
         "unknown-type"])
 @pytest.mark.parametrize("field", ["input_schema", "output_schema"])
 def test_unsupported_schema_keyword(schema: dict[str, Any], json_path: str, field: str) -> None:
@@ -441,7 +441,7 @@ def test_formats_that_would_not_be_checked_are_refused(schema: Any, path: str,
 
 def test_unsupported_keyword_error_lists_the_supported_ones() -> None:
     with pytest.raises(SchemaError) as info:
-        compile_schema({"type": "string", "oneOf": []})
+        compile_schema({"type": "string", "not": {}})
     text = str(info.value)
     for keyword in ("anyOf", "enum", "pattern", "additionalProperties", "format", "email"):
         assert keyword in text, text
@@ -478,7 +478,7 @@ def test_no_internal_model_name_in_object_errors() -> None:
     ({"type": "object", "required": "a"}, "#/required"),
     ({"type": "object", "properties": {"a": {}}, "required": ["b"],
       "additionalProperties": False}, "#/required"),
-    ({"type": "object", "properties": {"a": {}}, "additionalProperties": {"type": "string"}},
+    ({"type": "object", "properties": {"a": {}}, "additionalProperties": 3},
      "#/additionalProperties"),
     ("string", "#"),
 ])
