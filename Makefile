@@ -6,16 +6,28 @@ STAMP   := $(VENV)/.installed
 ACTIVITY ?= echo
 INPUT   ?= {"hello": "world"}
 
-.PHONY: run test test-fast bench activities sandbox upload emulators emulators-install lint clean \
-	simulate chaos chaos-sandbox cluster
+.PHONY: run test test-fast bench activities js-toolchain sandbox upload emulators \
+	emulators-install lint clean simulate chaos chaos-sandbox cluster
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-activities: $(STAMP)
+# C (ziglang), Python (componentize-py, from the dev extra) and JavaScript samples
+# (componentize-js, npm, into activities/.js-toolchain); up-to-date ones are skipped.
+JS_TOOLCHAIN := activities/.js-toolchain
+JS_STAMP     := $(JS_TOOLCHAIN)/.installed
+activities: $(STAMP) $(JS_STAMP)
 	$(BIN)/python activities/build.py
+
+$(JS_STAMP): activities/sdk/js/package.json
+	mkdir -p $(JS_TOOLCHAIN)
+	cp activities/sdk/js/package.json $(JS_TOOLCHAIN)/package.json
+	cd $(JS_TOOLCHAIN) && npm install --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+js-toolchain: $(JS_STAMP)
 
 run: activities
 	$(BIN)/python -m runtime.demo
@@ -73,4 +85,4 @@ lint: $(STAMP)
 	$(BIN)/mypy runtime wdl schemas
 
 clean:
-	rm -rf .loom activities/build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .loom activities/build activities/.js-toolchain .pytest_cache .mypy_cache .ruff_cache

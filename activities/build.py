@@ -1,16 +1,20 @@
-"""Build C activities to WebAssembly: <name>.c + <name>.manifest.json -> <name>.wasm.
+"""Build activities to WebAssembly: C, Python and JavaScript -> <name>.wasm + manifest.
 
-Each source has a <name>.manifest.json next to it (without sha256); the build writes
+C: each source has a <name>.manifest.json next to it (without sha256); the build writes
 <name>.wasm and <name>.manifest.json with the sha256 of the built module filled in.
-Uses the Zig toolchain from the `ziglang` package (wasi-libc included):
+Uses the Zig toolchain from the `ziglang` package (wasi-libc included).
+Python (.py) and JavaScript (.js) build to components (abi component-v1) with
+componentize-py and componentize-js: see build_component.py.
 
-    python activities/build.py            # the samples: activities/src/*.c -> activities/build/
+    python activities/build.py            # the samples: activities/src/*.c, py/*.py, js/*.js
+                                          # -> activities/build/ (up-to-date ones skipped)
     python activities/build.py --force    # rebuild everything
     python activities/build.py echo       # only the named samples
     python activities/build.py path/to/hello.c [--out DIR]   # a source anywhere: the output
                                           # goes to DIR (default: a build/ folder beside it)
+    python activities/build.py --lang c   # only the C samples (also: python, js)
 
-`loom activity build path/to/hello.c` runs the same build.
+`loom activity build <file>` runs the same build.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
+SAMPLE_DIRS = {"c": (SRC, ".c"), "python": (HERE / "py", ".py"), "js": (HERE / "js", ".js")}
 INCLUDE = HERE / "include"
 OUT = HERE / "build"
 HEADER = INCLUDE / "loom.h"
@@ -32,8 +37,10 @@ HEADER = INCLUDE / "loom.h"
 STACK_BYTES = 256 * 1024
 
 
-class BuildError(Exception):
-    """A build failed; the message says why (one line, or the compiler's output)."""
+sys.path.insert(0, str(HERE))
+from build_component import BuildError, build_component, read_manifest, validate  # noqa: E402 - needs HERE
+
+sys.path.pop(0)
 
 
 def compile_command(source: Path, target: Path, abi: str) -> list[str]:
@@ -47,34 +54,25 @@ def compile_command(source: Path, target: Path, abi: str) -> list[str]:
     return [*cmd, str(source), "-o", str(target)]
 
 
-def validate(manifest: dict[str, object], name: str) -> None:
-    """Check the manifest against the real model when the repo's schemas are importable."""
-    sys.path.insert(0, str(HERE.parent))
-    try:
-        from schemas.manifest import ActivityManifest
-    except ImportError:
-        return
-    finally:
-        sys.path.pop(0)
-    try:
-        ActivityManifest.model_validate(manifest)
-    except ValueError as exc:
-        raise BuildError(f"{name}: invalid manifest:\n{exc}") from None
-
-
 def build(name: str, force: bool) -> None:
     """Build the sample `name` (activities/src/<name>.c) into activities/build/."""
     build_file(SRC / f"{name}.c", out_dir=OUT, force=force)
 
 
 def build_file(source: Path, *, manifest_src: Path | None = None, out_dir: Path | None = None,
-               force: bool = False) -> Path:
-    """Build `source` (a .c file anywhere) with its manifest (default: <name>.manifest.json
-    beside it) into `out_dir` (default: <source folder>/build). Returns the .wasm path."""
+               force: bool = False, version: str | None = None, **component: object) -> Path:
+    """Build `source` (a .c, .py or .js file anywhere) with its manifest (default:
+    <name>.manifest.json beside it) into `out_dir` (default: <source folder>/build).
+    Returns the .wasm path. `version` overrides the manifest's; `component` options go to
+    build_component.build_component (input_schema, output_schema, say)."""
     source = Path(source).resolve()
     name = source.stem
+    if source.suffix in (".py", ".js", ".mjs"):
+        return build_component(source, out_dir=Path(out_dir) if out_dir else
+                               source.parent / "build", manifest_src=manifest_src,
+                               version=version, force=force, **component)  # type: ignore[arg-type]
     if source.suffix != ".c" or not source.is_file():
-        raise BuildError(f"{source}: not a C source file (.c)")
+        raise BuildError(f"{source}: not a C (.c), Python (.py) or JavaScript (.js) file")
     manifest_src = Path(manifest_src).resolve() if manifest_src else \
         source.with_name(f"{name}.manifest.json")
     out = Path(out_dir).resolve() if out_dir else source.parent / "build"
@@ -85,17 +83,12 @@ def build_file(source: Path, *, manifest_src: Path | None = None, out_dir: Path 
     if not manifest_src.exists():
         raise BuildError(f"{name}: missing manifest {manifest_src} (write one next to the "
                          "source, without sha256; see activities/README.md)")
-    try:
-        manifest = json.loads(manifest_src.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BuildError(f"{name}: {manifest_src} is not valid UTF-8 JSON: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise BuildError(f"{name}: {manifest_src} must hold a JSON object")
-    if "sha256" in manifest:
-        raise BuildError(f"{name}: the source manifest must not contain sha256")
+    manifest = read_manifest(manifest_src)
     if manifest.get("name") != name:
         raise BuildError(f"{name}: manifest name {manifest.get('name')!r} != file name "
                          f"{name!r}")
+    if version is not None:
+        manifest["version"] = version
     validate({**manifest, "sha256": "0" * 64}, name)
     out.mkdir(parents=True, exist_ok=True)
     inputs = max(p.stat().st_mtime for p in (source, manifest_src, HEADER, Path(__file__)))
@@ -122,25 +115,38 @@ def build_file(source: Path, *, manifest_src: Path | None = None, out_dir: Path 
     return wasm
 
 
+def samples(langs: list[str]) -> dict[str, Path]:
+    """Sample name -> source, for the given languages."""
+    found: dict[str, Path] = {}
+    for lang in langs:
+        folder, suffix = SAMPLE_DIRS[lang]
+        for p in sorted(folder.glob(f"*{suffix}")):
+            found[p.stem] = p
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*",
-                        help="sample names or paths of .c files (default: every sample)")
+                        help="sample names or paths of .c/.py/.js files (default: every sample)")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    parser.add_argument("--out", help="output folder for .c paths (default: build/ beside "
+    parser.add_argument("--out", help="output folder for paths (default: build/ beside "
                                       "each source)")
+    parser.add_argument("--lang", action="append", choices=sorted(SAMPLE_DIRS),
+                        help="only the samples in this language (repeatable)")
     args = parser.parse_args(argv)
-    names = args.names or sorted(p.stem for p in SRC.glob("*.c"))
+    known = samples(args.lang or list(SAMPLE_DIRS))
+    names = args.names or list(known)
     try:
         for name in names:
-            if name.endswith(".c") or "/" in name:
+            if Path(name).suffix in (".c", ".py", ".js", ".mjs") or "/" in name:
                 build_file(Path(name), out_dir=Path(args.out) if args.out else None,
                            force=args.force)
                 continue
-            if not (SRC / f"{name}.c").exists():
-                raise BuildError(f"{name}: no such activity in {SRC.relative_to(HERE.parent)} "
-                                 "(give a path to build a .c file elsewhere)")
-            build(name, args.force)
+            if name not in known:
+                raise BuildError(f"{name}: no such sample in activities/src, py or js (give a "
+                                 "path to build a file elsewhere)")
+            build_file(known[name], out_dir=OUT, force=args.force)
     except BuildError as exc:
         raise SystemExit(str(exc)) from None
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runtime import errors
+from runtime import cli_build, errors
 from runtime.executor import Executor, InvocationResult
 from runtime.settings import LoomSettings, load_settings
 from schemas.json_text import JsonTextError, parse_json_text
@@ -125,7 +125,8 @@ def cmd_upload(ex: Executor, args: argparse.Namespace) -> int:
         wasm = _read_file(str(wasm_path), "wasm file")
         raw = _load_manifest(str(manifest_path))
         progress = _progress if len(wasm) >= PROGRESS_THRESHOLD else None
-        result = ex.upload(wasm, raw, progress=progress)
+        result = ex.upload(wasm, raw, progress=progress, on_stage=lambda line: print(
+            f"  {line}", file=sys.stderr, flush=True))
         m = result.manifest
         state = "uploaded" if result.created else "already present (identical), nothing changed"
         print(f"{m.ref} {state}: {len(wasm):,} bytes, sha256 {m.sha256[:16]}…, "
@@ -172,26 +173,6 @@ def cmd_yank(ex: Executor, args: argparse.Namespace) -> int:
     except errors.NotFound:
         now = "no version is left as latest"
     print(f"{name}@{version} yanked: callers that pin it still get it; {now}")
-    return 0
-
-
-def cmd_build(args: argparse.Namespace) -> int:
-    """Build a C activity wherever it lives, with activities/build.py."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "activities" / "build.py"
-    spec = importlib.util.spec_from_file_location("loom_activity_build", script)
-    if spec is None or spec.loader is None or not script.exists():
-        raise errors.NotFound(f"the C build needs {script} (a Loom source checkout)")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    try:
-        wasm = build.build_file(Path(args.source),
-                                manifest_src=Path(args.manifest) if args.manifest else None,
-                                out_dir=Path(args.out) if args.out else None, force=args.force)
-    except build.BuildError as exc:
-        raise errors.InputInvalid(str(exc)) from None
-    print(f"built {wasm} and {wasm.with_name(wasm.stem + '.manifest.json')}")
     return 0
 
 
@@ -808,12 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     yank.add_argument("--reason", help="recorded with the yank")
     yank.add_argument("--undo", action="store_true", help="make the version eligible again")
     yank.set_defaults(func=cmd_yank)
-    bld = leaf(acts, "build", "compile a C activity (wherever it lives) to .wasm + manifest")
-    bld.add_argument("source", help="path/to/<name>.c")
-    bld.add_argument("--manifest", help="default: <name>.manifest.json next to the source")
-    bld.add_argument("--out", help="output folder (default: build/ next to the source)")
-    bld.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    bld.set_defaults(func=None, direct=cmd_build)
+    cli_build.register(acts, leaf)  # build, new
     inv = leaf(acts, "invoke", "run an activity and print its output")
     inv.add_argument("ref", help="name or name@version")
     src = inv.add_mutually_exclusive_group()

@@ -127,6 +127,11 @@ def classify(exc: BaseException, manifest: ActivityManifest,
         return errors.MemoryLimitExceeded(
             f"needs more than limits.memory_bytes={limits.memory_bytes:,}{need}: {first}",
             **where)
+    if "[constructor]fields" in text or "wasi:http" in text:
+        # componentize-js keeps a `fetch` whose wasi:http calls are stubs that trap
+        return errors.CapabilityDenied("fetch() is not available to activities: use "
+                                       "loom.http with the 'http' capability",
+                                       details=text[-4000:], **where)
     return errors.Trap(f"guest trapped: {first}", details=text[-4000:], **where)
 
 

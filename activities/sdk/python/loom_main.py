@@ -6,6 +6,7 @@ world's `error` record. The handler module's name is substituted at build time.
 """
 
 import dataclasses
+import importlib
 import json
 import traceback
 import typing
@@ -14,7 +15,7 @@ import loom
 from componentize_py_types import Err
 from wit_world.imports.types import Error
 
-import __LOOM_HANDLER_MODULE__ as _handler  # noqa: E402 - replaced by the build
+_handler = importlib.import_module("__LOOM_HANDLER_MODULE__")  # the name is set by the build
 
 TRACEBACK_CHARS = 4000
 MESSAGE_CHARS = 2000
@@ -74,6 +75,12 @@ class WitWorld:
                               ensure_ascii=False, allow_nan=False)
         except loom.ActivityError as exc:
             raise _error(exc.code, exc.message, exc.retryable, exc.details) from None
+        except MemoryError:
+            raise _error("memory_limit", "MemoryError: the heap reached limits.memory_bytes",
+                         details={"type": "MemoryError"}) from None
+        except RecursionError as exc:
+            raise _error("stack_overflow", f"RecursionError: {exc}",
+                         details={"type": "RecursionError"}) from None
         except Exception as exc:
             tb = "".join(traceback.format_exception(exc))
             if len(tb) > TRACEBACK_CHARS:

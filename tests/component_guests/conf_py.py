@@ -1,0 +1,67 @@
+"""Conformance and abuse guest (component-v1, Python): `op` picks what it does."""
+
+import os
+from typing import Any
+
+import loom
+
+COUNT = 0
+
+
+def _recurse(n: int) -> int:
+    return _recurse(n + 1) + 1
+
+
+def run(req: dict[str, Any]) -> dict[str, Any]:
+    global COUNT
+    op = req["op"]
+    if op == "echo":
+        return req
+    if op == "loop":
+        while True:
+            pass
+    if op == "grow":
+        chunks = []
+        while True:
+            chunks.append(bytearray(1 << 20))
+    if op == "recurse":
+        return {"n": _recurse(0)}
+    if op == "open":
+        with open(req.get("path", "/etc/passwd")) as f:
+            return {"data": f.read()}
+    if op == "environ":
+        return {"environ": dict(os.environ), "home": os.environ["HOME"]}
+    if op == "socket":
+        import socket
+
+        with socket.create_connection(("127.0.0.1", int(req.get("port", 80))), timeout=1):
+            return {"connected": True}
+    if op == "time":
+        import time
+
+        return {"time": time.time(), "monotonic_ns": time.monotonic_ns()}
+    if op == "random":
+        import random
+
+        return {"urandom": os.urandom(16).hex(), "random": random.random()}
+    if op == "raise":
+        raise ValueError("x" * int(req.get("size", 100_000)))
+    if op == "output":
+        return {"data": "x" * int(req["size"])}
+    if op == "fail":
+        raise loom.ActivityError("busy, try again", code="busy", retryable=True)
+    if op == "secret":
+        return {"value": loom.secret(req["name"])}
+    if op == "env":
+        return {"value": loom.env(req["name"])}
+    if op == "log":
+        loom.log("hello from python", level="info", n=1)
+        return {}
+    if op == "key":
+        return {"key": loom.idempotency_key()}
+    if op == "http":
+        return loom.http("GET", req["url"])
+    if op == "counter":
+        COUNT += 1
+        return {"count": COUNT}
+    raise loom.ActivityError(f"unknown op {op!r}", code="bad_op")
