@@ -91,7 +91,9 @@ def build_file(source: Path, *, manifest_src: Path | None = None, out_dir: Path 
         manifest["version"] = version
     validate({**manifest, "sha256": "0" * 64}, name)
     out.mkdir(parents=True, exist_ok=True)
-    inputs = max(p.stat().st_mtime for p in (source, manifest_src, HEADER, Path(__file__)))
+    headers = [*source.parent.glob("*.h")]  # local headers the source may include
+    inputs = max(p.stat().st_mtime for p in (source, manifest_src, HEADER, Path(__file__),
+                                             *headers))
     fresh = wasm.exists() and manifest_out.exists() and wasm.stat().st_mtime > inputs
     if fresh and not force:
         print(f"{name:<14} up to date ({wasm.stat().st_size} bytes)")

@@ -39,7 +39,7 @@ export function run(input) {
       throw failure("memory_limit", text, false, { type: "OutOfMemory" });
     }
     const type = (e && e.constructor && e.constructor.name) || typeof e;
-    const stack = String((e && e.stack) || "");
+    const stack = String((e && e.stack) || ""); // SpiderMonkey's stack: frames only
     throw failure("guest_error", e instanceof Error ? e.message : String(e), false,
                   { type, traceback: stack.length > STACK_CHARS ? "..." + stack.slice(-STACK_CHARS) : stack });
   }

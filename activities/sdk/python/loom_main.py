@@ -82,7 +82,8 @@ class WitWorld:
             raise _error("stack_overflow", f"RecursionError: {exc}",
                          details={"type": "RecursionError"}) from None
         except Exception as exc:
-            tb = "".join(traceback.format_exception(exc))
+            # the frames only (the message is sent on its own), innermost kept when cut
+            tb = "".join(traceback.format_tb(exc.__traceback__))
             if len(tb) > TRACEBACK_CHARS:
                 tb = "...\n" + tb[-TRACEBACK_CHARS:]
             raise _error("guest_error", str(exc),
