@@ -14,7 +14,8 @@ Run from the repo root:  .venv/bin/python benchmarks/bench_executor.py   (or `ma
    of a new Executor that finds the HMAC-authenticated `.cwasm` on disk; for the small echo
    module and for a generated multi-MB module.
 
-Prints a table and merges {"executor": {...}} into .loom/bench.json (other keys kept).
+Prints a table and merges {"executor": {...}} into .loom/bench.json (other keys kept);
+then runs bench_components.py (Python and JS activities), key "components".
 """
 
 from __future__ import annotations
@@ -403,10 +404,9 @@ def cold_parts_worker(home: str, name: str, version: str) -> int:
     timed("prewarm", ex._warm)
     m = timed("manifest", lambda: ex.registry.get(name, version))
     plan = timed("plan", lambda: ex._plan(m))
-    timed("module", lambda: ex.modules.get(plan.engine, plan.fingerprint, m.sha256,
-                                           lambda: ex.registry.fetch_wasm(m)))
-    where = {"activity": name, "version": version}
-    timed("link", lambda: ex._pre(plan, where))
+    module = timed("module", lambda: ex.modules.get(plan.engine, plan.fingerprint, m.sha256,
+                                                    lambda: ex.registry.fetch_wasm(m)))
+    timed("link", lambda: ex.linkers.instance_pre(plan.engine, module, m))
     out = timed("run", lambda: ex.execute(name, PAYLOAD, version=version))
     assert out.output == PAYLOAD and ex.modules.stats.disk_hits == 1, vars(ex.modules.stats)
     ex.close()
@@ -538,6 +538,8 @@ def main() -> int:
     ap.add_argument("--large-funcs", type=int, default=32_000,
                     help="functions in the generated large module")
     ap.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
+    ap.add_argument("--no-components", action="store_true",
+                    help="skip the Python/JS component section (bench_components.py)")
     ap.add_argument("--_cold-parts", nargs=3, metavar=("HOME", "NAME", "VERSION"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--_cold-worker", nargs=3, metavar=("HOME", "NAME", "VERSION"),
@@ -730,6 +732,11 @@ def main() -> int:
     }
     path = write_json(result)
     print(f"\nwrote {path.relative_to(ROOT)} (key \"executor\") in {elapsed:.0f} s total")
+    if not args.no_components:  # Python and JS activities: key "components"
+        import bench_components
+
+        print("\nComponents (component-v1: Python and JavaScript activities)")
+        bench_components.main([*(["--quick"] if args.quick else [])])
     return 0
 
 
