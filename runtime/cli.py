@@ -421,11 +421,12 @@ def cmd_actor_send(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_status(args: argparse.Namespace) -> int:
-    """The fleet's workers, partition owners and epochs, and due actors per partition."""
+    """Workers, partition owners and epochs, due actors per partition, runs per code version
+    (and those no live worker can resume), dead letters, limits in use, open breakers."""
     import asyncio
 
-    from runtime.cluster.partitions import partition_of
-    from runtime.cluster.status import fleet_status
+    from runtime.cluster.status import JournalView, fleet_status, read_journal_view
+    from runtime.limits import limiter_from_settings
 
     settings = load_settings()
     if not settings.redis_url:
@@ -433,18 +434,22 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
 
-    async def due() -> list[str]:
+    async def view() -> JournalView | None:
         journal = _open_existing_journal(settings)
         if journal is None:
-            return []
+            return None
         try:
-            return await journal.due_actors(time.time(), 10_000)
+            return await read_journal_view(journal)
         finally:
             await journal.close()
 
+    limiter = (limiter_from_settings(settings.limits, settings.redis_url)
+               if settings.limits else None)
     try:
         status = fleet_status(settings.redis_url, int(settings.lease_ttl_s * 1000),
-                              due=asyncio.run(due()), partitions_of=partition_of)
+                              asyncio.run(view()) or JournalView(), limits=limiter,
+                              breaker_url=settings.breaker_url if settings.breaker_url
+                              .startswith(("redis://", "rediss://")) else None)
     except redis_errors() as exc:
         print(f"error: Redis at {settings.redis_url} unreachable: {exc}", file=sys.stderr)
         return 2

@@ -45,6 +45,12 @@ class LoomSettings(BaseSettings):
                                 "message up before it is dead-lettered (loom dlq).")
     limits: str = Field(default="", description='Per-activity limits as JSON, e.g. {"http_post": '
                         '{"concurrency": 4, "rate_per_s": 50}}: fleet-wide with LOOM_REDIS_URL.')
+    code_version: str = Field(default="", pattern=r"^[A-Za-z0-9._+-]{0,64}$",
+                              description="The version `loom worker` reports and pins new runs "
+                              "to (default: a hash of the actor module's source).")
+    compatible_versions: str = Field(default="", pattern=r"^[A-Za-z0-9._+,-]*$",
+                                     description="Comma-separated older versions whose runs "
+                                     "this worker may resume besides its own.")
     breaker_fail_max: int = Field(default=5, ge=1)
     breaker_reset_s: float = Field(default=30.0, gt=0)
 

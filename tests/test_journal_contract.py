@@ -895,3 +895,43 @@ def test_delivery_counts_and_dead_letters(journal: JournalStore) -> None:
         assert [d["actor"] for d in await journal.dead_letters()] == ["dl/b"]
 
     run(main())
+
+
+def test_a_run_pinned_to_a_code_version_is_due_only_where_it_can_resume(
+        journal: JournalStore) -> None:
+    async def main() -> None:
+        old, new = "v/old", "v/new"
+        for actor in (old, new):
+            await journal.acquire(actor, "a", 0.0, 100.0)
+            await journal.enqueue(env(actor, "m"))
+            await journal.enqueue(env(actor, "t", "timer", deliver_at=50.0, name="t"))
+        # `old` parks a run started under v1 (its message seen, a timer at 50): pinned
+        got = await journal.inbox(old, 1.0, calls=1)
+        await journal.settle(old, "a", now=1.0, seen_n=max(numbers(got)), busy=True,
+                             release=True, version="v1")
+        await journal.settle(new, "a", now=1.0, seen_n=-1, busy=False, release=True,
+                             version=None)
+        assert await journal.run_versions() == {"v1": 1}
+        if not journal.url.startswith("cosmos"):  # Cosmos answers from its last query
+            assert await journal.next_due(2.0, versions={"v2"}) is None  # old's timer: v1's
+            assert await journal.next_due(2.0, versions={"v1"}) == 50.0
+            assert await journal.next_due(2.0) == 50.0
+        assert await journal.due_actors(2.0, owner="b", versions={"v2"}) == [new]
+        assert await journal.due_actors(60.0, owner="b", versions={"v2"}) == [new]
+        assert set(await journal.due_actors(60.0, owner="b", versions={"v1", "v2"})) == \
+            {old, new}
+        assert set(await journal.due_actors(60.0)) == {old, new}  # unversioned: sees all
+        assert await journal.due_pinned(60.0, owner="b", versions={"v1"}) == [(old, "v1")]
+        assert await journal.due_pinned(60.0, owner="b", versions={"v2"}) == []
+        assert await journal.due_pinned(2.0, owner="b", versions={"v1"}) == []  # not yet due
+        # a settle that does not name a version keeps the pin; one that names None clears it
+        await journal.acquire(old, "b", 60.0, 100.0)
+        await journal.settle(old, "b", now=60.0, seen_n=-1, busy=True)
+        assert await journal.run_versions() == {"v1": 1}
+        assert await journal.due_actors(61.0, owner="c", versions={"v2"}) == [new]
+        await journal.settle(old, "b", now=60.0, seen_n=-1, busy=False, release=True,
+                             version=None)
+        assert await journal.run_versions() == {}
+        assert set(await journal.due_actors(61.0, owner="c", versions={"v2"})) == {old, new}
+
+    run(main())

@@ -22,7 +22,7 @@ from pydantic_core import from_json, to_json
 from runtime import errors
 from runtime.actors.actor import Actor, ActorRef
 from runtime.actors.context import _TIMED_OUT, ActorContext, error_record
-from runtime.actors.host import ActivationLost, Host
+from runtime.actors.host import ActivationLost, Host, RunPinned
 from runtime.journal.store import Commit, Envelope
 
 log = logging.getLogger("loom.actors")
@@ -61,6 +61,13 @@ class Run:
     cancelled: str | None = None  # the reason, once a cancel was recorded for this run
     cancel_at: dict[str, int] = field(default_factory=dict)  # first cancelled step per branch
     resumed: bool = False  # rebuilt from the journal: a step may have been cut off in flight
+    version: str | None = None  # the code version the run started under
+    finished: bool = False  # its completing commit has landed
+
+    @property
+    def pin(self) -> str | None:
+        """The version the schedule should pin the actor to while this run is in flight."""
+        return None if self.finished else self.version
     _base: str | None = None
 
     @property
@@ -160,7 +167,7 @@ class Activation:
         when the journal cannot be read or written."""
         try:
             await self._load()
-        except ActivationLost:
+        except (ActivationLost, RunPinned):
             raise
         except Exception as exc:
             raise self._fail(exc) from exc
@@ -200,8 +207,12 @@ class Activation:
         if message is None:
             raise errors.LoomError(f"journal of {self.key} at seq {first['seq']}: an "
                                    "unfinished run lacks its starting message")
+        version = first["run"].get("ver")
+        versions = self.host.versions
+        if version is not None and versions is not None and version not in versions:
+            raise RunPinned(self.key, version)
         run = Run(msg=message, start_seq=first["seq"], ts=first["run"]["ts"], announced=True,
-                  resumed=True)
+                  resumed=True, version=version)
         for c in commits:
             for event in c.get("events", []):
                 if event["op"] == "run.cancelled":
@@ -327,8 +338,11 @@ class Activation:
                                             name=f"reply:{run.msg_id}", sender=self.key))
         # The asker is answered as soon as the outcome is durable; dispatch and consume
         # follow before this actor starts its next run.
-        await self.commit(run, consumed=[run.msg_id], extra=extra,
-                          durable=lambda: host.resolve(self.key, run.msg_id, result, failure))
+        def durable() -> None:
+            run.finished = True
+            host.resolve(self.key, run.msg_id, result, failure)
+
+        await self.commit(run, consumed=[run.msg_id], extra=extra, durable=durable)
         self.committed_state = state
 
     def _break(self, run: Run, exc: errors.LoomError) -> None:
@@ -380,6 +394,8 @@ class Activation:
                                "consumed": consumed or [], "epoch": self.epoch}
                 if not run.announced:
                     doc["message"] = run.msg
+                    if run.version is not None:
+                        doc["run"]["ver"] = run.version
                 if extra:
                     doc.update(extra)
                 try:
@@ -473,7 +489,8 @@ class Activation:
             if kind == "call":
                 if run is None:
                     self.last_used = self._monotonic()
-                    self._start(Run(msg=env, start_seq=self.seq + 1, ts=host.clock()))
+                    self._start(Run(msg=env, start_seq=self.seq + 1, ts=host.clock(),
+                                    version=host.code_version))
                 continue
             if run is None or run.task is None or run.task.done():
                 if kind in ("timer", "cancel"):  # a timer of a finished run; nothing to cancel

@@ -26,8 +26,21 @@ class ActivationLost(BaseException):
         self.cause = cause
 
 
+class RunPinned(Exception):
+    """The actor's run in flight started under code version `version`, which this process
+    cannot resume: it leaves the actor to a worker that can."""
+
+    def __init__(self, actor: str, version: str) -> None:
+        super().__init__(f"{actor}: its run in flight started under code version {version}")
+        self.version = version
+
+
 class Host(Protocol):
     journal: JournalStore
+    code_version: str | None
+    """The version new runs start under (None: unversioned)."""
+    versions: frozenset[str] | None
+    """The versions whose runs this process may resume (None: any)."""
     hooks: Hooks
     durable_retry_threshold_s: float
     invariants: dict[str, Any]

@@ -55,6 +55,8 @@ class _ReplayRuntime:
         self.draining = False
         self.max_deliveries = 1 << 30
         self.now = 0.0
+        self.code_version: str | None = None
+        self.versions: frozenset[str] | None = None  # replay checks any version's runs
 
     def clock(self) -> float:
         return self.now

@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from typing import Any, Protocol
 
@@ -25,7 +25,7 @@ from runtime import errors
 from runtime.actors.activation import Activation
 from runtime.actors.actor import Actor, ActorRef
 from runtime.actors.hooks import Hooks
-from runtime.actors.host import ActivationLost
+from runtime.actors.host import ActivationLost, RunPinned
 from runtime.actors.lane import Lane
 from runtime.actors.resilience import Breakers
 from runtime.executor import Executor
@@ -95,6 +95,11 @@ class Ownership(Protocol):
 
     def report(self, in_flight: int) -> None: ...
 
+    def accepts(self, key: str, version: str) -> bool:
+        """Whether the worker holding the actor's partition can resume runs of `version`
+        (if not, a worker that can may run that actor as a guest)."""
+        ...
+
 
 class ActivityRunner(Protocol):
     """Runs activities for actors: the executor by default; stubs in tests/simulations."""
@@ -124,7 +129,8 @@ class ActorRuntime:
                  activities: ActivityRunner | None = None, lease_ttl_s: float = 10.0,
                  owner: str | None = None, tenant_of: Callable[[str], str] | None = None,
                  due_batch: int = 256, ownership: Ownership | None = None,
-                 limiter: Limiter | None = None, max_deliveries: int = 5) -> None:
+                 limiter: Limiter | None = None, max_deliveries: int = 5,
+                 code_version: str | None = None, compatible: Collection[str] = ()) -> None:
         self.journal = journal
         self.executor = executor
         self.clock = clock
@@ -144,6 +150,10 @@ class ActorRuntime:
         self.ownership = ownership
         self.limiter = limiter
         self.max_deliveries = max_deliveries
+        self.code_version = code_version
+        self.versions: frozenset[str] | None = (
+            None if code_version is None else frozenset({code_version, *compatible}))
+        self._guests: set[str] = set()  # pinned runs of other partitions this process resumes
         self._infra_losses: dict[str, str] = {}  # actor -> why its last activation stopped
         self.types: dict[str, type[Actor]] = {}
         self.invariants: dict[str, Invariant] = {}
@@ -296,6 +306,10 @@ class ActorRuntime:
                 activation = await self._activation(key)
                 if activation is not None:
                     await activation.pump()
+                if key in self._guests and (activation is None or activation.run is None):
+                    self._guests.discard(key)  # its pinned run is over: back to the owner
+                    if activation is not None:
+                        await self._drop(key, activation)
                 if key not in self._dirty:
                     break
         except Exception:
@@ -310,7 +324,8 @@ class ActorRuntime:
             return found
         ref = ActorRef.parse(key)
         cls = self.types.get(ref.type)
-        if self.ownership is not None and not self.ownership.owns(key):
+        if self.ownership is not None and not self.ownership.owns(key) and \
+                key not in self._guests:
             return None  # another worker's partition: it takes the message
         if cls is None:
             if key not in self._unknown:
@@ -333,8 +348,26 @@ class ActorRuntime:
         except ActivationLost as exc:
             self.lost(key, activation, exc.cause)
             return None
+        except RunPinned as pinned:
+            await self._leave_pinned(key, activation, pinned)
+            return None
         await self._evict()
         return activation
+
+    async def _leave_pinned(self, key: str, activation: Activation, pinned: RunPinned) -> None:
+        """Leave a run this code cannot resume to a worker that can: release the lease
+        with the actor due now and pinned, so only such workers see it."""
+        if self.activations.get(key) is activation:
+            del self.activations[key]
+        activation.stale = True
+        self._guests.discard(key)
+        log.info("%s; leaving it to a worker of that version (this one runs %s)", pinned,
+                 self.code_version)
+        try:
+            await self.journal.settle(key, self.owner, now=self.clock(), seen_n=-1, busy=False,
+                                      release=True, version=pinned.version)
+        except Exception as exc:
+            self._retry_later(key, exc)
 
     def settle_later(self, key: str, now: float, seen_n: int, busy: bool) -> None:
         self._unsettled[key] = (now, seen_n, busy)
@@ -385,13 +418,14 @@ class ActorRuntime:
         except Exception:
             now, seen_n, quiet = self.clock(), -1, False  # unsure: due at once
         busy = act.run is not None
+        version = act.run.pin if act.run is not None else None
         await act.deactivate()
         if act.stale:
             return
         # Parked (or idle): due again when something it has not seen arrives or a timer
         # falls due. Cut off in the middle, or with its wake-up already waiting: due now.
         await self.journal.settle(key, self.owner, now=now, seen_n=seen_n,
-                                  busy=busy and quiet, release=True)
+                                  busy=busy and quiet, release=True, version=version)
 
     async def _drop(self, key: str, act: Activation) -> None:
         if self.activations.get(key) is act:
@@ -423,8 +457,10 @@ class ActorRuntime:
             act = self.activations.get(key)
             if act is None or act.stale:
                 continue
+            run = act.run
             jobs.append(self.journal.settle(key, self.owner, now=now, seen_n=seen_n,
-                                            busy=busy or act.run is not None))
+                                            busy=busy or run is not None,
+                                            version=run.pin if run is not None else None))
         if jobs:
             await asyncio.gather(*jobs)
 
@@ -501,18 +537,32 @@ class ActorRuntime:
         if now >= self._reap_at:
             self._reap_at = now + max(1.0, self.lease_ttl_s / 2)
             await self._reap()
-        for key in await self.journal.due_actors(now, self.due_batch, owner=self.owner):
+        for key in await self.journal.due_actors(now, self.due_batch, owner=self.owner,
+                                                 versions=self.versions):
             if key.partition("/")[0] in self.types and (
-                    self.ownership is None or self.ownership.owns(key)):
+                    self.ownership is None or self.ownership.owns(key) or key in self._guests):
                 self.notify(key)  # while draining, only actors already active here
+        if self.ownership is not None and self.versions is not None and not self.draining:
+            await self._take_stranded(now)
         await self._answer_remote_asks()
         await self._sweep_idle()
+
+    async def _take_stranded(self, now: float) -> None:
+        """Runs pinned to a version this process can resume, in partitions whose owner
+        cannot: run them here as guests (the journal lease still fences them)."""
+        assert self.ownership is not None and self.versions is not None
+        for key, version in await self.journal.due_pinned(now, self.due_batch, owner=self.owner,
+                                                          versions=self.versions):
+            if key.partition("/")[0] in self.types and not self.ownership.owns(key) and \
+                    not self.ownership.accepts(key, version):
+                self._guests.add(key)
+                self.notify(key)
 
     async def _timer_loop(self) -> None:
         while not self._closing:
             try:
                 await self.tick()
-                due = await self.journal.next_due(self.clock())
+                due = await self.journal.next_due(self.clock(), versions=self.versions)
                 delay = self.poll_interval_s
                 if due is not None:
                     delay = max(0.001, min(delay, due - self.clock()))

@@ -34,6 +34,14 @@ def code_version(module: Any) -> str:
     return hashlib.blake2b(source, digest_size=6).hexdigest()
 
 
+def versions_of(settings: LoomSettings, module: Any) -> tuple[str, tuple[str, ...]]:
+    """(the version this worker runs, the older ones whose runs it may resume)."""
+    mine = settings.code_version or code_version(module)
+    older = tuple(v for v in (x.strip() for x in settings.compatible_versions.split(","))
+                  if v and v != mine)
+    return mine, older
+
+
 def _join_fleet(settings: LoomSettings, module: Any) -> PartitionOwnership:
     from runtime.cluster import (
         ClusterConfig,
@@ -45,7 +53,9 @@ def _join_fleet(settings: LoomSettings, module: Any) -> PartitionOwnership:
 
     ttl_ms = int(settings.lease_ttl_s * 1000)
     client = connect(settings.redis_url, ttl_ms)
-    info = WorkerInfo(id=f"{socket.gethostname()}-{os.getpid()}", version=code_version(module))
+    version, older = versions_of(settings, module)
+    info = WorkerInfo(id=f"{socket.gethostname()}-{os.getpid()}", version=version,
+                      compatible=older)
     try:
         try:  # join with the stored partition count, or create the fleet with 64
             node = ClusterNode(client, info, ClusterConfig(partitions=settings.partitions,
@@ -81,10 +91,12 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
         fleet = _join_fleet(settings, module) if settings.redis_url else None
         limiter = (limiter_from_settings(settings.limits, settings.redis_url or "memory://")
                    if settings.limits else None)
+        version, older = versions_of(settings, module)
         runtime = ActorRuntime(journal, executor, poll_interval_s=poll_interval_s,
                                breakers=breakers, lease_ttl_s=settings.lease_ttl_s,
                                ownership=fleet, limiter=limiter,
-                               max_deliveries=settings.max_deliveries)
+                               max_deliveries=settings.max_deliveries,
+                               code_version=version, compatible=older)
         for cls in classes:
             runtime.register(cls)
         if fleet is not None:
@@ -93,8 +105,8 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
         await runtime.start()
         log.info("worker running %s on %s", ", ".join(c.type_name for c in classes),
                  journal.url)
-        print(f"loom worker: {', '.join(c.type_name for c in classes)} on {journal.url}",
-              flush=True)
+        print(f"loom worker: {', '.join(c.type_name for c in classes)} on {journal.url} "
+              f"(code version {version})", flush=True)
         await stop.wait()
         print(f"loom worker: draining (up to {drain_timeout_s:g} s; signal again to stop now)",
               flush=True)

@@ -25,6 +25,8 @@ class WorkerInfo:
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     version: str = ""
+    compatible: tuple[str, ...] = ()
+    """Older code versions whose runs this worker may resume, besides its own."""
     started: float = field(default_factory=time.time)  # wall clock, for display only
     partitions: tuple[int, ...] = ()
     in_flight: int = 0
@@ -32,9 +34,15 @@ class WorkerInfo:
     """Read back only: how long the heartbeat has left in Redis (heartbeat age = TTL minus
     this, without comparing clocks)."""
 
+    @property
+    def resumes(self) -> frozenset[str]:
+        """Every version whose runs this worker may resume."""
+        return frozenset({self.version, *self.compatible})
+
     def to_json(self) -> str:
         return json.dumps({"id": self.id, "host": self.host, "pid": self.pid,
-                           "version": self.version, "started": self.started,
+                           "version": self.version, "compatible": list(self.compatible),
+                           "started": self.started,
                            "partitions": list(self.partitions), "in_flight": self.in_flight},
                           separators=(",", ":"))
 
@@ -42,7 +50,9 @@ class WorkerInfo:
     def from_json(cls, text: str | bytes, ttl_ms: int | None = None) -> WorkerInfo:
         d: dict[str, Any] = json.loads(text)
         return cls(id=str(d["id"]), host=str(d.get("host", "")), pid=int(d.get("pid", 0)),
-                   version=str(d.get("version", "")), started=float(d.get("started", 0.0)),
+                   version=str(d.get("version", "")),
+                   compatible=tuple(str(v) for v in d.get("compatible", ())),
+                   started=float(d.get("started", 0.0)),
                    partitions=tuple(int(p) for p in d.get("partitions", ())),
                    in_flight=int(d.get("in_flight", 0)), ttl_ms=ttl_ms)
 

@@ -85,6 +85,9 @@ class ClusterNode:
         self.on_release = on_release
         self.in_flight = 0
         """The runtime sets it; the heartbeat reports it."""
+        self.partition_owners: dict[int, frozenset[str] | None] = {}
+        """As of the last round: the versions the holder of each held partition can resume
+        (None: a holder whose heartbeat is gone)."""
         self.draining = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,6 +96,15 @@ class ClusterNode:
 
     def holds(self, partition: int) -> Lease | None:
         return self.keeper.holds(partition)
+
+    def accepts(self, partition: int, version: str) -> bool:
+        """Whether the holder of `partition` (as of the last round) can resume runs of
+        `version`. A partition nobody holds, or whose holder is unknown, counts as yes:
+        its next owner decides."""
+        if partition not in self.partition_owners:
+            return True
+        resumes = self.partition_owners[partition]
+        return resumes is None or version in resumes
 
     def owned(self) -> dict[int, Lease]:
         return self.keeper.held()
@@ -104,11 +116,16 @@ class ClusterNode:
             held = self.keeper.held()
             self.worker = self.membership.heartbeat(self.worker, partitions=held,
                                                     in_flight=self.in_flight)
-            live = [] if self.draining else [w.id for w in self.membership.live_workers()]
+            workers = self.membership.live_workers()
+            live = [] if self.draining else [w.id for w in workers]
+            states = self.leases.states(range(self.partitions))
+            resumes = {w.id: w.resumes for w in workers}
+            self.partition_owners = {s.partition: resumes.get(s.owner)
+                                     for s in states if s.owner is not None}
             if self.draining:
                 plan = Plan(0, (), tuple(sorted(held)))
             else:
-                free = self.leases.free(range(self.partitions))
+                free = [s.partition for s in states if s.owner is None]
                 plan = self.balancer.plan(self.worker.id, held, live, free)
             for p in plan.release:
                 lease = held[p]

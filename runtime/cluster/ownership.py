@@ -37,6 +37,9 @@ class PartitionOwnership:
     def owns(self, key: str) -> bool:
         return self.node.holds(self.partition(key)) is not None
 
+    def accepts(self, key: str, version: str) -> bool:
+        return self.node.accepts(self.partition(key), version)
+
     def report(self, in_flight: int) -> None:
         self.node.in_flight = in_flight
 

@@ -230,6 +230,9 @@ class NoActorsHere:
     def report(self, in_flight: int) -> None:
         pass
 
+    def accepts(self, key: str, version: str) -> bool:
+        return True
+
 
 @contextlib.contextmanager
 def client_runtime(db: Path, poll: float = 0.01) -> Iterator[Any]:
@@ -245,19 +248,18 @@ def client_runtime(db: Path, poll: float = 0.01) -> Iterator[Any]:
 
 
 def status(url: str, ttl_ms: int, db: Path) -> dict[str, Any]:
-    """`loom cluster status` (runtime/cluster/status.py) with the journal's due actors."""
-    from runtime.cluster.partitions import partition_of
-    from runtime.cluster.status import fleet_status
+    """`loom cluster status` (runtime/cluster/status.py) with the journal's view."""
+    from runtime.cluster.status import JournalView, fleet_status, read_journal_view
     from runtime.journal.sqlite import SqliteJournal
 
-    async def due() -> list[str]:
+    async def view() -> JournalView:
         journal = SqliteJournal(db)
         try:
-            return await journal.due_actors(time.time(), 10_000)
+            return await read_journal_view(journal)
         finally:
             await journal.close()
 
-    return fleet_status(url, ttl_ms, due=asyncio.run(due()), partitions_of=partition_of)
+    return fleet_status(url, ttl_ms, asyncio.run(view()))
 
 
 def summary(st: dict[str, Any], fleet: Fleet, t0: float, sent: int, asks: list[float]) -> str:

@@ -95,7 +95,8 @@ import threading
 import time
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
+from types import EllipsisType
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -701,12 +702,15 @@ class CosmosJournal:
         return write
 
     # -- schedule and ownership --------------------------------------------------------------
-    def _free(self, owner: str | None) -> str:
-        return "" if owner is None else \
+    def _free(self, owner: str | None, versions: Collection[str] | None = None) -> str:
+        free = "" if owner is None else \
             " AND (IS_NULL(c.owner) OR c.owner = @owner OR c.lease_until < @now)"
+        if versions is not None:
+            free += " AND (NOT IS_DEFINED(c.ver) OR IS_NULL(c.ver) OR ARRAY_CONTAINS(@vers, c.ver))"
+        return free
 
-    async def due_actors(self, now: float, limit: int = 256, *,
-                         owner: str | None = None) -> list[str]:
+    async def due_actors(self, now: float, limit: int = 256, *, owner: str | None = None,
+                         versions: Collection[str] | None = None) -> list[str]:
         mono = time.monotonic()
         if limit <= 0 or (mono < self._poll_at and now < self._hint):
             return []
@@ -714,9 +718,12 @@ class CosmosJournal:
         params: dict[str, Any] = {"k": limit + 1, "now": now}
         if owner is not None:
             params["owner"] = owner
+        if versions is not None:
+            params["vers"] = sorted(versions)
         rows = await self._rows(
             "due_actors", "SELECT TOP @k c.actor, c.due_key FROM c WHERE c.type = 'sched' AND "
-            f"NOT IS_NULL(c.due_key){self._free(owner)} ORDER BY c.due_key", None, **params)
+            f"NOT IS_NULL(c.due_key){self._free(owner, versions)} ORDER BY c.due_key", None,
+            **params)
         rows.sort(key=lambda r: r["due_key"])
         due = [r for r in rows if r["due_key"] <= now][:limit]
         later = [r["due_key"] for r in rows if r["due_key"] > now]
@@ -729,13 +736,29 @@ class CosmosJournal:
                 params["k"] = limit
                 timed = await self._rows(
                     "due_actors", "SELECT TOP @k c.actor, c.due_key FROM c WHERE c.type = "
-                    f"'sched' AND c.due_key > 0 AND c.due_key <= @now{self._free(owner)} "
+                    f"'sched' AND c.due_key > 0 AND c.due_key <= @now{self._free(owner, versions)} "
                     "ORDER BY c.due_key", None, **params)
                 timed.sort(key=lambda r: r["due_key"])
                 out += [r["actor"] for r in timed]
         return list(dict.fromkeys(out))
 
-    async def next_due(self, now: float) -> float | None:
+    async def due_pinned(self, now: float, limit: int = 256, *, owner: str | None = None,
+                         versions: Collection[str]) -> list[tuple[str, str]]:
+        if not versions:
+            return []
+        params: dict[str, Any] = {"k": limit, "now": now, "vers": sorted(versions)}
+        if owner is not None:
+            params["owner"] = owner
+        rows = await self._rows(
+            "due_pinned", "SELECT TOP @k c.actor, c.ver, c.due_key FROM c WHERE c.type = 'sched'"
+            " AND NOT IS_NULL(c.due_key) AND c.due_at <= @now AND IS_DEFINED(c.ver) AND "
+            f"ARRAY_CONTAINS(@vers, c.ver){self._free(owner)} ORDER BY c.due_key", None,
+            **params)
+        rows.sort(key=lambda r: r["due_key"])
+        return [(r["actor"], r["ver"]) for r in rows]
+
+    async def next_due(self, now: float, *,
+                       versions: Collection[str] | None = None) -> float | None:
         """The earliest future due time this journal knows of (from its last schedule query
         and its own writes); never a query of its own."""
         return self._hint if now < self._hint < INF else None
@@ -791,7 +814,7 @@ class CosmosJournal:
         return kept
 
     async def settle(self, actor: str, owner: str, *, now: float, seen_n: int, busy: bool,
-                     release: bool = False) -> None:
+                     release: bool = False, version: str | EllipsisType | None = ...) -> None:
         pending: list[Any] = []
         repairs: list[tuple[str, float]] = []
         returned = self._returned.get(actor)
@@ -826,6 +849,8 @@ class CosmosJournal:
                 due = min(due, float(row["lease_until"]))
             settled[0] = None if due == INF else due
             self._set_due(row, settled[0])
+            if not isinstance(version, EllipsisType) and (version or row.get("ver")):
+                row["ver"] = version
             if row == before:  # nothing to change: no write
                 unchanged[0] = True
                 return None
@@ -892,6 +917,11 @@ class CosmosJournal:
             return True
         except CosmosHttpResponseError:
             return False
+
+    async def run_versions(self) -> dict[str, int]:
+        rows = await self._rows("run_versions", "SELECT VALUE c.ver FROM c WHERE c.type = "
+                                "'sched' AND IS_DEFINED(c.ver) AND NOT IS_NULL(c.ver)", None)
+        return dict(Counter(r for r in rows if isinstance(r, str)))
 
     async def owners(self) -> dict[str, int]:
         cached = self._owners

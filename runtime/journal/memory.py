@@ -6,7 +6,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
 
 from runtime.journal.store import Commit, Envelope, JournalConflict
@@ -33,6 +35,7 @@ class _Sched:
     owner: str | None = None
     lease_until: float = 0.0
     epoch: int = 0
+    ver: str | None = None  # the code version of the run in flight, if any
 
 
 class MemoryJournal:
@@ -129,36 +132,53 @@ class MemoryJournal:
         else:
             heapq.heappush(self._timed, (due_at, actor))
 
-    def _free_for(self, row: _Sched, owner: str | None, now: float) -> bool:
+    def _free_for(self, row: _Sched, owner: str | None, now: float,
+                  versions: Collection[str] | None = None) -> bool:
+        if versions is not None and row.ver is not None and row.ver not in versions:
+            return False
         return owner is None or row.owner in (None, owner) or row.lease_until < now
 
-    async def due_actors(self, now: float, limit: int = 256, *,
-                         owner: str | None = None) -> list[str]:
+    async def due_actors(self, now: float, limit: int = 256, *, owner: str | None = None,
+                         versions: Collection[str] | None = None) -> list[str]:
         while self._timed and self._timed[0][0] <= now:
             due_at, actor = heapq.heappop(self._timed)
             row = self._sched.get(actor)
             if row is not None and row.due_at == due_at:
                 self._timed_due[actor] = due_at
         ready = [a for a, _ in sorted(self._ready.items(), key=lambda kv: kv[1])
-                 if self._free_for(self._sched[a], owner, now)][:limit]
+                 if self._free_for(self._sched[a], owner, now, versions)][:limit]
         timed = [a for a, d in sorted(self._timed_due.items(), key=lambda kv: kv[1])
-                 if d <= now and self._free_for(self._sched[a], owner, now)][:limit]
+                 if d <= now and self._free_for(self._sched[a], owner, now, versions)][:limit]
         out = list(dict.fromkeys(ready + timed))
         return out
 
-    async def next_due(self, now: float) -> float | None:
+    async def due_pinned(self, now: float, limit: int = 256, *, owner: str | None = None,
+                         versions: Collection[str]) -> list[tuple[str, str]]:
+        await self.due_actors(now, 0)  # move timers whose time has come out of the heap
+        due = [a for a in [*self._ready, *(a for a, d in self._timed_due.items() if d <= now)]
+               if self._sched[a].ver in versions and self._free_for(self._sched[a], owner, now)]
+        return [(a, str(self._sched[a].ver)) for a in dict.fromkeys(due)][:limit]
+
+    async def next_due(self, now: float, *,
+                       versions: Collection[str] | None = None) -> float | None:
         found: float | None = None
+        skipped: list[tuple[float, str]] = []
         while self._timed:
             due_at, actor = self._timed[0]
             row = self._sched.get(actor)
             if row is not None and row.due_at == due_at and due_at > now:
-                found = due_at
-                break
-            if row is not None and row.due_at == due_at:  # due already: due_actors takes it
+                if versions is None or row.ver is None or row.ver in versions:
+                    found = due_at
+                    break
+                skipped.append((due_at, actor))  # another version's: not this caller's wake
+            elif row is not None and row.due_at == due_at:  # due already: due_actors takes it
                 self._timed_due[actor] = due_at
             heapq.heappop(self._timed)
+        for item in skipped:
+            heapq.heappush(self._timed, item)
         # taken from the heap by an earlier, later `now` (a clock that stepped back)
-        later = [d for d in self._timed_due.values() if d > now]
+        later = [d for a, d in self._timed_due.items() if d > now and self._free_for(
+            self._sched[a], None, now, versions)]
         return min([*later, found]) if later and found is not None else \
             (min(later) if later else found)
 
@@ -185,10 +205,12 @@ class MemoryJournal:
         return held
 
     async def settle(self, actor: str, owner: str, *, now: float, seen_n: int, busy: bool,
-                     release: bool = False) -> None:
+                     release: bool = False, version: str | EllipsisType | None = ...) -> None:
         row = self._sched.get(actor)
         if row is None or row.owner != owner:
             return
+        if not isinstance(version, EllipsisType):
+            row.ver = version
         due = INF
         for e in self._inbox.get(actor, {}).values():
             if e.consumed_at is not None:
@@ -207,6 +229,13 @@ class MemoryJournal:
         for row in self._sched.values():
             if row.owner is not None:
                 counts[row.owner] = counts.get(row.owner, 0) + 1
+        return counts
+
+    async def run_versions(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self._sched.values():
+            if row.ver is not None:
+                counts[row.ver] = counts.get(row.ver, 0) + 1
         return counts
 
     async def expire_owner(self, owner: str) -> int:

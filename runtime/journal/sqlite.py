@@ -14,9 +14,10 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 from pydantic_core import from_json, to_json
@@ -37,7 +38,7 @@ CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (actor, n) WHERE consumed_at I
 CREATE TABLE IF NOT EXISTS sched (
     actor TEXT PRIMARY KEY, last_n INTEGER NOT NULL DEFAULT 0, due_at REAL,
     ready_n INTEGER NOT NULL DEFAULT 0, owner TEXT, lease_until REAL NOT NULL DEFAULT 0,
-    epoch INTEGER NOT NULL DEFAULT 0);
+    epoch INTEGER NOT NULL DEFAULT 0, ver TEXT);
 CREATE INDEX IF NOT EXISTS sched_due ON sched (due_at, ready_n) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sched_owner ON sched (owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -57,7 +58,8 @@ INSERT OR IGNORE INTO sched (actor, last_n, due_at)
     SELECT actor, MAX(n), CASE WHEN SUM(consumed_at IS NULL) > 0 THEN 0 END FROM inbox
     GROUP BY actor;
 """
-VERSION = 2
+MIGRATE_V2 = "ALTER TABLE sched ADD COLUMN ver TEXT;"
+VERSION = 3
 # Rowid tables: new rows append to the same few pages, and the unique indexes carry only
 # the short keys, so one group commit touches far fewer pages than keyed tables would.
 Write = Callable[[sqlite3.Connection], Any]
@@ -85,9 +87,12 @@ class SqliteJournal:
         db = self._db
         version = db.execute("PRAGMA user_version").fetchone()[0]
         columns = {r[1] for r in db.execute("PRAGMA table_info(inbox)")}
+        sched = {r[1] for r in db.execute("PRAGMA table_info(sched)")}
         db.executescript(SCHEMA)
         if "enq" in columns:  # a journal written by Loom 0.1: number the inboxes, add a schedule
             db.executescript(f"BEGIN IMMEDIATE; {MIGRATE_V1} COMMIT;")
+        elif sched and "ver" not in sched:  # Loom 0.2: runs are not pinned to code versions
+            db.executescript(f"BEGIN IMMEDIATE; {MIGRATE_V2} COMMIT;")
         if version < VERSION:
             db.execute(f"PRAGMA user_version={VERSION}")
 
@@ -253,18 +258,40 @@ class SqliteJournal:
         await self._submit(write)
 
     # -- schedule and ownership --------------------------------------------------------------
-    async def due_actors(self, now: float, limit: int = 256, *,
-                         owner: str | None = None) -> list[str]:
+    @staticmethod
+    def _pin(versions: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
+        if versions is None:
+            return "", ()
+        marks = ",".join("?" * len(versions))
+        return f" AND (ver IS NULL OR ver IN ({marks}))", tuple(versions)
+
+    async def due_actors(self, now: float, limit: int = 256, *, owner: str | None = None,
+                         versions: Collection[str] | None = None) -> list[str]:
         free = "" if owner is None else " AND (owner IS NULL OR owner=? OR lease_until<?)"
-        args: tuple[Any, ...] = () if owner is None else (owner, now)
-        ready = self._query(f"SELECT actor FROM sched WHERE due_at = 0{free} "
+        pin, vers = self._pin(versions)
+        args: tuple[Any, ...] = (() if owner is None else (owner, now)) + vers
+        ready = self._query(f"SELECT actor FROM sched WHERE due_at = 0{free}{pin} "
                             "ORDER BY due_at, ready_n LIMIT ?", (*args, limit))
-        timed = self._query(f"SELECT actor FROM sched WHERE due_at > 0 AND due_at <= ?{free} "
-                            "ORDER BY due_at LIMIT ?", (now, *args, limit))
+        timed = self._query(f"SELECT actor FROM sched WHERE due_at > 0 AND due_at <= ?{free}"
+                            f"{pin} ORDER BY due_at LIMIT ?", (now, *args, limit))
         return list(dict.fromkeys(r[0] for r in ready + timed))
 
-    async def next_due(self, now: float) -> float | None:
-        rows = self._query("SELECT MIN(due_at) FROM sched WHERE due_at > ?", (now,))
+    async def due_pinned(self, now: float, limit: int = 256, *, owner: str | None = None,
+                         versions: Collection[str]) -> list[tuple[str, str]]:
+        if not versions:
+            return []
+        free = "" if owner is None else " AND (owner IS NULL OR owner=? OR lease_until<?)"
+        marks = ",".join("?" * len(versions))
+        rows = self._query(
+            f"SELECT actor, ver FROM sched WHERE due_at >= 0 AND due_at <= ? AND ver IN "
+            f"({marks}){free} ORDER BY due_at, ready_n LIMIT ?",
+            (now, *versions, *(() if owner is None else (owner, now)), limit))
+        return [(r[0], r[1]) for r in rows]
+
+    async def next_due(self, now: float, *,
+                       versions: Collection[str] | None = None) -> float | None:
+        pin, vers = self._pin(versions)
+        rows = self._query(f"SELECT MIN(due_at) FROM sched WHERE due_at > ?{pin}", (now, *vers))
         return rows[0][0] if rows and rows[0][0] is not None else None
 
     async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> int | None:
@@ -293,7 +320,10 @@ class SqliteJournal:
         return held
 
     async def settle(self, actor: str, owner: str, *, now: float, seen_n: int, busy: bool,
-                     release: bool = False) -> None:
+                     release: bool = False, version: str | EllipsisType | None = ...) -> None:
+        keep = isinstance(version, EllipsisType)
+        ver = None if isinstance(version, EllipsisType) else version
+
         def write(db: sqlite3.Connection) -> None:
             due = db.execute(
                 "SELECT MIN(deliver_at) FROM inbox WHERE actor=?1 AND consumed_at IS NULL AND "
@@ -302,20 +332,27 @@ class SqliteJournal:
             # an actor that stays ready keeps its place in the ready order
             if release:
                 db.execute("UPDATE sched SET ready_n = CASE WHEN due_at = 0 AND ?3 = 0 THEN "
-                           "ready_n ELSE ?4 END, due_at=?3, owner=NULL, lease_until=0 "
-                           "WHERE actor=?1 AND owner=?2", (actor, owner, due, time.time_ns()))
+                           "ready_n ELSE ?4 END, due_at=?3, owner=NULL, lease_until=0, "
+                           "ver = CASE WHEN ?6 THEN ver ELSE ?5 END WHERE actor=?1 AND owner=?2",
+                           (actor, owner, due, time.time_ns(), ver, keep))
             else:
                 db.execute(
                     "UPDATE sched SET ready_n = CASE WHEN due_at = 0 AND ?3 = 0 THEN ready_n "
                     "ELSE ?4 END, due_at = CASE WHEN ?5 AND (?3 IS NULL OR lease_until < ?3)"
-                    " THEN lease_until ELSE ?3 END WHERE actor=?1 AND owner=?2",
-                    (actor, owner, due, time.time_ns(), int(busy)))
+                    " THEN lease_until ELSE ?3 END, ver = CASE WHEN ?7 THEN ver ELSE ?6 END "
+                    "WHERE actor=?1 AND owner=?2",
+                    (actor, owner, due, time.time_ns(), int(busy), ver, keep))
 
         await self._submit(write)
 
     async def owners(self) -> dict[str, int]:
         rows = self._query("SELECT owner, COUNT(*) FROM sched WHERE owner IS NOT NULL "
                            "GROUP BY owner", ())
+        return {r[0]: r[1] for r in rows}
+
+    async def run_versions(self) -> dict[str, int]:
+        rows = self._query("SELECT ver, COUNT(*) FROM sched WHERE ver IS NOT NULL GROUP BY ver",
+                           ())
         return {r[0]: r[1] for r in rows}
 
     async def expire_owner(self, owner: str) -> int:

@@ -16,12 +16,16 @@ or never) and a lease `(owner, lease_until, epoch)`. Enqueue lowers `due_at`; th
 *settles* it after looking at the inbox, to the earliest entry it has not seen yet or a
 future timer. So an actor whose run is parked, or that holds events nobody waits for,
 costs nothing until something new arrives: scheduling is O(what is due), oldest first.
+A row also records the code version a run in flight started under, so that only workers
+able to resume it see it due (see docs/cluster.md, "Deployments").
 While an owner holds an actor with unfinished work, its `due_at` is capped at the lease's
 end, so a crashed owner's actors become due for others as soon as the lease runs out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from types import EllipsisType
 from typing import Any, Protocol, runtime_checkable
 
 from runtime.errors import JournalConflict
@@ -73,17 +77,28 @@ class JournalStore(Protocol):
         ...
 
     # -- schedule and ownership --------------------------------------------------------------
-    async def due_actors(self, now: float, limit: int = 256, *,
-                         owner: str | None = None) -> list[str]:
+    async def due_actors(self, now: float, limit: int = 256, *, owner: str | None = None,
+                         versions: Collection[str] | None = None) -> list[str]:
         """Actors due at `now` that `owner` may take (free, expired or its own lease).
 
         Up to `limit` actors with new messages, in arrival order, and up to `limit` actors
-        with a due timer, earliest first; neither kind can starve the other.
+        with a due timer, earliest first; neither kind can starve the other. With
+        `versions`, an actor whose run in flight is pinned to another code version is left
+        out (the caller could not resume it).
         """
         ...
 
-    async def next_due(self, now: float) -> float | None:
-        """The earliest due time after `now` in the schedule, if any."""
+    async def due_pinned(self, now: float, limit: int = 256, *, owner: str | None = None,
+                         versions: Collection[str]) -> list[tuple[str, str]]:
+        """(actor, version) of due actors, free for `owner`, whose run in flight is pinned
+        to one of `versions`: the runs a worker of those versions may resume although their
+        partition's owner runs other code."""
+        ...
+
+    async def next_due(self, now: float, *,
+                       versions: Collection[str] | None = None) -> float | None:
+        """The earliest due time after `now` in the schedule, if any (with `versions`, of
+        the actors `due_actors` would return)."""
         ...
 
     async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> int | None:
@@ -96,12 +111,18 @@ class JournalStore(Protocol):
         ...
 
     async def settle(self, actor: str, owner: str, *, now: float, seen_n: int, busy: bool,
-                     release: bool = False) -> None:
+                     release: bool = False, version: str | EllipsisType | None = ...) -> None:
         """After `owner` read the inbox at `now` and saw it up to number `seen_n`: the actor
         is next due at the earliest of its unconsumed entries numbered above `seen_n`
         (without calls while `busy`) and of those not yet due at `now`; while `busy` and
         not released, no later than the lease's end. `release` also gives up the lease.
-        No-op if `owner` does not hold the lease."""
+        `version` pins the actor to the code version its run in flight started under (None:
+        no run in flight, or unversioned code; not given: the pin stays as it is). No-op if
+        `owner` does not hold the lease."""
+        ...
+
+    async def run_versions(self) -> dict[str, int]:
+        """How many actors have a run in flight (running or parked) per pinned version."""
         ...
 
     async def owners(self) -> dict[str, int]:

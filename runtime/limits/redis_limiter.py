@@ -155,6 +155,18 @@ class RedisLimiter:
         return [self._key(scopes[0], "grants")] + [
             self._key(s, kind) for s in scopes for kind in ("holders", "rate")]
 
+    def usage(self) -> dict[str, dict[str, Any]]:
+        """For `loom cluster status`: each limited activity's limits and the calls holding
+        a slot right now, fleet-wide (holders whose lease has not run out)."""
+        out: dict[str, dict[str, Any]] = {}
+        seconds, micros = self.client.time()
+        now = int(seconds) * 1_000_000 + int(micros)
+        for activity, limits in sorted(self.config.root.items()):
+            holders = self._key(Scope(f"{{{activity}}}", activity, None), "holders")
+            out[activity] = {"concurrency": limits.concurrency, "rate_per_s": limits.rate_per_s,
+                             "in_use": int(self.client.zcount(holders, now, "+inf"))}
+        return out
+
     def _lease_us(self, activity: str) -> int:
         limits = self.config.get(activity)
         return math.ceil((limits.lease_s if limits else 0.0) * 1_000_000)
