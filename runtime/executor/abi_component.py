@@ -122,11 +122,15 @@ def classify(exc: BaseException, manifest: ActivityManifest,
     if "call stack exhausted" in low or "stack overflow" in low:
         return errors.StackOverflow(f"call stack exceeded {limits.stack_bytes} bytes", **where)
     m = _MIN_PAGES.search(text)
-    if m is not None or ("memory" in low and "limit" in low):
-        need = f" (it needs {int(m[1])} pages, {int(m[1]) * PAGE:,} bytes)" if m else ""
+    if m is not None:
+        need = int(m[1]) * PAGE
         return errors.MemoryLimitExceeded(
-            f"needs more than limits.memory_bytes={limits.memory_bytes:,}{need}: {first}",
-            **where)
+            f"the component needs {int(m[1])} pages ({need:,} bytes) of memory to start; "
+            f"limits.memory_bytes is {limits.memory_bytes:,}",
+            details={"memory_bytes_needed": need}, **where)
+    if "memory" in low and "limit" in low:
+        return errors.MemoryLimitExceeded(
+            f"needs more than limits.memory_bytes={limits.memory_bytes:,}: {first}", **where)
     if "[constructor]fields" in text or "wasi:http" in text:
         # componentize-js keeps a `fetch` whose wasi:http calls are stubs that trap
         return errors.CapabilityDenied("fetch() is not available to activities: use "
@@ -329,10 +333,14 @@ class ComponentAbi:
                                       manifest, session,
                                       self.s.engines.ticks_for(manifest.limits.timeout_ms))
         except errors.MemoryLimitExceeded as exc:
-            raise errors.ManifestInvalid(
-                f"limits.memory_bytes={manifest.limits.memory_bytes:,} is too small for this "
-                f"component: {exc.message}", details=[{"loc": ["limits", "memory_bytes"],
-                                                       "msg": exc.message}], **where) from None
+            need = exc.details.get("memory_bytes_needed") if isinstance(exc.details,
+                                                                        dict) else None
+            why = (f"it needs {need // PAGE} pages ({need:,} bytes) to start; set "
+                   f"limits.memory_bytes to at least {need}") if need else exc.message
+            message = (f"limits.memory_bytes={manifest.limits.memory_bytes:,} is too small for "
+                       f"this component: {why}")
+            raise errors.ManifestInvalid(message, details=[{
+                "loc": ["limits", "memory_bytes"], "msg": message}], **where) from None
         probe.close()
 
     def _shape(self, engine: wasmtime.Engine, component: Component,
