@@ -5,7 +5,7 @@ from typing import Any
 
 import loom
 
-COUNT = 0
+count = 0
 
 
 def _recurse(n: int) -> int:
@@ -13,7 +13,7 @@ def _recurse(n: int) -> int:
 
 
 def run(req: dict[str, Any]) -> dict[str, Any]:
-    global COUNT
+    global count
     op = req["op"]
     if op == "echo":
         return req
@@ -62,6 +62,11 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
     if op == "http":
         return loom.http("GET", req["url"])
     if op == "counter":
-        COUNT += 1
-        return {"count": COUNT}
+        count += 1
+        return {"count": count}
+    if op == "flaky":  # busy (retryable) until the `succeed_at`-th call of this instance
+        count += 1
+        if count < int(req["succeed_at"]):
+            raise loom.ActivityError(f"busy (call {count})", code="busy", retryable=True)
+        return {"calls": count, "key": loom.idempotency_key(), "total": req.get("total", 0)}
     raise loom.ActivityError(f"unknown op {op!r}", code="bad_op")
