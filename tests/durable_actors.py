@@ -280,3 +280,13 @@ class Poison(Actor, type_name="poison"):
     @handler
     async def go(self, ctx: ActorContext, p: Any) -> Any:
         return await ctx.call_activity("boom", {})
+
+
+class Crasher(Actor, type_name="crasher"):
+    """Its process dies before the handler reaches any activity call (the test abandons the
+    runtime while the handler hangs here)."""
+
+    @handler
+    async def go(self, ctx: ActorContext, p: Any) -> Any:
+        await asyncio.Event().wait()
+        return await ctx.call_activity("boom", {})

@@ -79,6 +79,40 @@ def test_a_message_that_kills_its_worker_every_time_is_dead_lettered(
     assert [e["id"].split("~")[0] for e in asyncio.run(requeued())] == ["m1"]
 
 
+def test_a_handler_that_kills_its_worker_before_any_activity_call_is_dead_lettered(
+        tmp_path: Path) -> None:
+    """No activity call ever counts here: each takeover of a lease whose holder was cut off
+    counts one delivery as the run starts, so the poison does not take down one worker after
+    another for ever."""
+
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "loom.db")
+        for attempt in range(3):  # three processes die inside the handler
+            rt = runtime(journal, stubs("boom"), da.Crasher, max_deliveries=2)
+            await rt.start()
+            if attempt == 0:
+                await rt.send("crasher/c1", "go", None, msg_id="m1")
+
+            async def running(rt: Any = rt) -> bool:
+                act = rt.activations.get("crasher/c1")
+                return act is not None and act.run is not None and act.counted
+            await eventually(running, what=f"activation {attempt + 1} to run the handler") \
+                if attempt else await eventually(
+                    lambda rt=rt: _true("crasher/c1" in rt.activations), what="the first")
+            rt.abandon()
+        async with runtime(journal, stubs("boom"), da.Crasher, max_deliveries=2) as rt:
+            with pytest.raises(errors.DeadLettered, match="taken up 3 times"):
+                await rt.ask("crasher/c1", "go", None, msg_id="m1", timeout=10)
+        dead = await journal.dead_letters()
+        assert [(d["actor"], d["msg"], d["deliveries"]) for d in dead] == [
+            ("crasher/c1", "m1", 3)]
+        assert [c["kind"] for c in await completions(journal, "crasher/c1")] == [
+            "dead_lettered"]
+        await journal.close()
+
+    run(main())
+
+
 def test_storage_errors_never_dead_letter_a_message(tmp_path: Path) -> None:
     journal = Tripwire(SqliteJournal(tmp_path / "j.db"))
     failures = [0]

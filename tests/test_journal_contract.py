@@ -594,19 +594,22 @@ def test_due_actors_skips_actors_leased_to_another_live_owner(journal: JournalSt
 def test_acquire_renew_and_epochs(journal: JournalStore) -> None:
     async def main() -> None:
         first = await journal.acquire("l/x", "a", 0.0, 10.0)
-        assert first is not None
+        assert first is not None and not first.taken_over
         assert await journal.acquire("l/x", "a", 1.0, 10.0) == first  # same owner, same epoch
         assert await journal.acquire("l/x", "b", 5.0, 10.0) is None  # a holds it until 11
         assert await journal.acquire("l/y", "a", 0.0, 10.0) is not None
         assert await journal.renew("a", 2.0, 10.0) == {"l/x", "l/y"}  # now until 12
         assert await journal.acquire("l/x", "b", 11.5, 10.0) is None
         second = await journal.acquire("l/x", "b", 12.5, 10.0)  # expired: b takes over
-        assert second is not None and second > first
+        assert second is not None and second.epoch > first.epoch and second.taken_over
         assert await journal.renew("a", 13.0, 10.0) == {"l/y"}  # l/x was lost
         assert await journal.renew("b", 13.0, 10.0) == {"l/x"}
         assert await journal.acquire("l/x", "a", 20.0, 10.0) is None  # b renewed until 23
-        assert await journal.acquire("l/x", "b", 21.0, 10.0) == second
+        assert await journal.acquire("l/x", "b", 21.0, 10.0) == (second.epoch, False)
         assert await journal.owners() == {"a": 1, "b": 1}
+        await journal.settle("l/y", "a", now=22.0, seen_n=0, busy=False, release=True)
+        clean = await journal.acquire("l/y", "b", 22.5, 10.0)  # released: nothing cut off
+        assert clean is not None and not clean.taken_over
         assert await journal.renew("nobody", 13.0, 10.0) == set()
 
     run(main())
@@ -689,7 +692,8 @@ def test_expire_owner(journal: JournalStore) -> None:
         assert await journal.expire_owner("dead") == 2
         assert await journal.owners() == {"alive": 1}
         assert await journal.due_actors(2.0, owner="b") == ["exp/x"]  # due now, for anyone
-        assert await journal.acquire("exp/y", "b", 2.0, 10.0) is not None
+        taken = await journal.acquire("exp/y", "b", 2.0, 10.0)
+        assert taken is not None and taken.taken_over  # its holder was cut off
         assert await journal.renew("dead", 3.0, 10.0) == set()
         assert await journal.expire_owner("dead") == 0
         assert await journal.acquire("exp/z", "b", 2.0, 10.0) is None

@@ -160,6 +160,7 @@ class Activation:
         self.epoch = 0
         self.stray: list[str] = []  # timers nobody waits for: consumed by the next commit
         self.counted = False  # its first live activity call counts a delivery of its message
+        self.taken_over = False  # from a holder cut off: its first run counts at once
 
     # -- loading and replay ----------------------------------------------------------------
     async def load(self) -> None:
@@ -233,6 +234,13 @@ class Activation:
     async def _execute(self, run: Run) -> None:
         try:
             try:
+                if self.taken_over and not run.resumed:
+                    # The last holder was cut off in this run before it recorded anything,
+                    # maybe by the handler's own code: count now, not at an activity call
+                    # it may never reach. (A resumed run may just have been parked.)
+                    run.before = _json_copy(self.committed_state)
+                    await self.before_live_effect(run)
+                self.taken_over = False
                 await self._execute_run(run)
             except _GiveUp as give_up:  # no saga runs: the message is set aside as it is
                 self.actor.load_state(_json_copy(run.before))
@@ -246,8 +254,11 @@ class Activation:
 
     async def before_live_effect(self, run: Run) -> None:
         """The first live activity call of this activation counts one delivery of its
-        message at this journal position. A run that keeps dying without progress (its
-        count at the same seq passes the host's limit) is given up: dead-lettered."""
+        message at this journal position (or its first run starts with it, when the lease
+        was taken over from a holder cut off before that run recorded anything: the holder
+        may have been killed by the handler before any activity call). A run that keeps
+        dying without progress (its count at the same seq passes the host's limit) is given
+        up: dead-lettered."""
         if self.counted or not self.host.counts_delivery(self.key):
             self.counted = True
             return

@@ -334,14 +334,15 @@ class ActorRuntime:
                             "messages", ref.type, ", ".join(sorted(self.types)) or "none", key)
             return None
         try:
-            epoch = await self.journal.acquire(key, self.owner, self.clock(), self.lease_ttl_s)
+            lease = await self.journal.acquire(key, self.owner, self.clock(), self.lease_ttl_s)
         except Exception as exc:
             self._retry_later(key, exc)
             return None
-        if epoch is None:
+        if lease is None:
             return None  # another live process owns it and will take the message
         activation = Activation(self, ref, cls)
-        activation.epoch = epoch
+        activation.epoch = lease.epoch
+        activation.taken_over = lease.taken_over
         self.activations[key] = activation
         try:
             await activation.load()

@@ -110,7 +110,7 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from runtime import errors
 from runtime.backends.blob import BlobStore
-from runtime.journal.store import Commit, Envelope, JournalConflict
+from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
 __all__ = ["MAX_ITEM_BYTES", "CosmosJournal"]
 
@@ -763,24 +763,27 @@ class CosmosJournal:
         and its own writes); never a query of its own."""
         return self._hint if now < self._hint < INF else None
 
-    async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> int | None:
-        epoch: list[int] = []
+    async def acquire(self, actor: str, owner: str, now: float, ttl: float
+                      ) -> ActorLease | None:
+        got: list[ActorLease] = []
 
         def change(row: dict[str, Any] | None) -> dict[str, Any] | None:
             row = row if row is not None else self._new_row(actor)
             if row.get("owner") not in (None, owner) and float(row["lease_until"]) >= now:
                 return None
+            taken = row.get("owner") not in (None, owner) or (
+                row.get("owner") is None and float(row.get("lease_until") or 0.0) == CRASHED)
             if row.get("owner") != owner:
                 row["epoch"] = int(row.get("epoch") or 0) + 1
                 row["owner"] = owner
             row["lease_until"] = now + ttl
-            epoch[:] = [row["epoch"]]
+            got[:] = [ActorLease(int(row["epoch"]), taken)]
             return row
 
         if not await self._update("acquire", actor, change):
             return None
         self._held.setdefault(owner, set()).add(actor)
-        return epoch[0]
+        return got[0]
 
     async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
         until = now + ttl
@@ -941,7 +944,7 @@ class CosmosJournal:
             if row is None or row.get("owner") != owner:
                 return None
             row["owner"] = None
-            row["lease_until"] = 0.0
+            row["lease_until"] = CRASHED
             if row.get("due_at") is not None:
                 self._set_due(row, 0.0)
             return row

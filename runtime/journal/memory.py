@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any
 
-from runtime.journal.store import Commit, Envelope, JournalConflict
+from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
 INF = float("inf")
 
@@ -182,15 +182,18 @@ class MemoryJournal:
         return min([*later, found]) if later and found is not None else \
             (min(later) if later else found)
 
-    async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> int | None:
+    async def acquire(self, actor: str, owner: str, now: float, ttl: float
+                      ) -> ActorLease | None:
         row = self._sched.setdefault(actor, _Sched())
         if row.owner not in (None, owner) and row.lease_until >= now:
             return None
+        taken_over = row.owner not in (None, owner) or (row.owner is None and
+                                                         row.lease_until == CRASHED)
         if row.owner != owner:
             row.epoch += 1
             row.owner = owner
         row.lease_until = now + ttl
-        return row.epoch
+        return ActorLease(row.epoch, taken_over)
 
     async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
         held: set[str] = set()
@@ -243,7 +246,7 @@ class MemoryJournal:
         for actor, row in self._sched.items():
             if row.owner == owner:  # the lease ends: renew() no longer returns it
                 row.owner = None
-                row.lease_until = 0.0
+                row.lease_until = CRASHED
                 if row.due_at is not None and row.due_at > 0:
                     self._set_due(actor, row, 0.0)
                 n += 1

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
-from runtime.journal.store import Commit, Envelope, JournalConflict
+from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
@@ -294,8 +294,11 @@ class SqliteJournal:
         rows = self._query(f"SELECT MIN(due_at) FROM sched WHERE due_at > ?{pin}", (now, *vers))
         return rows[0][0] if rows and rows[0][0] is not None else None
 
-    async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> int | None:
-        def write(db: sqlite3.Connection) -> int | None:
+    async def acquire(self, actor: str, owner: str, now: float, ttl: float
+                      ) -> ActorLease | None:
+        def write(db: sqlite3.Connection) -> ActorLease | None:
+            before = db.execute("SELECT owner, lease_until FROM sched WHERE actor=?",
+                                (actor,)).fetchone()
             row = db.execute(
                 "INSERT INTO sched (actor, owner, lease_until, epoch) VALUES (?1, ?2, ?3, 1) "
                 "ON CONFLICT (actor) DO UPDATE SET "
@@ -303,10 +306,14 @@ class SqliteJournal:
                 "owner = ?2, lease_until = ?3 "
                 "WHERE owner IS NULL OR owner = ?2 OR lease_until < ?4 RETURNING epoch",
                 (actor, owner, now + ttl, now)).fetchone()
-            return int(row[0]) if row else None
+            if row is None:
+                return None
+            taken = before is not None and (before[0] not in (None, owner) or (
+                before[0] is None and before[1] == CRASHED))
+            return ActorLease(int(row[0]), taken)
 
-        epoch: int | None = await self._submit(write)
-        return epoch
+        lease: ActorLease | None = await self._submit(write)
+        return lease
 
     async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
         def write(db: sqlite3.Connection) -> set[str]:
@@ -357,9 +364,9 @@ class SqliteJournal:
 
     async def expire_owner(self, owner: str) -> int:
         def write(db: sqlite3.Connection) -> int:
-            return db.execute("UPDATE sched SET owner = NULL, lease_until = 0, due_at = CASE "
+            return db.execute("UPDATE sched SET owner = NULL, lease_until = ?, due_at = CASE "
                               "WHEN due_at IS NULL THEN NULL ELSE 0 END WHERE owner = ?",
-                              (owner,)).rowcount
+                              (CRASHED, owner)).rowcount
 
         expired: int = await self._submit(write)
         return expired

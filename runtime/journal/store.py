@@ -26,13 +26,24 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from types import EllipsisType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from runtime.errors import JournalConflict
 
 Commit = dict[str, Any]
 Envelope = dict[str, Any]
-__all__ = ["Commit", "Envelope", "JournalConflict", "JournalStore"]
+__all__ = ["ActorLease", "Commit", "Envelope", "JournalConflict", "JournalStore"]
+CRASHED = -1.0
+"""`lease_until` of a lease ended by `expire_owner` (its holder is known dead), as opposed to
+0.0 for one released cleanly: the next holder knows the last activation was cut off."""
+
+
+class ActorLease(NamedTuple):
+    epoch: int
+    """Raised on every change of owner: the fence carried by commits."""
+    taken_over: bool
+    """The previous holder did not release it: its lease ran out or it was expired as dead.
+    Whatever that holder was running was cut off (it counts as a delivery)."""
 
 
 @runtime_checkable
@@ -101,9 +112,11 @@ class JournalStore(Protocol):
         the actors `due_actors` would return)."""
         ...
 
-    async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> int | None:
+    async def acquire(self, actor: str, owner: str, now: float, ttl: float
+                      ) -> ActorLease | None:
         """Lease `actor` to `owner` until now + ttl if it is free, expired or already
-        `owner`'s. Returns the lease epoch (raised on every change of owner), else None."""
+        `owner`'s. Returns the lease (its epoch, and whether it was taken over from a holder
+        that never released it), else None."""
         ...
 
     async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
@@ -130,7 +143,8 @@ class JournalStore(Protocol):
         ...
 
     async def expire_owner(self, owner: str) -> int:
-        """End every lease of `owner` now (it is known to be dead); returns how many."""
+        """End every lease of `owner` now (it is known to be dead), marked `CRASHED`;
+        returns how many."""
         ...
 
     # -- deliveries and dead letters -----------------------------------------------------------
