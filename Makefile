@@ -24,7 +24,7 @@ activities: $(STAMP) $(JS_STAMP)
 $(JS_STAMP): activities/sdk/js/package.json
 	mkdir -p $(JS_TOOLCHAIN)
 	cp activities/sdk/js/package.json $(JS_TOOLCHAIN)/package.json
-	cd $(JS_TOOLCHAIN) && npm install --no-audit --no-fund --loglevel=error
+	cd $(JS_TOOLCHAIN) && npm install --no-audit --no-fund --loglevel=error --prefer-offline
 	touch $(JS_STAMP)
 
 js-toolchain: $(JS_STAMP)

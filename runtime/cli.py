@@ -125,8 +125,8 @@ def cmd_upload(ex: Executor, args: argparse.Namespace) -> int:
         wasm = _read_file(str(wasm_path), "wasm file")
         raw = _load_manifest(str(manifest_path))
         progress = _progress if len(wasm) >= PROGRESS_THRESHOLD else None
-        result = ex.upload(wasm, raw, progress=progress, on_stage=lambda line: print(
-            f"  {line}", file=sys.stderr, flush=True))
+        result = ex.upload(wasm, raw, progress=progress, on_stage=None if progress is None
+                           else lambda line: print(f"  {line}", file=sys.stderr, flush=True))
         m = result.manifest
         state = "uploaded" if result.created else "already present (identical), nothing changed"
         print(f"{m.ref} {state}: {len(wasm):,} bytes, sha256 {m.sha256[:16]}…, "
