@@ -72,7 +72,7 @@ def build_file(source: Path, *, manifest_src: Path | None = None, out_dir: Path 
                                source.parent / "build", manifest_src=manifest_src,
                                version=version, force=force, **component)  # type: ignore[arg-type]
     if source.suffix != ".c" or not source.is_file():
-        raise BuildError(f"{source}: not a C source file (.c), nor Python (.py) or JavaScript (.js)")
+        raise BuildError(f"{source}: not a C source file (.c), Python (.py) or JS (.js)")
     manifest_src = Path(manifest_src).resolve() if manifest_src else \
         source.with_name(f"{name}.manifest.json")
     out = Path(out_dir).resolve() if out_dir else source.parent / "build"
