@@ -352,6 +352,8 @@ class Activation:
         def durable() -> None:
             run.finished = True
             host.resolve(self.key, run.msg_id, result, failure)
+            if run.msg.get("asker"):
+                host.reply_ready(str(run.msg["asker"]), self.key, run.msg_id)
 
         await self.commit(run, consumed=[run.msg_id], extra=extra, durable=durable)
         self.committed_state = state

@@ -73,6 +73,9 @@ class _ReplayRuntime:
     def notify(self, key: str) -> None:
         pass
 
+    def reply_ready(self, *_: Any) -> None:
+        pass
+
     def settle_later(self, *_: Any) -> None:
         pass
 

@@ -154,6 +154,8 @@ class ActorRuntime:
         self.versions: frozenset[str] | None = (
             None if code_version is None else frozenset({code_version, *compatible}))
         self._guests: set[str] = set()  # pinned runs of other partitions this process resumes
+        self.replies: Any = None
+        """A `runtime.cluster.replies.Replies` (fleet): answers to asks across processes."""
         self._infra_losses: dict[str, str] = {}  # actor -> why its last activation stopped
         self.types: dict[str, type[Actor]] = {}
         self.invariants: dict[str, Invariant] = {}
@@ -236,6 +238,8 @@ class ActorRuntime:
         self._waiters.setdefault(waiting, []).append(fut)
         try:
             env = self.envelope(ref, handler, payload, msg_id=msg_id)
+            if self.replies is not None:
+                env["asker"] = self.owner  # tell us at once when the outcome is durable
             if not await self.journal.enqueue(env):  # seen before: it may be done already
                 done = await self.journal.outcome(str(ref), msg_id)
                 if done is not None:
@@ -289,6 +293,16 @@ class ActorRuntime:
                 fut.set_result(result)
             else:
                 fut.set_exception(failure)
+
+    def reply_ready(self, asker: str, key: str, msg_id: str) -> None:
+        if asker != self.owner and self.replies is not None:
+            asyncio.get_running_loop().run_in_executor(
+                None, self.replies.publish, asker, key, msg_id)
+
+    def _reply_noted(self, key: str, msg_id: str) -> None:
+        """Another process says the outcome of our ask (key, msg_id) is durable: read it now."""
+        if (key, msg_id) in self._waiters and not self._closing:
+            asyncio.get_running_loop().create_task(self._answer_remote(key, msg_id))
 
     # -- scheduling ------------------------------------------------------------------------
     def notify(self, key: str) -> None:
@@ -520,13 +534,16 @@ class ActorRuntime:
             if now < due:
                 continue
             self._remote_polls[waiting] = (now + interval, min(1.0, interval * 2))
-            done = await self.journal.outcome(key, msg_id)
-            if done is None:
-                continue
-            try:
-                self.resolve(key, msg_id, _reply_of(done), None)
-            except errors.LoomError as exc:
-                self.resolve(key, msg_id, None, exc)
+            await self._answer_remote(key, msg_id)
+
+    async def _answer_remote(self, key: str, msg_id: str) -> None:
+        done = await self.journal.outcome(key, msg_id)
+        if done is None:
+            return
+        try:
+            self.resolve(key, msg_id, _reply_of(done), None)
+        except errors.LoomError as exc:
+            self.resolve(key, msg_id, None, exc)
 
     async def tick(self) -> None:
         """One round of the scheduling loop (the loop calls it; tests may too)."""
@@ -580,7 +597,13 @@ class ActorRuntime:
     async def start(self) -> None:
         """Start the scheduling loop: it recovers every due actor this process may own."""
         _LIVE_OWNERS.add(self.owner)
-        self._timer_task = asyncio.get_running_loop().create_task(self._timer_loop())
+        loop = asyncio.get_running_loop()
+        self._timer_task = loop.create_task(self._timer_loop())
+        if self.replies is not None:
+            def noted(key: str, msg_id: str) -> None:  # on the replies thread
+                loop.call_soon_threadsafe(self._reply_noted, key, msg_id)
+
+            self.replies.start(noted)
 
     async def stop(self) -> None:
         """Stop running actors and release their leases (unfinished runs resume elsewhere)."""
@@ -603,6 +626,8 @@ class ActorRuntime:
         _LIVE_OWNERS.discard(self.owner)
         if self._lane is not None:
             self._lane.close()
+        if self.replies is not None:
+            await asyncio.to_thread(self.replies.stop)
 
     async def drain(self, timeout_s: float, *, abort: asyncio.Event | None = None) -> bool:
         """Stop taking work, let runs in flight finish (or park) within `timeout_s` (or

@@ -99,6 +99,9 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
                                code_version=version, compatible=older)
         for cls in classes:
             runtime.register(cls)
+        if settings.redis_url:
+            from runtime.cluster.replies import Replies
+            runtime.replies = Replies(settings.redis_url, runtime.owner)
         if fleet is not None:
             fleet.attach(runtime, loop)
             fleet.node.start()

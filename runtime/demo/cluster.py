@@ -235,13 +235,19 @@ class NoActorsHere:
 
 
 @contextlib.contextmanager
-def client_runtime(db: Path, poll: float = 0.01) -> Iterator[Any]:
-    """A client `ActorRuntime` on the fleet's journal (enter with `async with`)."""
+def client_runtime(db: Path, poll: float = 0.01, redis_url: str | None = None
+                   ) -> Iterator[Any]:
+    """A client `ActorRuntime` on the fleet's journal (enter with `async with`); with
+    `redis_url`, workers tell it the moment an answer is durable (runtime/cluster/replies.py)."""
     from runtime.actors import ActorRuntime
+    from runtime.cluster.replies import Replies
     from runtime.journal.sqlite import SqliteJournal
 
     journal = SqliteJournal(db)
-    yield ActorRuntime(journal, None, poll_interval_s=poll, ownership=NoActorsHere())
+    rt = ActorRuntime(journal, None, poll_interval_s=poll, ownership=NoActorsHere())
+    if redis_url:
+        rt.replies = Replies(redis_url, rt.owner)
+    yield rt
 
 
 # -- status ----------------------------------------------------------------------------------
