@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runtime import cli_build, errors
+from runtime import cli_build, cli_service, errors
 from runtime.executor import Executor, InvocationResult
 from runtime.settings import LoomSettings, load_settings
 from schemas.json_text import JsonTextError, parse_json_text
@@ -902,6 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("payload", nargs="?", default="null")
     se.set_defaults(func=None, direct=cmd_wdl_send_event)
 
+    cli_service.register(sub, leaf)  # serve, keys, schedule
     wk = leaf(sub, "worker", "run the actors of a module")
     wk.add_argument("--module", required=True)
     wk.add_argument("--poll", type=float, default=0.05, help="inbox poll interval (s)")
