@@ -1,0 +1,153 @@
+// Loom Studio: plain JavaScript over the /v1 API (no build step). The key stays in this tab.
+"use strict";
+const $ = (sel) => document.querySelector(sel);
+let key = sessionStorage.getItem("loom-key") || "";
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v); else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: { Authorization: `Bearer ${key}` } };
+  if (body !== undefined) { init.headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
+  const r = await fetch(path, init);
+  const data = r.status === 204 ? null : await r.json();
+  if (!r.ok) {
+    const fields = (data.errors || []).map((e) => `${e.pointer}: ${e.message}`).join("; ");
+    throw new Error(`${r.status} ${data.title}${data.detail ? ": " + data.detail : ""}${fields ? " (" + fields + ")" : ""}`);
+  }
+  return data;
+}
+
+function status(text) { $("#status").textContent = text; }
+async function guarded(fn) { try { status(""); await fn(); } catch (e) { status(e.message); } }
+
+function show(tab) {
+  for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== tab;
+  if (tab === "activities") guarded(loadActivities);
+  if (tab === "dead") guarded(loadDead);
+}
+
+// -- activities -----------------------------------------------------------------------------
+async function loadActivities() {
+  const body = $("#activity-list tbody");
+  body.replaceChildren();
+  for (const a of await api("GET", "/v1/activities")) {
+    body.append(el("tr", { class: "clickable", "data-activity": a.name, onclick: () => guarded(() => showActivity(a.name)) },
+      el("td", {}, a.name), el("td", {}, a.latest || "-"), el("td", {}, a.versions.join(", "))));
+  }
+}
+
+function inputField(name, schema) {
+  const type = schema.type === "integer" || schema.type === "number" ? "number" : "text";
+  return el("label", {}, `${name} `, el("input", { name, type, "data-type": schema.type || "string" }));
+}
+
+async function showActivity(name) {
+  const a = await api("GET", `/v1/activities/${encodeURIComponent(name)}`);
+  const m = a.latest;
+  const props = (m.input_schema && m.input_schema.properties) || {};
+  const form = el("form", { id: "invoke-form" });
+  const names = Object.keys(props);
+  for (const p of names) form.append(inputField(p, props[p]), " ");
+  const raw = el("textarea", { name: "__json", rows: 3, cols: 60 });
+  raw.value = "{}";
+  if (!names.length) form.append(el("label", {}, "input JSON ", raw));
+  form.append(el("button", {}, "Invoke"));
+  const out = el("pre", { id: "invoke-output" });
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    guarded(async () => {
+      let input = {};
+      if (!names.length) input = JSON.parse(raw.value || "{}");
+      for (const i of form.querySelectorAll("input")) {
+        if (i.value === "") continue;
+        input[i.name] = ["number", "integer"].includes(i.dataset.type) ? Number(i.value) : i.value;
+      }
+      const r = await api("POST", `/v1/activities/${encodeURIComponent(name)}/invoke`, { input });
+      out.textContent = JSON.stringify(r.output, null, 2) +
+        `\n-- ${r.version} in ${r.duration_ms.toFixed(2)} ms, memory ${Math.round(r.memory_bytes / 1024)} KiB` +
+        `${r.fuel_used != null ? ", fuel " + r.fuel_used : ""}, ${r.warm ? "warm" : "cold"} instance`;
+      await showCalls(name);
+    });
+  });
+  const calls = el("table", { id: "recent-calls" });
+  $("#activity-detail").replaceChildren(
+    el("h2", {}, `${m.name}@${m.version}`), el("p", {}, m.description || ""),
+    el("h3", {}, "Limits"), el("pre", {}, JSON.stringify(m.limits, null, 2)),
+    el("h3", {}, "Grants"), el("pre", {}, JSON.stringify(m.capabilities, null, 2)),
+    el("h3", {}, "Invoke"), form, out, el("h3", {}, "Recent calls"), calls);
+  await showCalls(name);
+}
+
+async function showCalls(name) {
+  const a = await api("GET", `/v1/activities/${encodeURIComponent(name)}`);
+  const rows = a.recent_calls.map((c) => el("tr", { class: c.ok ? "done" : "failed" },
+    el("td", {}, new Date(c.at * 1000).toLocaleTimeString()), el("td", {}, c.ok ? "ok" : c.code),
+    el("td", {}, `${c.duration_ms} ms`), el("td", {}, c.fuel != null ? `fuel ${c.fuel}` : ""),
+    el("td", {}, c.memory_bytes ? `${Math.round(c.memory_bytes / 1024)} KiB` : ""),
+    el("td", {}, c.warm ? "warm" : "")));
+  $("#recent-calls").replaceChildren(el("tr", {}, ...["time", "outcome", "duration", "fuel", "memory", ""].map((h) => el("th", {}, h))), ...rows);
+}
+
+// -- actors -----------------------------------------------------------------------------------
+function describe(e) {
+  let text = `step ${e.step}: ${e.op} ${e.name}`;
+  if (e.attempts) text += ` (attempts ${e.attempts})`;
+  if (e.error) text += ` error ${e.error.code}: ${e.error.message}`;
+  if (e.fire_at) text += ` fires ${new Date(e.fire_at * 1000).toLocaleTimeString()}`;
+  for (const r of e.resources || []) {
+    text += ` [${r.duration_ms} ms, ${Math.round((r.memory_bytes || 0) / 1024)} KiB` +
+      `${r.fuel != null ? ", fuel " + r.fuel : ""}${r.warm ? ", warm" : ""}]`;
+  }
+  return text;
+}
+
+async function showActor(type, id) {
+  const path = `/v1/actors/${encodeURIComponent(type)}/${encodeURIComponent(id)}`;
+  const a = await api("GET", path);
+  const j = await api("GET", `${path}/journal`);
+  const items = j.commits.map((c) => el("li", { class: c.kind === "failed" ? "failed" : (c.kind === "completed" ? "done" : "") },
+    `#${c.seq} ${c.kind || "step"}${c.message ? " " + (c.message.handler || c.message.name) : ""}`,
+    el("ul", {}, ...(c.events || []).map((e) => el("li", { class: "event" }, describe(e))),
+      ...(c.error ? [el("li", { class: "failed" }, `${c.error.type}: ${c.error.message}`)] : []))));
+  $("#actor-detail").replaceChildren(el("h2", {}, a.actor),
+    el("h3", {}, "State"), el("pre", { id: "actor-state" }, JSON.stringify(a.state, null, 2)),
+    el("h3", {}, "Journal"), el("ol", { class: "timeline", id: "timeline" }, ...items));
+}
+
+// -- workflows ------------------------------------------------------------------------------
+let wfTimer = null;
+async function showWorkflow(instance) {
+  const g = await api("GET", `/v1/workflows/${encodeURIComponent(instance)}/graph`);
+  const steps = Object.entries(g.steps).map(([id, s]) => el("li", { class: `step-${s}`, "data-step": id }, `${id}: ${s}`));
+  $("#wf-detail").replaceChildren(el("h2", {}, `${instance}: ${g.status}`),
+    el("ol", { id: "wf-steps" }, ...steps), el("h3", {}, "Mermaid"), el("pre", {}, g.mermaid));
+  clearTimeout(wfTimer);
+  if (g.status === "running") wfTimer = setTimeout(() => guarded(() => showWorkflow(instance)), 1000);
+}
+
+// -- dead letters -----------------------------------------------------------------------------
+async function loadDead() {
+  const body = $("#dead-list tbody");
+  body.replaceChildren();
+  for (const d of await api("GET", "/v1/dead-letters")) {
+    const [type, id] = d.actor.split("/");
+    const path = `/v1/dead-letters/${type}/${encodeURIComponent(id)}/${encodeURIComponent(d.msg_id)}`;
+    body.append(el("tr", {}, el("td", {}, d.actor), el("td", {}, d.msg_id), el("td", {}, d.deliveries),
+      el("td", {}, el("button", { onclick: () => guarded(async () => { await api("POST", `${path}/retry`); await loadDead(); }) }, "Retry"),
+        el("button", { onclick: () => guarded(async () => { await api("DELETE", path); await loadDead(); }) }, "Drop"))));
+  }
+}
+
+$("#key").value = key;
+$("#use-key").addEventListener("click", () => { key = $("#key").value.trim(); sessionStorage.setItem("loom-key", key); show("activities"); });
+for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => show(b.dataset.tab));
+$("#actor-search").addEventListener("submit", (ev) => { ev.preventDefault(); guarded(() => showActor($("#actor-type").value, $("#actor-id").value)); });
+$("#wf-search").addEventListener("submit", (ev) => { ev.preventDefault(); guarded(() => showWorkflow($("#wf-instance").value)); });
+if (key) show("activities");
