@@ -7,7 +7,7 @@ ACTIVITY ?= echo
 INPUT   ?= {"hello": "world"}
 
 .PHONY: run test test-fast bench activities js-toolchain sandbox upload emulators \
-	emulators-install lint clean simulate chaos chaos-sandbox cluster
+	emulators-install lint clean simulate chaos chaos-sandbox cluster serve studio browser-install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,7 +35,7 @@ run: activities
 emulators-install:
 	bash tests/emulators/install.sh
 
-test: activities emulators-install
+test: activities emulators-install browser-install
 	$(BIN)/python -m schemas.export --check
 	$(BIN)/pytest -q
 
@@ -55,6 +55,7 @@ bench: activities emulators-install
 	$(BIN)/python benchmarks/bench_executor.py
 	$(BIN)/python benchmarks/bench_actors.py
 	$(BIN)/python benchmarks/bench_cluster.py
+	$(BIN)/python benchmarks/bench_service.py
 
 # A fleet under faults (tests/test_chaos_fleet.py); `make test` runs a short version.
 TRIALS ?= 200
@@ -83,6 +84,20 @@ emulators: $(STAMP) emulators-install
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy runtime wdl schemas
+
+# Debian's chromium for the Studio's Playwright tests (Playwright's own browser download is
+# not used); skipped when present.
+browser-install:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The HTTP API, the Studio and /metrics on 127.0.0.1:8080 (MODULE= adds actors).
+serve: activities
+	$(BIN)/loom serve $(if $(MODULE),--module $(MODULE))
+
+# A demo server with data in it; prints the Studio's URL and a key.
+studio: activities
+	$(BIN)/python -m runtime.service.demo
 
 clean:
 	rm -rf .loom activities/build activities/.js-toolchain .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,42 @@
+"""`make studio`: a `loom serve` with data in it (a key, the sample activities, an actor with
+a journal, a workflow instance), printing the URL and the key. Ctrl-C stops it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main() -> int:
+    import tempfile
+
+    from service_harness import Server, upload  # type: ignore[import-not-found]
+
+    home = Path(tempfile.mkdtemp(prefix="loom-studio-"))
+    server = Server(home)
+    try:
+        key = server.key("demo", "read,invoke,write")
+        c = server.client(key)
+        for name in ("echo", "slugify", "wordfreq", "invoice_total"):
+            upload(c, name)
+        for n in range(3):
+            c.post("/v1/actors/counter/c1/ask/add", json={"payload": {"n": n}})
+        c.post("/v1/actors/counter/c1/ask/echo", json={"payload": {"hello": "studio"}})
+        c.post("/v1/actors/counter/c1/ask/boom", json={})
+        print(f"Studio: {server.url}/studio/   key: {key}\n(LOOM_HOME={home}; Ctrl-C stops)",
+              flush=True)
+        while server.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
