@@ -156,6 +156,9 @@ class ActorRuntime:
         self._guests: set[str] = set()  # pinned runs of other partitions this process resumes
         self.replies: Any = None
         """A `runtime.cluster.replies.Replies` (fleet): answers to asks across processes."""
+        self.delivery: Any = None
+        """A `runtime.cluster.delivery.StreamDelivery` (fleet): wakes the owner of an actor
+        of another partition at once, instead of at its next schedule poll."""
         self._infra_losses: dict[str, str] = {}  # actor -> why its last activation stopped
         self.types: dict[str, type[Actor]] = {}
         self.invariants: dict[str, Invariant] = {}
@@ -308,6 +311,10 @@ class ActorRuntime:
     def notify(self, key: str) -> None:
         if self._closing or (self.draining and key not in self.activations):
             return
+        if self.delivery is not None and self.ownership is not None and \
+                not self.ownership.owns(key) and key not in self._guests:
+            self.delivery.announce(key)  # its partition's owner runs it
+            return
         if key in self._pumping:
             self._dirty.add(key)
             return
@@ -330,6 +337,8 @@ class ActorRuntime:
             log.exception("pumping %s failed", key)
         finally:
             self._pumping.pop(key, None)
+            if self.delivery is not None and key not in self.activations:
+                self.delivery.settled(key)  # nothing here will settle it: its wake is spent
 
     async def _activation(self, key: str) -> Activation | None:
         found = self.activations.get(key)
@@ -478,6 +487,9 @@ class ActorRuntime:
                                             version=run.pin if run is not None else None))
         if jobs:
             await asyncio.gather(*jobs)
+        if self.delivery is not None:
+            for key in pending:
+                self.delivery.settled(key)  # after the settle: acknowledge its wake-ups
 
     async def _renew(self, now: float) -> None:
         held = await self.journal.renew(self.owner, now, self.lease_ttl_s)
@@ -496,6 +508,8 @@ class ActorRuntime:
         there by replay."""
         if self.ownership is None:
             return
+        if self.delivery is not None:
+            self.delivery.forget(partition)
         for key, act in list(self.activations.items()):
             if self.ownership.partition(key) != partition:
                 continue

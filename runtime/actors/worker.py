@@ -103,9 +103,15 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
             from runtime.cluster.replies import Replies
             runtime.replies = Replies(settings.redis_url, runtime.owner)
         if fleet is not None:
+            from runtime.cluster.delivery import StreamDelivery
+            node = fleet.node
+            runtime.delivery = StreamDelivery(settings.redis_url, node.partitions, node.worker.id,
+                                              keys=node.keys)
             fleet.attach(runtime, loop)
-            fleet.node.start()
+            node.start()
         await runtime.start()
+        if fleet is not None:
+            runtime.delivery.start(lambda: fleet.node.owned().keys(), runtime.notify)
         log.info("worker running %s on %s", ", ".join(c.type_name for c in classes),
                  journal.url)
         print(f"loom worker: {', '.join(c.type_name for c in classes)} on {journal.url} "
@@ -115,6 +121,9 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
               flush=True)
         finished = await runtime.drain(drain_timeout_s, abort=now)
         if fleet is not None:  # hand the partitions over at once, leave the membership
+            await runtime.delivery.stop()
+            print("loom worker: stream delivery: " + ", ".join(
+                f"{k} {v}" for k, v in runtime.delivery.stats.items()), flush=True)
             await asyncio.to_thread(fleet.node.stop, release=True)
         print("loom worker: drained and stopped" if finished else
               "loom worker: stopped with runs cut off; they resume elsewhere by replay",

@@ -246,7 +246,13 @@ def client_runtime(db: Path, poll: float = 0.01, redis_url: str | None = None
     journal = SqliteJournal(db)
     rt = ActorRuntime(journal, None, poll_interval_s=poll, ownership=NoActorsHere())
     if redis_url:
+        import redis
+
+        from runtime.cluster.delivery import StreamDelivery
+        from runtime.cluster.partitions import ensure_partition_count
+        count = ensure_partition_count(redis.Redis.from_url(redis_url), None)
         rt.replies = Replies(redis_url, rt.owner)
+        rt.delivery = StreamDelivery(redis_url, count, rt.owner)
     yield rt
 
 
