@@ -127,8 +127,10 @@ class StreamDelivery:
                             pass  # one read serves every bell rung meanwhile
                     else:
                         await asyncio.sleep(self.idle_wait_s)
-            except (redis.RedisError, OSError) as exc:
-                log.info("stream delivery: %s (retrying; the schedule poll covers it)", exc)
+            except Exception as exc:  # never die: the next round sets everything up again
+                log.log(logging.INFO if isinstance(exc, (redis.RedisError, OSError))
+                        else logging.ERROR, "stream delivery: %s: %s (retrying; the schedule "
+                        "poll covers it)", type(exc).__name__, exc)
                 self._ready.clear()  # a restarted or wiped Redis: groups are set up again
                 listening = set()
                 await _close(pubsub)
