@@ -1,6 +1,7 @@
-"""The fleet on the Azure profile's journal: two real `loom worker`s with Redis partitions
-over the Cosmos DB journal (the emulator over HTTPS). Runs park on both workers; one worker is
-SIGKILLed; the other takes its partitions over and finishes every run exactly once."""
+"""One fleet suite for both journals: two real `loom worker`s with Redis partitions over the
+embedded SQLite journal and over the Cosmos DB journal (the emulator over HTTPS). Runs park
+on both workers; one worker is SIGKILLed; the other takes its partitions over and finishes
+every run exactly once. (The chaos suite, tests/test_chaos_fleet.py, runs on SQLite.)"""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import pytest
 
 from runtime.cluster.partitions import partition_of
 from runtime.journal.cosmos import CosmosJournal
+from runtime.journal.sqlite import SqliteJournal
+from runtime.journal.store import JournalStore
 
 MODULE = Path(__file__).resolve().parent / "version_actors.py"
 LOOM = Path(sys.executable).parent / "loom"
@@ -25,17 +28,22 @@ pytestmark = [pytest.mark.system, pytest.mark.filterwarnings(
     "ignore::urllib3.exceptions.InsecureRequestWarning")]
 
 
-def test_a_fleet_on_cosmos_takes_over_a_killed_worker(cosmos_server: Any, redis_server: Any,
-                                                      tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "cosmos"])
+def test_a_fleet_takes_over_a_killed_worker(kind: str, request: pytest.FixtureRequest,
+                                            redis_server: Any, tmp_path: Path) -> None:
     import redis
+
+    cosmos_server = request.getfixturevalue("cosmos_server") if kind == "cosmos" else None
 
     url = redis_server.url.rsplit("/", 1)[0] + "/12"
     redis.Redis.from_url(url).flushdb()
     container = f"fleet-{uuid.uuid4().hex[:10]}"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOM_")},
-           **cosmos_server.env(), "LOOM_COSMOS_DATABASE": "loom-tests",
-           "LOOM_COSMOS_CONTAINER": container, "LOOM_REDIS_URL": url,
-           "LOOM_PARTITIONS": "8", "LOOM_LEASE_TTL_S": "2", "LOOM_HOME": str(tmp_path)}
+           "LOOM_REDIS_URL": url, "LOOM_PARTITIONS": "8", "LOOM_LEASE_TTL_S": "2",
+           "LOOM_HOME": str(tmp_path)}
+    if cosmos_server is not None:
+        env.update(cosmos_server.env(), LOOM_COSMOS_DATABASE="loom-tests",
+                   LOOM_COSMOS_CONTAINER=container)
     log = tmp_path / "workers.log"
     actors = [f"hold/{i}" for i in range(12)]
     procs = [subprocess.Popen([str(LOOM), "worker", "--module", str(MODULE), "--poll", "0.02"],
@@ -43,7 +51,9 @@ def test_a_fleet_on_cosmos_takes_over_a_killed_worker(cosmos_server: Any, redis_
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
              for _ in range(2)]
 
-    def journal() -> CosmosJournal:
+    def journal() -> JournalStore:
+        if cosmos_server is None:
+            return SqliteJournal(tmp_path / "loom.db")
         return CosmosJournal(cosmos_server.endpoint, cosmos_server.key, database="loom-tests",
                              container=container, verify_tls=False)
 
