@@ -41,8 +41,16 @@ export function run(req) {
       return {};
     case "key":
       return { key: loom.idempotencyKey() };
-    case "http":
-      return loom.http("GET", req.url);
+    case "http": {
+      // the host's answer; ok:false (network, its deadline) is a typed error
+      const answer = loom.http(req.method ?? "GET", req.url,
+                               { headers: req.headers, body: req.body });
+      if (!answer.ok) {
+        throw new loom.ActivityError(answer.error.message,
+                                     { code: answer.error.code, retryable: true });
+      }
+      return { status: answer.status, body: answer.body };
+    }
     case "counter":
       count += 1;
       return { count };

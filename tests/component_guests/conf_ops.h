@@ -5,6 +5,34 @@
 static volatile unsigned long spin;
 static char *volatile heap_chain; /* keeps every block reachable: malloc is not elided */
 
+/* {"url", "method"?="GET", "headers"?: {...}, "body"?: str} -> {"status", "body"} through
+ * the host's http call; a request the host answers ok:false (network trouble, its deadline)
+ * becomes a retryable error carrying the host's code and message. */
+static int conf_http(loom_input *in, loom_output *out) {
+    char *url = loom_json_string(in->data, in->len, "url", NULL);
+    char *method = loom_json_string(in->data, in->len, "method", NULL);
+    size_t body_len = 0, headers_len = 0;
+    char *body = loom_json_string(in->data, in->len, "body", &body_len);
+    const char *raw_headers = loom_json_find(in->data, in->len, "headers", &headers_len);
+    char *headers = raw_headers ? strndup(raw_headers, headers_len) : NULL;
+    loom_http_response r;
+    int rc = 0;
+    if (!url) {
+        rc = loom_fail_code(out, "bad_input", "\"url\" must be a string", 0);
+    } else if (loom_http(method ? method : "GET", url, headers, body, body_len, &r) == 0) {
+        loom_begin_object(out);
+        loom_key(out, "status"), loom_int(out, r.status);
+        loom_key(out, "body"), loom_string(out, r.body ? r.body : "", r.body_len);
+        loom_end_object(out);
+    } else {
+        rc = loom_fail_code(out, r.error_code ? r.error_code : "host_call_failed",
+                            r.error ? r.error : "the http host call failed", 1);
+    }
+    if (url) loom_http_free(&r);
+    free(url), free(method), free(body), free(headers);
+    return rc;
+}
+
 static int conf_ops(loom_input *in, loom_output *out) {
     char *op = loom_json_string(in->data, in->len, "op", NULL);
     int rc = 0;
@@ -43,6 +71,8 @@ static int conf_ops(loom_input *in, loom_output *out) {
     } else if (strcmp(op, "log") == 0) {
         loom_log("info", "hello from c");
         loom_begin_object(out), loom_end_object(out);
+    } else if (strcmp(op, "http") == 0) {
+        rc = conf_http(in, out);
     } else if (strcmp(op, "fail") == 0) {
         rc = loom_fail_code(out, "busy", "busy, try again", 1);
     } else {

@@ -59,8 +59,13 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         return {}
     if op == "key":
         return {"key": loom.idempotency_key()}
-    if op == "http":
-        return loom.http("GET", req["url"])
+    if op == "http":  # the host's answer; ok:false (network, its deadline) is a typed error
+        answer = loom.http(req.get("method", "GET"), req["url"], headers=req.get("headers"),
+                           body=req.get("body"))
+        if not answer["ok"]:
+            error = answer["error"]
+            raise loom.ActivityError(error["message"], code=error["code"], retryable=True)
+        return {"status": answer["status"], "body": answer["body"]}
     if op == "counter":
         count += 1
         return {"count": count}

@@ -29,8 +29,21 @@ export function log(message, fields = {}) {
   host.log(String(level), String(message), JSON.stringify(rest));
 }
 
+// `body` is a string (send JSON as JSON.stringify(value)); `headers` an object of names to
+// values. Anything else is a TypeError here: the host would otherwise send no body at all.
 export function http(method, url, { headers = {}, body } = {}) {
-  return JSON.parse(host.http(JSON.stringify({ method, url, headers, body })));
+  if (body != null && typeof body !== "string") {
+    throw new TypeError(`loom.http: body must be a string, not ${describe(body)} ` +
+                        "(send JSON as JSON.stringify(value))");
+  }
+  if (headers != null && (typeof headers !== "object" || Array.isArray(headers))) {
+    throw new TypeError(`loom.http: headers must be an object, not ${describe(headers)}`);
+  }
+  return JSON.parse(host.http(JSON.stringify({ method, url, headers: headers ?? {}, body })));
+}
+
+function describe(value) {
+  return Array.isArray(value) ? "an array" : typeof value === "object" ? "an object" : typeof value;
 }
 
 export function secret(name) {

@@ -42,7 +42,16 @@ def log(message: str, level: str = "info", **fields: Any) -> None:
 
 def http(method: str, url: str, *, headers: dict[str, str] | None = None,
          body: str | None = None) -> dict[str, Any]:
-    """Returns {"ok": True, "status", "headers", "body"} or {"ok": False, "error": {...}}."""
+    """Returns {"ok": True, "status", "headers", "body"} or {"ok": False, "error": {...}}.
+
+    `body` is text (send JSON as `json.dumps(value)`); `headers` a dict of names to values.
+    Anything else raises TypeError here: the host would otherwise send no body at all.
+    """
+    if body is not None and not isinstance(body, str):
+        raise TypeError(f"loom.http: body must be a str or None, not {type(body).__name__} "
+                        "(send JSON as json.dumps(value))")
+    if headers is not None and not isinstance(headers, dict):
+        raise TypeError(f"loom.http: headers must be a dict, not {type(headers).__name__}")
     request = {"method": method, "url": url, "headers": headers or {}, "body": body}
     answer: dict[str, Any] = json.loads(host.http(json.dumps(request)))
     return answer
