@@ -939,3 +939,268 @@ def test_a_run_pinned_to_a_code_version_is_due_only_where_it_can_resume(
         assert set(await journal.due_actors(61.0, owner="c", versions={"v2"})) == {old, new}
 
     run(main())
+
+
+# -- the run index -------------------------------------------------------------------------------
+
+def step(actor: str, seq: int, msg: str, *events: dict[str, Any], start: int, ts: float,
+         first: str | None = None, **body: Any) -> dict[str, Any]:
+    """A commit of run `msg` as the runtime writes one (`first`: the handler, on the run's
+    first commit, which carries the message)."""
+    doc: dict[str, Any] = {"actor": actor, "seq": seq, "ts": ts + seq / 10,
+                           "run": {"msg": msg, "ts": ts, "start": start},
+                           "events": list(events), "outbox": [], "consumed": [], **body}
+    if first is not None:
+        doc["message"] = {"id": msg, "target": actor, "kind": "call", "handler": first}
+    return doc
+
+
+def ev(step_: Any, op: str, name: str = "x", **fields: Any) -> dict[str, Any]:
+    return {"step": step_, "op": op, "name": name, "digest": "", **fields}
+
+
+def one(rows: list[dict[str, Any]], msg: str) -> dict[str, Any]:
+    found = [r for r in rows if r["msg"] == msg]
+    assert len(found) == 1, rows
+    return found[0]
+
+
+def test_run_index_follows_a_run_through_its_life(journal: JournalStore) -> None:
+    a = "order/a1"
+
+    async def status() -> tuple[str, str | None, int]:
+        row = one(await journal.runs(), "m1")
+        return row["status"], row["waiting"], row["last_seq"]
+
+    async def main() -> None:
+        assert await journal.runs() == []
+        await journal.append(step(a, 0, "m1", ev(0, "activity.done", "charge"), start=0,
+                                  ts=100.0, first="place"))
+        row = one(await journal.runs(), "m1")
+        assert {k: row[k] for k in ("actor", "type", "msg", "handler", "status", "started",
+                                    "ended", "first_seq", "last_seq", "activities", "error")
+                } == {"actor": a, "type": "order", "msg": "m1", "handler": "place",
+                      "status": "running", "started": 100.0, "ended": None, "first_seq": 0,
+                      "last_seq": 0, "activities": ["charge"], "error": None}
+        await journal.append(step(a, 1, "m1", ev(1, "timer.start", "sleep", timer="t1"),
+                                  start=0, ts=100.0))
+        assert await status() == ("parked", "timer", 1)
+        await journal.append(step(a, 2, "m1", ev(1, "timer.fired", "timer"),
+                                  ev(2, "wait.start", "approved"), start=0, ts=100.0))
+        assert await status() == ("parked", "event", 2)
+        await journal.append(step(a, 3, "m1", ev(2, "wait.event", "approved"),
+                                  ev(3, "activity.retry", "ship", timer="t2"), start=0,
+                                  ts=100.0))
+        assert await status() == ("parked", "timer", 3)  # a durable back-off
+        await journal.append(step(a, 4, "m1", ev(3, "timer.fired", "timer"),
+                                  ev(3, "activity.done", "ship"), ev(4, "ask.sent", "b/1.go"),
+                                  start=0, ts=100.0))
+        assert await status() == ("parked", "event", 4)  # waiting for a reply
+        await journal.append(step(a, 5, "m1", ev(4, "ask.reply", "reply:x"), start=0,
+                                  ts=100.0))
+        assert await status() == ("running", None, 5)
+        await journal.append(step(a, 6, "m1", start=0, ts=100.0, kind="completed",
+                                  state={"n": 1}, result=1))
+        row = one(await journal.runs(), "m1")
+        assert (row["status"], row["ended"], row["last_seq"]) == ("completed", 100.6, 6)
+        assert row["activities"] == ["charge", "ship"] and row["error"] is None
+        # a sweep of stray timers (no run) indexes nothing; the next run starts its own row
+        await journal.append({"actor": a, "seq": 7, "ts": 200.0, "events": [], "outbox": [],
+                              "consumed": ["t9"]})
+        error = {"code": "handler_failed", "type": "ValueError", "message": "no stock",
+                 "retryable": False}
+        await journal.append(step(a, 8, "m2", start=8, ts=201.0, first="place", kind="failed",
+                                  state={"n": 1}, error=error))
+        rows = await journal.runs()
+        assert [r["msg"] for r in rows] == ["m2", "m1"]  # newest first
+        assert rows[0]["status"] == "failed" and rows[0]["first_seq"] == 8
+        assert rows[0]["error"] == {"code": "handler_failed", "type": "ValueError",
+                                    "message": "no stock"}
+
+    run(main())
+
+
+def test_run_index_ending_kinds_and_cancel(journal: JournalStore) -> None:
+    async def main() -> None:
+        for i, kind in enumerate(("rejected", "cancelled", "dead_lettered", "failed")):
+            await journal.append(step(f"k/{i}", 0, f"m{i}", start=0, ts=10.0 + i, first="h",
+                                      kind=kind, state={},
+                                      error={"code": kind, "message": kind}))
+            assert one(await journal.runs(), f"m{i}")["status"] == kind
+        # a cancel fails the run's waits: it unwinds (compensates) and is running again
+        await journal.append(step("k/c", 0, "mc", ev(0, "wait.start", "go"), start=0, ts=20.0,
+                                  first="h"))
+        assert one(await journal.runs(), "mc")["status"] == "parked"
+        await journal.append(step("k/c", 1, "mc", ev("cancel", "run.cancelled", "cancel"),
+                                  start=0, ts=20.0))
+        assert one(await journal.runs(), "mc")["status"] == "running"
+        # parallel branches: one still waits while another records a step -> still parked
+        await journal.append(step("k/p", 0, "mp", ev("b0.0", "timer.start", "sleep"),
+                                  start=0, ts=30.0, first="h"))
+        await journal.append(step("k/p", 1, "mp", ev("b1.0", "activity.done", "echo"),
+                                  start=0, ts=30.0))
+        row = one(await journal.runs(), "mp")
+        assert (row["status"], row["waiting"]) == ("parked", "timer")
+
+    run(main())
+
+
+async def _fill(journal: JournalStore) -> None:
+    """Runs of two types: started at 10, 20, ... (two tied at 30), some ended."""
+    plan = [("order/1", "a", 10.0, "completed", ["charge"]),
+            ("order/2", "b", 20.0, "failed", ["charge", "ship"]),
+            ("order/3", "c", 30.0, None, ["ship"]),
+            ("cart/1", "d", 30.0, "completed", []),
+            ("cart/acme~2", "e", 40.0, None, []),
+            ("cart/acme~3", "f", 50.0, "completed", ["charge"])]
+    for actor, msg, ts, kind, acts in plan:
+        events = [ev(i, "activity.done", name) for i, name in enumerate(acts)]
+        body: dict[str, Any] = {"kind": kind, "state": {}} if kind else {}
+        await journal.append(step(actor, 0, msg, *events, start=0, ts=ts, first="go", **body))
+
+
+def msgs(rows: list[dict[str, Any]]) -> list[str]:
+    return [r["msg"] for r in rows]
+
+
+def test_run_index_filters(journal: JournalStore) -> None:
+    async def main() -> None:
+        await _fill(journal)
+        assert msgs(await journal.runs()) == ["f", "e", "c", "d", "b", "a"]
+        assert msgs(await journal.runs(type="order")) == ["c", "b", "a"]
+        assert msgs(await journal.runs(status="completed")) == ["f", "d", "a"]
+        assert msgs(await journal.runs(status="running")) == ["e", "c"]
+        assert msgs(await journal.runs(type="order", status="failed")) == ["b"]
+        assert msgs(await journal.runs(activity="ship")) == ["c", "b"]
+        assert msgs(await journal.runs(activity="charge", type="cart")) == ["f"]
+        assert msgs(await journal.runs(activity="nothing")) == []
+        assert msgs(await journal.runs(id_prefix="acme~")) == ["f", "e"]
+        assert msgs(await journal.runs(started_after=20.0, started_before=40.0)) == \
+            ["c", "d", "b"]
+        assert msgs(await journal.runs(ended_after=20.0)) == ["f", "d", "b"]
+        assert msgs(await journal.runs(ended_before=30.0)) == ["b", "a"]
+        for bad in ({"status": "sleeping"}, {"limit": 0}, {"limit": 100_000},
+                    {"after": "not a cursor"}):
+            with pytest.raises(ValueError, match=next(iter(bad))):
+                await journal.runs(**bad)
+
+    run(main())
+
+
+def test_run_index_pages_newest_first(journal: JournalStore) -> None:
+    async def main() -> None:
+        await _fill(journal)
+        pages: list[list[str]] = []
+        after = None
+        while True:
+            rows = await journal.runs(limit=2, after=after)
+            if not rows:
+                break
+            pages.append(msgs(rows))
+            after = rows[-1]["cursor"]
+        assert pages == [["f", "e"], ["c", "d"], ["b", "a"]]  # the tie at 30 split exactly
+        rows = await journal.runs(limit=1, type="order")
+        assert msgs(await journal.runs(limit=5, type="order", after=rows[0]["cursor"])) == \
+            ["b", "a"]
+        # a row that changes keeps its place: the keyset is its start
+        await journal.append(step("order/3", 1, "c", start=0, ts=30.0, kind="completed",
+                                  state={}))
+        first = await journal.runs(limit=3)
+        assert msgs(first) == ["f", "e", "c"] and first[-1]["status"] == "completed"
+        assert msgs(await journal.runs(limit=3, after=first[-1]["cursor"])) == ["d", "b", "a"]
+
+    run(main())
+
+
+def test_run_index_is_unchanged_by_a_failed_append(journal: JournalStore) -> None:
+    async def main() -> None:
+        a = "order/f"
+        await journal.append(step(a, 0, "m", ev(0, "wait.start", "go"), start=0, ts=5.0,
+                                  first="h"))
+        before = await journal.runs()
+        with pytest.raises(JournalConflict):  # the same seq again, completing: refused
+            await journal.append(step(a, 0, "m", ev(0, "activity.done", "x"), start=0,
+                                      ts=5.0, first="h", kind="completed", state={}))
+        with pytest.raises(Exception):  # noqa: B017 - not JSON: fails before writing
+            await journal.append(step(a, 1, "m", ev(1, "activity.done", "y"), start=0,
+                                      ts=5.0, kind="completed", state={"bad": object()}))
+        assert await journal.runs() == before
+        if not journal.url.startswith("cosmos"):  # Cosmos fences by (actor, seq) only
+            await journal.acquire(a, "w1", 0.0, 1.0)
+            await journal.acquire(a, "w2", 2.0, 10.0)  # epoch 2
+            with pytest.raises(JournalConflict):
+                await journal.append(step(a, 1, "m", start=0, ts=5.0, kind="completed",
+                                          state={}, epoch=1))
+            assert await journal.runs() == before
+
+    run(main())
+
+
+def test_sqlite_v3_journal_gets_its_run_index(tmp_path: Path) -> None:
+    import sqlite3
+
+    from runtime.journal.sqlite import VERSION, SqliteJournal
+
+    path = tmp_path / "old.db"
+
+    async def write() -> None:
+        journal = SqliteJournal(path)
+        await _fill(journal)
+        await journal.append(step("order/3", 1, "c", ev(1, "timer.start", "sleep"), start=0,
+                                  ts=30.0))
+        await journal.close()
+
+    run(write())
+    db = sqlite3.connect(path)  # make it the journal Loom 0.3 wrote: no run index
+    db.executescript("DROP TABLE runs; DROP TABLE run_activities; PRAGMA user_version=3;")
+    db.close()
+
+    async def read() -> None:
+        journal = SqliteJournal(path)
+        try:
+            assert msgs(await journal.runs()) == ["f", "e", "c", "d", "b", "a"]
+            assert msgs(await journal.runs(status="parked")) == ["c"]
+            assert msgs(await journal.runs(activity="ship")) == ["c", "b"]
+        finally:
+            await journal.close()
+
+    run(read())
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == VERSION == 4
+    db.close()
+
+
+@pytest.mark.integration
+def test_cosmos_a_lagging_run_item_is_repaired_at_the_next_commit(
+        make_cosmos: Callable[..., Any]) -> None:
+    async def main() -> None:
+        journal = make_cosmos()
+        real = journal._index_run
+
+        async def lost(commit: dict[str, Any]) -> None:  # the write after the commit is lost
+            return None
+
+        a = "order/r"
+        await journal.append(step(a, 0, "m1", ev(0, "activity.done", "charge"), start=0,
+                                  ts=1.0, first="h"))
+        journal._index_run = lost
+        await journal.append(step(a, 1, "m1", ev(1, "timer.start", "sleep"), start=0, ts=1.0))
+        journal._index_run = real
+        assert one(await journal.runs(), "m1")["status"] == "running"  # lagging
+        journal._run_rows.clear()  # another process writes the next commit
+        await journal.append(step(a, 2, "m1", ev(1, "timer.fired", "timer"),
+                                  ev(2, "activity.done", "ship"), start=0, ts=1.0))
+        row = one(await journal.runs(), "m1")
+        assert (row["status"], row["last_seq"], row["activities"]) == \
+            ("running", 2, ["charge", "ship"])
+        # the completing commit's index write is lost; the next run's first commit fixes it
+        journal._index_run = lost
+        await journal.append(step(a, 3, "m1", start=0, ts=1.0, kind="completed", state={}))
+        journal._index_run = real
+        assert one(await journal.runs(), "m1")["status"] == "running"
+        await journal.append(step(a, 4, "m2", start=4, ts=9.0, first="h"))
+        rows = await journal.runs()
+        assert [(r["msg"], r["status"]) for r in rows] == [("m2", "running"),
+                                                           ("m1", "completed")]
+
+    run(main())

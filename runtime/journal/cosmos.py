@@ -110,6 +110,7 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from runtime import errors
 from runtime.backends.blob import BlobStore
+from runtime.journal import runs as run_index
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
 __all__ = ["MAX_ITEM_BYTES", "CosmosJournal"]
@@ -282,6 +283,9 @@ class CosmosJournal:
         self._hint = -INF  # earliest due time known here (journal clock); -INF: query now
         self._owners: tuple[float, dict[str, int]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # actor -> (run message id, its run row, the row item's etag) as this object last
+        # wrote it: the next commit of a warm actor updates its row without reading it
+        self._run_rows: dict[str, tuple[str, run_index.Run, str]] = {}
 
     # -- plumbing --------------------------------------------------------------------------
     def _fail(self, op: str, actor: str | None, exc: BaseException) -> NoReturn:
@@ -522,9 +526,154 @@ class CosmosJournal:
             await self._call("append", actor, lambda c: c.create_item(item), expect=(409,))
         except CosmosHttpResponseError:
             raise JournalConflict(f"{what} already exists") from None
+        if isinstance(commit.get("run"), dict):
+            try:
+                await self._index_run(commit)
+            except errors.StorageError as exc:  # the commit stands; its next commit repairs
+                self.stats["run_index_lagging"] += 1
+                log.warning("run index of %s#%s on %s lags: %s", actor, seq, self.url, exc)
         if ("state" in commit and self.compact_every > 0 and isinstance(seq, int)
                 and seq > 0 and seq % self.compact_every == 0):
             self._spawn(self._compact_quietly(actor))
+
+    # -- the run index -------------------------------------------------------------------------
+    # One item per run, `{"id": "r:<msg>", "type": "run", "actor", "msg", "atype", "ident",
+    # "status", "started", "ended", "last_seq", "activities", "body"}` in the actor's
+    # partition, written after the commit (Cosmos has no transaction across the two items
+    # that the emulator honours), so it may lag: a run item whose `last_seq` is behind is
+    # caught up from the commits at the actor's next commit, and a write is an if-match
+    # replace, so a slow writer never takes a row back.
+    @staticmethod
+    def _run_item(row: run_index.Run) -> dict[str, Any]:
+        return {"id": _item_id("r", row["msg"]), "actor": row["actor"], "type": "run",
+                "msg": row["msg"], "atype": row["type"],
+                "ident": row["actor"].partition("/")[2], "status": row["status"],
+                "started": row["started"], "ended": row["ended"], "last_seq": row["last_seq"],
+                "activities": row["activities"], "body": _dumps(row)}
+
+    async def _write_run(self, row: run_index.Run, etag: str | None) -> str | None:
+        """Create the run item (etag None) or replace it if unchanged; its new etag, or
+        None if another writer got there first."""
+        item = self._run_item(row)
+
+        def write(c: ContainerProxy) -> Any:
+            if etag is None:
+                return c.create_item(item)
+            return c.replace_item(item["id"], item, etag=etag,
+                                  match_condition=MatchConditions.IfNotModified)
+
+        try:
+            done = await self._call("run_index", row["actor"], write, expect=(404, 409, 412))
+        except CosmosHttpResponseError:
+            return None
+        return str(done.get("_etag")) if isinstance(done, dict) else ""
+
+    def _remember_run(self, actor: str, row: run_index.Run, etag: str) -> None:
+        self._run_rows.pop(actor, None)
+        self._run_rows[actor] = (row["msg"], row, etag)
+        if len(self._run_rows) > 10_000:
+            self._run_rows.pop(next(iter(self._run_rows)))
+
+    async def _index_run(self, commit: Commit) -> None:
+        actor, seq = str(commit["actor"]), int(commit["seq"])
+        msg = str(commit["run"]["msg"])
+        known = self._run_rows.get(actor)
+        if known is not None and known[1]["last_seq"] == seq - 1:
+            # this object indexed the commit before: nothing can be lagging
+            before, etag = (known[1], known[2]) if known[0] == msg else (None, None)
+            row = run_index.fold(before, commit)
+            if row is not None:
+                new_etag = await self._write_run(row, etag)
+                if new_etag is not None:
+                    self._remember_run(actor, row, new_etag)
+                    return
+        await self.repair_runs(commit)
+
+    async def repair_runs(self, commit: Commit) -> None:
+        """Bring the run items of `commit`'s run and of the run before it (whose last index
+        write may have been lost) in line with the commits, up to `commit`."""
+        actor, seq = str(commit["actor"]), int(commit["seq"])
+        start = int(commit["run"].get("start", seq))
+        tail = await self._commits("run_index", actor, " AND c.seq >= @low AND c.seq < @seq",
+                                   low=max(0, start - 1), seq=seq)
+        runs: list[tuple[str, list[Commit]]] = []
+        prev = tail[0] if tail and tail[0]["seq"] == start - 1 else None
+        if prev is not None and isinstance(prev.get("run"), dict):
+            runs.append((str(prev["run"]["msg"]), [prev]))
+        msg = str(commit["run"]["msg"])
+        runs.append((msg, [c for c in tail if c["seq"] >= start] + [commit]))
+        for i, (run_msg, commits) in enumerate(runs):
+            current = i == len(runs) - 1
+            for _attempt in range(16):
+                raw = await self._read("run_index", actor, _item_id("r", run_msg))
+                before: run_index.Run | None = (None if raw is None
+                                                else json.loads(raw["body"]))
+                first = commits[0]
+                missing = (int(first["run"].get("start", first["seq"])) if before is None
+                           else int(before["last_seq"]) + 1)
+                extra = [] if missing >= first["seq"] else await self._commits(
+                    "run_index", actor, " AND c.seq >= @low AND c.seq < @seq", low=missing,
+                    seq=first["seq"])
+                row = before
+                for c in [*extra, *commits]:
+                    run = c.get("run")
+                    if isinstance(run, dict) and str(run.get("msg")) == run_msg:
+                        row = run_index.fold(row, c)
+                if row is None:
+                    break
+                if row is before:
+                    if raw is not None and current:
+                        self._remember_run(actor, row, str(raw.get("_etag")))
+                    break
+                etag = await self._write_run(row, None if raw is None else raw.get("_etag"))
+                if etag is not None:
+                    if current:
+                        self._remember_run(actor, row, etag)
+                    break
+
+    async def runs(self, *, type: str | None = None, status: str | None = None,
+                   activity: str | None = None, id_prefix: str | None = None,
+                   started_after: float | None = None, started_before: float | None = None,
+                   ended_after: float | None = None, ended_before: float | None = None,
+                   limit: int = 100, after: str | None = None) -> list[dict[str, Any]]:
+        """One cross-partition query on run items, `ORDER BY c.started DESC` (a single
+        field: no composite index needed), plus one for the rows tied with the page's last
+        start time, so the page is exact in (started, actor, msg) order."""
+        key = run_index.check(status, limit, after)
+        where = ["c.type = 'run'"]
+        params: dict[str, Any] = {}
+        for name, cond, value in (
+                ("atype", "c.atype = @atype", type), ("status", "c.status = @status", status),
+                ("act", "ARRAY_CONTAINS(c.activities, @act)", activity),
+                ("prefix", "STARTSWITH(c.ident, @prefix)", id_prefix),
+                ("sa", "c.started >= @sa", started_after),
+                ("sb", "c.started < @sb", started_before),
+                ("ea", "c.ended >= @ea", ended_after), ("eb", "c.ended < @eb", ended_before)):
+            if value is not None:
+                where.append(cond)
+                params[name] = value
+        if key is not None:
+            where.append("(c.started < @ks OR (c.started = @ks AND (c.actor < @ka OR "
+                         "(c.actor = @ka AND c.msg < @km))))")
+            params.update(ks=key[0], ka=key[1], km=key[2])
+        cond = " AND ".join(where)
+        rows = await self._rows("runs", f"SELECT TOP @top c.body FROM c WHERE {cond} "
+                                "ORDER BY c.started DESC", None, top=limit + 1, **params)
+        found = [json.loads(r["body"]) for r in rows]
+        if key is not None:
+            found = [r for r in found if run_index.order(r) < key]
+        if len(rows) > limit:  # rows tied with the last start time may sort in between
+            last = min(r["started"] for r in found) if found else key[0] if key else 0.0
+            ties = await self._rows("runs", f"SELECT c.body FROM c WHERE {cond} AND "
+                                    "c.started = @tie", None, tie=last, **params)
+            seen = {(r["actor"], r["msg"]) for r in found}
+            for t in ties:
+                r = json.loads(t["body"])
+                if (r["actor"], r["msg"]) not in seen and (key is None or
+                                                           run_index.order(r) < key):
+                    found.append(r)
+        found.sort(key=run_index.order, reverse=True)
+        return [run_index.shown(r) for r in found[:limit]]
 
     def _decoded(self, actor: str, rows: list[Any]) -> list[Commit]:
         ordered = sorted(rows, key=lambda r: r["seq"])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any
 
+from runtime.journal import runs as run_index
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
 INF = float("inf")
@@ -54,6 +55,7 @@ class MemoryJournal:
         self._timed_due: dict[str, float] = {}  # timed actors whose time has come
         self._counter = itertools.count(1)
         self._dead: dict[tuple[str, str], str] = {}
+        self._runs: dict[tuple[str, str], run_index.Run] = {}
 
     # -- commits ---------------------------------------------------------------------------
     async def append(self, commit: Commit) -> None:
@@ -69,6 +71,12 @@ class MemoryJournal:
         seqs[commit["seq"]] = doc
         if "kind" in commit and commit.get("run"):
             self._outcomes[(commit["actor"], commit["run"]["msg"])] = commit["seq"]
+        run = commit.get("run")
+        if isinstance(run, dict):  # the run index, in the same step as the commit
+            key = (commit["actor"], str(run.get("msg")))
+            indexed = run_index.fold(self._runs.get(key), commit)
+            if indexed is not None:
+                self._runs[key] = indexed
 
     async def read(self, actor: str, after_seq: int = -1) -> list[Commit]:
         seqs = self._commits.get(actor, {})
@@ -271,6 +279,20 @@ class MemoryJournal:
 
     async def drop_dead_letter(self, actor: str, msg_id: str) -> bool:
         return self._dead.pop((actor, msg_id), None) is not None
+
+    # -- the run index -------------------------------------------------------------------------
+    async def runs(self, *, type: str | None = None, status: str | None = None,
+                   activity: str | None = None, id_prefix: str | None = None,
+                   started_after: float | None = None, started_before: float | None = None,
+                   ended_after: float | None = None, ended_before: float | None = None,
+                   limit: int = 100, after: str | None = None) -> list[dict[str, Any]]:
+        key = run_index.check(status, limit, after)
+        found = [r for r in self._runs.values() if run_index.matches(
+            r, type=type, status=status, activity=activity, id_prefix=id_prefix,
+            started_after=started_after, started_before=started_before,
+            ended_after=ended_after, ended_before=ended_before, key=key)]
+        found.sort(key=run_index.order, reverse=True)
+        return [run_index.shown(r) for r in found[:limit]]
 
     # -- listing and upkeep ------------------------------------------------------------------
     async def actors(self, prefix: str = "") -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
+from runtime.journal import runs as run_index
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
 SCHEMA = """
@@ -47,6 +48,17 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE TABLE IF NOT EXISTS dead_letters (
     actor TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, doc BLOB NOT NULL,
     PRIMARY KEY (actor, id));
+CREATE TABLE IF NOT EXISTS runs (
+    actor TEXT NOT NULL, msg TEXT NOT NULL, type TEXT NOT NULL, ident TEXT NOT NULL,
+    status TEXT NOT NULL, started REAL NOT NULL, ended REAL, doc BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_key ON runs (actor, msg);
+CREATE INDEX IF NOT EXISTS runs_started ON runs (started, actor, msg);
+CREATE INDEX IF NOT EXISTS runs_type ON runs (type, started);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, started);
+CREATE INDEX IF NOT EXISTS runs_ident ON runs (ident, started);
+CREATE TABLE IF NOT EXISTS run_activities (
+    activity TEXT NOT NULL, actor TEXT NOT NULL, msg TEXT NOT NULL, started REAL NOT NULL,
+    PRIMARY KEY (activity, started, actor, msg)) WITHOUT ROWID;
 """
 MIGRATE_V1 = """
 ALTER TABLE inbox RENAME COLUMN enq TO n;
@@ -59,7 +71,7 @@ INSERT OR IGNORE INTO sched (actor, last_n, due_at)
     GROUP BY actor;
 """
 MIGRATE_V2 = "ALTER TABLE sched ADD COLUMN ver TEXT;"
-VERSION = 3
+VERSION = 4  # 4: the run index (tables runs, run_activities), backfilled from the commits
 # Rowid tables: new rows append to the same few pages, and the unique indexes carry only
 # the short keys, so one group commit touches far fewer pages than keyed tables would.
 Write = Callable[[sqlite3.Connection], Any]
@@ -82,6 +94,9 @@ class SqliteJournal:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="loom-journal")
         self.transactions = 0
         self.writes = 0
+        # actor -> the row of its newest run as the writer thread last wrote it (exact while
+        # its last_seq is the seq before a new commit: that commit was this object's)
+        self._run_rows: dict[str, run_index.Run] = {}
 
     def _setup(self) -> None:
         db = self._db
@@ -94,7 +109,35 @@ class SqliteJournal:
         elif sched and "ver" not in sched:  # Loom 0.2: runs are not pinned to code versions
             db.executescript(f"BEGIN IMMEDIATE; {MIGRATE_V2} COMMIT;")
         if version < VERSION:
+            if version < 4:
+                self._backfill_runs(db)
             db.execute(f"PRAGMA user_version={VERSION}")
+
+    @staticmethod
+    def _backfill_runs(db: sqlite3.Connection) -> int:
+        """Build the run index from the commits already written (a journal of Loom before
+        the index): one pass in (actor, seq) order, in one transaction."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM runs")
+            db.execute("DELETE FROM run_activities")
+            rows: dict[tuple[str, str], run_index.Run] = {}
+            for (doc,) in db.execute("SELECT doc FROM commits ORDER BY actor, seq"):
+                commit = from_json(doc)
+                run = commit.get("run")
+                if not isinstance(run, dict):
+                    continue
+                key = (str(commit["actor"]), str(run.get("msg")))
+                row = run_index.fold(rows.get(key), commit)
+                if row is not None:
+                    rows[key] = row
+            for row in rows.values():
+                _insert_run(db, row)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(rows)
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
@@ -157,6 +200,7 @@ class SqliteJournal:
         except Exception as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            self._run_rows.clear()  # it may hold rows of the rolled-back writes
             results = [(fut, None, exc) for _, fut in batch]
         return results
 
@@ -167,6 +211,8 @@ class SqliteJournal:
         row = (commit["actor"], commit["seq"], int("state" in commit), doc, done)
 
         epoch = commit.get("epoch")
+        run = commit.get("run")
+        run_msg = str(run.get("msg")) if isinstance(run, dict) else None
 
         def write(db: sqlite3.Connection) -> None:
             if epoch:  # the writer's lease must still be the newest: a stale holder is fenced
@@ -182,6 +228,8 @@ class SqliteJournal:
             except sqlite3.IntegrityError:
                 raise JournalConflict(
                     f"commit {commit['actor']}#{commit['seq']} already exists") from None
+            if run_msg is not None:  # the run index, in the same transaction as the commit
+                self._index_run(db, commit, run_msg)
 
         await self._submit(write)
 
@@ -204,6 +252,73 @@ class SqliteJournal:
         rows = self._query("SELECT doc FROM commits WHERE actor=? AND done_msg=? "
                            "ORDER BY seq DESC LIMIT 1", (actor, msg_id))
         return from_json(rows[0][0]) if rows else None
+
+    # -- the run index -------------------------------------------------------------------------
+    def _index_run(self, db: sqlite3.Connection, commit: Commit, msg: str) -> None:
+        """Fold `commit` into its run's row (on the writer thread, in the commit's
+        transaction). The first commit of a run inserts the row; a later one writes it only
+        if something a query sees changed (status, waits, activities, the end), so a step
+        that records an activity already listed costs no write. `last_seq` of a run not
+        ended is read from the commits at query time."""
+        actor, seq = str(commit["actor"]), int(commit["seq"])
+        before = self._run_rows.get(actor)
+        if before is None or before["last_seq"] != seq - 1 or before["msg"] != msg:
+            found = db.execute("SELECT doc FROM runs WHERE actor=? AND msg=?",
+                               (actor, msg)).fetchone()
+            before = from_json(found[0]) if found else None
+            if before is not None:
+                before["last_seq"] = -1  # not kept current in the table (see above)
+        row = run_index.fold(before, commit)
+        if row is None:
+            return
+        if before is None:
+            _insert_run(db, row)
+        elif {**row, "last_seq": 0} != {**before, "last_seq": 0}:
+            db.execute("UPDATE runs SET status=?, ended=?, doc=? WHERE actor=? AND msg=?",
+                       (row["status"], row["ended"], to_json(row), actor, msg))
+            _add_activities(db, row, run_index.added_activities(before, row))
+        self._run_rows.pop(actor, None)
+        self._run_rows[actor] = row
+        if len(self._run_rows) > 65_536:
+            self._run_rows.pop(next(iter(self._run_rows)))
+
+    async def runs(self, *, type: str | None = None, status: str | None = None,
+                   activity: str | None = None, id_prefix: str | None = None,
+                   started_after: float | None = None, started_before: float | None = None,
+                   ended_after: float | None = None, ended_before: float | None = None,
+                   limit: int = 100, after: str | None = None) -> list[dict[str, Any]]:
+        key = run_index.check(status, limit, after)
+        where: list[str] = []
+        args: list[Any] = []
+        source = "runs r"
+        if activity is not None:
+            source = "run_activities a JOIN runs r ON r.actor = a.actor AND r.msg = a.msg"
+            where.append("a.activity = ?")
+            args.append(activity)
+        for cond, value in (("r.type = ?", type), ("r.status = ?", status),
+                            ("r.started >= ?", started_after),
+                            ("r.started < ?", started_before), ("r.ended >= ?", ended_after),
+                            ("r.ended < ?", ended_before)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        if id_prefix is not None:
+            where.append("r.ident >= ? AND r.ident < ?")
+            args += [id_prefix, id_prefix + "\U0010ffff"]
+        if key is not None:
+            where.append("(r.started, r.actor, r.msg) < (?, ?, ?)")
+            args += list(key)
+        sql = (f"SELECT r.doc, CASE WHEN r.ended IS NULL THEN (SELECT MAX(c.seq) FROM commits c "
+               f"WHERE c.actor = r.actor) END FROM {source}"
+               f"{' WHERE ' if where else ''}{' AND '.join(where)} "
+               "ORDER BY r.started DESC, r.actor DESC, r.msg DESC LIMIT ?")
+        out = []
+        for doc, last_seq in self._query(sql, (*args, limit)):
+            row = from_json(doc)
+            if last_seq is not None:
+                row["last_seq"] = last_seq
+            out.append(run_index.shown(row))
+        return out
 
     # -- inbox -----------------------------------------------------------------------------
     async def enqueue(self, envelope: Envelope) -> bool:
@@ -429,3 +544,19 @@ class SqliteJournal:
         with self._lock:
             self._db.close()
         self._writer.close()
+
+
+def _insert_run(db: sqlite3.Connection, row: run_index.Run) -> None:
+    db.execute("INSERT INTO runs (actor, msg, type, ident, status, started, ended, doc) "
+               "VALUES (?,?,?,?,?,?,?,?)",
+               (row["actor"], row["msg"], row["type"], row["actor"].partition("/")[2],
+                row["status"], row["started"], row["ended"], to_json(row)))
+    _add_activities(db, row, row["activities"])
+
+
+def _add_activities(db: sqlite3.Connection, row: run_index.Run, names: list[str]) -> None:
+    for name in names:
+        db.execute("INSERT OR IGNORE INTO run_activities (activity, started, actor, msg) "
+                   "VALUES (?,?,?,?)", (name, row["started"], row["actor"], row["msg"]))
+
+

@@ -167,6 +167,24 @@ class JournalStore(Protocol):
         """Remove one entry from the list; False if it was not there."""
         ...
 
+    # -- the run index -------------------------------------------------------------------------
+    async def runs(self, *, type: str | None = None, status: str | None = None,
+                   activity: str | None = None, id_prefix: str | None = None,
+                   started_after: float | None = None, started_before: float | None = None,
+                   ended_after: float | None = None, ended_before: float | None = None,
+                   limit: int = 100, after: str | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first (by start, then actor, then message id), from the run index
+        kept with the commits (see `runtime/journal/runs.py` for how a row follows its
+        commits). Filters combine with AND: actor `type`; `status` (one of `runs.STATUSES`);
+        `activity` (the run recorded a step of it); `id_prefix` (the actor id, after
+        "type/", starts with it); start and end times as half-open ranges
+        [after, before). Keyset pages: pass the last row's `cursor` as `after`.
+
+        Each row: actor, type, msg, handler, status, waiting ("timer"/"event" while
+        parked), started, ended, first_seq, last_seq, activities, error ({code, type,
+        message} or None), cursor. Bad filters raise ValueError naming the filter."""
+        ...
+
     # -- listing and upkeep ------------------------------------------------------------------
     async def actors(self, prefix: str = "") -> list[str]:
         """Actors that have commits, optionally of one type ("type/")."""
