@@ -149,8 +149,14 @@ class GuestSession:
         if remaining <= 0:
             raise errors.Timeout(f"deadline of {self.limits.timeout_ms} ms passed before the "
                                  "HTTP request")
-        return http_capability.perform(request, cap, idempotency_key=self.idempotency_key,
-                                       timeout_s=min(timeout, remaining))
+        answer = http_capability.perform(request, cap, idempotency_key=self.idempotency_key,
+                                         timeout_s=min(timeout, remaining))
+        if not answer.get("ok", True) and remaining < timeout and \
+                time.monotonic() >= self.deadline:
+            # Cut by the activity's own deadline, not the host-call budget: the activity
+            # timed out, whatever the guest would make of a failed request.
+            raise errors.Timeout("the activity's deadline passed during an HTTP request")
+        return answer
 
     def _log(self, level: str, message: str, fields: dict[str, Any]) -> None:
         size = len(message) + len(json.dumps(fields, default=str))
