@@ -220,3 +220,19 @@ def test_a_connection_close_response_body_arriving_later_is_read() -> None:
         sock.close()
     assert out["ok"] is True, out
     assert out["status"] == 200 and out["body"] == '{"id": "late-body"}'
+
+
+@pytest.mark.parametrize("request_fields", [{"body": {"amount": 5}}, {"body": 5},
+                                            {"headers": ["X-Trace"]}])
+def test_a_body_that_is_not_text_or_headers_not_an_object_is_a_bad_request(
+        request_fields: dict[str, Any]) -> None:
+    """Before: a non-string body went out as no body at all, and list headers trapped with a
+    bare ValueError. Now the guest gets `bad_request` and nothing is sent."""
+    from runtime.executor import http_capability
+    from schemas.manifest import HttpCapability
+
+    cap = HttpCapability.model_validate({
+        "allow": [{"scheme": "http", "host": "127.0.0.1", "port": 9}], "allow_private": True})
+    out = http_capability.perform({"method": "POST", "url": "http://127.0.0.1:9/x",
+                                   **request_fields}, cap, idempotency_key="k", timeout_s=1.0)
+    assert out["ok"] is False and out["error"]["code"] == "bad_request", out

@@ -204,13 +204,17 @@ def perform(request: dict[str, Any], cap: HttpCapability, *, idempotency_key: st
     if method not in METHODS:
         raise errors.CapabilityDenied(f"HTTP method {method!r} is not allowed")
     scheme, host, port, path = check_url(str(request.get("url", "")), cap)
-    headers = {str(k): str(v) for k, v in dict(request.get("headers") or {}).items()
+    given, body = request.get("headers") or {}, request.get("body")
+    if not isinstance(given, dict) or not (body is None or isinstance(body, str)):
+        what = "headers must be an object" if not isinstance(given, dict) else \
+            "body must be a string (encode JSON yourself)"
+        return {"ok": False, "error": {"code": "bad_request", "message": what}}
+    headers = {str(k): str(v) for k, v in given.items()
                if str(k).lower() not in DROPPED_HEADERS}
     headers.setdefault("User-Agent", "loom-activity")
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
-    body = request.get("body")
-    payload = body.encode() if isinstance(body, str) else None
+    payload = body.encode() if body is not None else None
     conn_type = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
     try:
         conn = conn_type(host, port, resolve(host, port, cap, deadline), deadline)
