@@ -827,6 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "show":
             p.add_argument("--last", type=int, default=5, help="recent outcomes to list")
         p.set_defaults(func=None, direct=fn)
+    cli_service.register_actor_list(actors, leaf)
     dp = leaf(actors, "drop", "remove one pending message from an actor's inbox")
     dp.add_argument("type")
     dp.add_argument("id")

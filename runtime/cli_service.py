@@ -117,6 +117,60 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_actor_list(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from runtime.cli import _open_existing_journal
+    from runtime.service.visibility import FilterInvalid, list_runs, table
+    from runtime.settings import load_settings
+
+    async def listed() -> list[dict[str, Any]]:
+        journal = _open_existing_journal(load_settings())
+        if journal is None:
+            return []
+        try:
+            return await list_runs(
+                journal, type=args.type, status=args.status, activity=args.activity,
+                id_prefix=f"{args.tenant}~" if args.tenant else None, since=args.since,
+                until=args.until, ended_since=args.ended_since, ended_until=args.ended_until,
+                limit=args.limit, after=args.after)
+        finally:
+            await journal.close()
+
+    try:
+        rows = asyncio.run(listed())
+    except FilterInvalid as exc:
+        name, _, why = str(exc).partition(":")
+        raise errors.InputInvalid(f"--{name.replace('_', '-')}:{why}") from None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(table(rows))
+    if len(rows) == args.limit:
+        print(f"(more: --after {rows[-1]['cursor']})", file=sys.stderr)
+    return 0
+
+
+def register_actor_list(actors: Any, leaf: Leaf) -> None:
+    """`loom actor list`: runs from the journal's run index, newest first."""
+    from runtime.journal.runs import STATUSES
+
+    al = leaf(actors, "list", "list runs of actors (newest first), filtered; reads the run "
+                              "index, not the journals")
+    al.add_argument("--type", help="actor type")
+    al.add_argument("--status", help=f"one of {', '.join(STATUSES)}")
+    al.add_argument("--activity", help="runs that called this activity")
+    al.add_argument("--tenant", help="actors of one tenant of `loom serve`")
+    al.add_argument("--since", help="started at or after: epoch s, ISO 8601 or an age (2h)")
+    al.add_argument("--until", help="started before (same forms)")
+    al.add_argument("--ended-since", help="ended at or after (same forms)")
+    al.add_argument("--ended-until", help="ended before (same forms)")
+    al.add_argument("--limit", type=int, default=50, help="rows per page (1-1000)")
+    al.add_argument("--after", help="the cursor printed after a full page")
+    al.add_argument("--json", action="store_true", help="JSON rows (with their cursors)")
+    al.set_defaults(func=None, direct=cmd_actor_list)
+
+
 def register(sub: Any, leaf: Leaf) -> None:
     sv = leaf(sub, "serve", "the HTTP API, the Studio and /metrics (uvicorn)")
     sv.add_argument("--host", default="127.0.0.1")

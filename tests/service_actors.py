@@ -1,34 +1,10 @@
-"""Actors the service tests run inside `loom serve --module tests/service_actors.py`."""
+"""Actors the service tests run inside `loom serve --module tests/service_actors.py`: the
+demo's counter (`runtime/service/demo_actors.py`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from runtime.actors import Actor, ActorContext, handler
+from runtime.service import demo_actors
 
 
-class Counter(Actor, type_name="counter"):
-    def initial_state(self) -> Any:
-        return {"total": 0, "ticks": []}
-
-    @handler
-    async def add(self, ctx: ActorContext, payload: Any) -> int:
-        self.state["total"] += int((payload or {}).get("n", 1))
-        return int(self.state["total"])
-
-    @handler
-    async def tick(self, ctx: ActorContext, payload: Any) -> int:
-        self.state["ticks"].append((payload or {}).get("scheduled_at"))
-        return len(self.state["ticks"])
-
-    @handler
-    async def echo(self, ctx: ActorContext, payload: Any) -> Any:
-        return await ctx.call_activity("echo", payload)
-
-    @handler
-    async def boom(self, ctx: ActorContext, payload: Any) -> Any:
-        raise ValueError("boom on purpose")
-
-    @handler
-    async def park(self, ctx: ActorContext, payload: Any) -> Any:
-        return await ctx.wait_for_event("go", timeout=600)
+class Counter(demo_actors.Counter, type_name="counter"):
+    """add, tick, echo (the `echo` activity), boom (fails), park (waits for `go`)."""

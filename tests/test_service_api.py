@@ -4,6 +4,7 @@ scopes, problem documents, activities, actors, workflows, dead letters, OpenAPI.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ CALLS: dict[tuple[str, str], tuple[dict[str, Any] | None, set[int]]] = {
     ("POST", "/v1/actors/{type}/{id}/cancel"): ({}, {202}),  # B's own c1 (asked above)
     ("GET", "/v1/actors/{type}/{id}"): (None, {404}),
     ("GET", "/v1/actors/{type}/{id}/journal"): (None, {404}),
+    ("GET", "/v1/runs"): (None, {200}),  # B's own runs only
     ("POST", "/v1/workflows/validate"): (WORKFLOW, {422}),  # B has no `echo`
     ("POST", "/v1/workflows/graph"): (WORKFLOW, {422}),
     ("POST", "/v1/workflows"): ({"workflow": WORKFLOW, "instance": "w1"}, {422}),
@@ -228,6 +230,55 @@ def test_every_endpoint_with_the_wrong_tenants_key(server: Server, acme: Any) ->
     assert acme.get("/v1/schedules").json() == before["schedules"]
     assert acme.get("/v1/workflows/w1").json()["status"] == before["wf"]
     assert [a["name"] for a in acme.get("/v1/activities").json()] == ["echo"]
+
+
+def test_runs_are_listed_and_filtered_from_the_run_index(server: Server, acme: Any) -> None:
+    assert acme.post("/v1/actors/counter/v1/ask/echo", json={"payload": {"v": 1}}
+                     ).json()["outcome"] == "completed"
+    assert acme.post("/v1/actors/counter/v1/ask/boom", json={}).json()["outcome"] == "failed"
+    assert acme.post("/v1/actors/counter/v2/send/park", json={}).status_code == 202
+    every = acme.get("/v1/runs").json()
+    assert every["next"] is None and "acme" not in json.dumps(every["runs"])
+    assert {"counter/c1", "counter/v1", "workflow/w1"} <= {r["actor"] for r in every["runs"]}
+    starts = [r["started"] for r in every["runs"]]
+    assert starts == sorted(starts, reverse=True)  # newest first
+
+    def listed(**query: Any) -> list[tuple[str, str | None, str]]:
+        r = acme.get("/v1/runs", params=query)
+        assert r.status_code == 200, r.text
+        return [(r["actor"], r["handler"], r["status"]) for r in r.json()["runs"]]
+
+    assert listed(type="counter", id_prefix="v1") == [("counter/v1", "boom", "failed"),
+                                                     ("counter/v1", "echo", "completed")]
+    assert listed(activity="echo", id_prefix="v") == [("counter/v1", "echo", "completed")]
+    failed = acme.get("/v1/runs", params={"status": "failed", "id_prefix": "v1"}).json()
+    assert failed["runs"][0]["error"]["message"].endswith("boom on purpose")
+    deadline = time.monotonic() + 10
+    while ("counter/v2", "park", "parked") not in listed(status="parked"):
+        assert time.monotonic() < deadline, listed(type="counter")
+        time.sleep(0.05)
+    parked = acme.get("/v1/runs", params={"status": "parked", "type": "counter"}).json()
+    assert parked["runs"][0]["waiting"] == "event"
+    assert listed(since="1h", type="counter", id_prefix="v") == listed(type="counter",
+                                                                       id_prefix="v")
+    assert listed(until="2000-01-01T00:00:00Z") == []
+    seen, after = [], None  # keyset pages of one row
+    while True:
+        page = acme.get("/v1/runs", params={"limit": 1, **({"after": after} if after else {})}
+                        ).json()
+        seen += [(r["actor"], r["msg"]) for r in page["runs"]]
+        if page["next"] is None:
+            break
+        after = page["next"]
+    assert seen == [(r["actor"], r["msg"]) for r in acme.get("/v1/runs").json()["runs"]]
+    for bad, field in (({"status": "sleeping"}, "status"), ({"since": "soon"}, "since"),
+                       ({"after": "xyz"}, "after"), ({"limit": 0}, "limit")):
+        r = acme.get("/v1/runs", params=bad)
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["pointer"] == f"/{field}", r.text
+    # another tenant sees none of these
+    other = server.client(server.key("initech", "read"))
+    assert other.get("/v1/runs").json() == {"runs": [], "next": None}
 
 
 def test_openapi_document(server: Server) -> None:

@@ -27,6 +27,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, s
     assert upload(c, "echo").status_code == 201
     assert upload(c, "slugify").status_code == 201
     assert c.post("/v1/actors/counter/s1/ask/echo", json={"payload": {"hi": 1}}).status_code == 200
+    assert c.post("/v1/actors/counter/s2/ask/boom", json={}).json()["outcome"] == "failed"
     yield s, key
     s.stop()
 
@@ -74,6 +75,35 @@ def test_actor_timeline_shows_resources(studio: tuple[Server, str], page: Any) -
     page.fill("#actor-id", "nobody")
     page.click("#actor-search button")
     page.wait_for_selector("#status:has-text('404')")
+
+
+def test_actors_page_lists_runs_filters_and_opens_the_timeline(
+        studio: tuple[Server, str], page: Any) -> None:
+    page.click("nav button[data-tab='actors']")
+    page.wait_for_selector("#run-list tr.run[data-actor='counter/s2']")
+    actors = page.locator("#run-list tr.run").evaluate_all("rs => rs.map(r => r.dataset.actor)")
+    assert {"counter/s1", "counter/s2"} <= set(actors)
+    assert "acme" not in page.inner_text("#run-list")
+    page.select_option("#run-status", "failed")
+    page.click("#run-filters button")
+    page.wait_for_function("document.querySelectorAll('#run-list tr.run').length === 1")
+    row = page.locator("#run-list tr.run")
+    assert row.get_attribute("data-actor") == "counter/s2"
+    assert "boom on purpose" in row.inner_text() and "failed" in row.inner_text()
+    page.select_option("#run-status", "completed")
+    page.fill("#run-activity", "echo")
+    page.click("#run-filters button")
+    page.wait_for_selector("#run-list tr.run[data-actor='counter/s1']")
+    assert page.locator("#run-list tr.run").count() == 1
+    page.click("#run-list tr.run[data-actor='counter/s1'] a.actor-link")
+    page.wait_for_selector("#actor-detail h2:has-text('counter/s1')")
+    page.wait_for_selector("#timeline li.event")
+    assert "activity.done echo" in page.inner_text("#timeline")
+    page.fill("#run-since", "soon")
+    page.click("#run-filters button")
+    page.wait_for_selector("#status:has-text('422')")
+    page.fill("#run-since", "")
+    page.fill("#run-activity", "")
 
 
 def test_dead_letters_tab_and_bad_key(studio: tuple[Server, str], page: Any) -> None:

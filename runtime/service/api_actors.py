@@ -21,6 +21,7 @@ from runtime.service.models import (
     MessageRequest,
     Outcome,
     Queued,
+    RunPage,
     SignalRequest,
 )
 from runtime.service.problems import Problem, not_found
@@ -232,3 +233,38 @@ async def journal(type: str, id: str, request: Request, who: Principal = READ,
     shown = commits[:limit]
     return {"actor": f"{type}/{id}", "commits": _strip(shown, who.tenant),
             "more": len(commits) > limit}
+
+
+@router.get("/v1/runs", response_model=RunPage,
+            summary="Runs of the tenant's actors, newest first, filtered (the run index)")
+async def runs(request: Request, who: Principal = READ,
+               type: str | None = Query(default=None, max_length=200),
+               status: str | None = Query(default=None, description="running, parked, "
+                                          "completed, failed, rejected, cancelled, "
+                                          "dead_lettered"),
+               activity: str | None = Query(default=None, max_length=200),
+               id_prefix: str | None = Query(default=None, max_length=200,
+                                             description="actor ids starting with this"),
+               since: str | None = Query(default=None, description="started at or after: "
+                                         "epoch s, ISO 8601 or an age (15m, 2h, 7d)"),
+               until: str | None = Query(default=None, description="started before"),
+               ended_since: str | None = Query(default=None),
+               ended_until: str | None = Query(default=None),
+               limit: int = Query(default=50, ge=1, le=1000),
+               after: str | None = Query(default=None, max_length=2000)) -> RunPage:
+    from runtime.service.visibility import FilterInvalid, list_runs
+
+    svc = _svc(request)
+    try:
+        rows = await list_runs(
+            svc.journal, type=type, status=status, activity=activity,
+            id_prefix=f"{who.tenant}{tenancy.ACTOR_SEP}{id_prefix or ''}", since=since,
+            until=until, ended_since=ended_since, ended_until=ended_until, limit=limit,
+            after=after)
+    except FilterInvalid as exc:
+        name = str(exc).partition(":")[0]
+        raise Problem(422, "request_invalid", "Request invalid", str(exc), errors_=[
+            {"in": "query", "pointer": f"/{name}", "message": str(exc)}]) from None
+    shown = [{**_strip(r, who.tenant), "cursor": r["cursor"]} for r in rows]
+    return RunPage.model_validate({"runs": shown,
+                                   "next": rows[-1]["cursor"] if len(rows) == limit else None})

@@ -7,14 +7,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-
 
 def main() -> int:
+    import signal
     import tempfile
 
-    from service_harness import Server, upload  # type: ignore[import-not-found]
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a terminated demo stops its server too
+
+    from runtime.service.harness import Server, upload
 
     home = Path(tempfile.mkdtemp(prefix="loom-studio-"))
     server = Server(home)
@@ -27,6 +30,7 @@ def main() -> int:
             c.post("/v1/actors/counter/c1/ask/add", json={"payload": {"n": n}})
         c.post("/v1/actors/counter/c1/ask/echo", json={"payload": {"hello": "studio"}})
         c.post("/v1/actors/counter/c1/ask/boom", json={})
+        c.post("/v1/actors/counter/c2/send/park", json={})  # parked on an event
         print(f"Studio: {server.url}/studio/   key: {key}\n(LOOM_HOME={home}; Ctrl-C stops)",
               flush=True)
         while server.proc.poll() is None:

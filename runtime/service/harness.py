@@ -1,5 +1,5 @@
-"""A real `loom serve` (uvicorn) on a free loopback port, in its own process, for tests and
-benchmarks; keys are made with the real `loom keys create`."""
+"""A real `loom serve` (uvicorn) on a free loopback port, in its own process, for `make
+studio`, the tests and the benchmarks; keys are made with the real `loom keys create`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOOM = str(Path(sys.executable).with_name("loom"))
 
 
@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, home: Path, *, modules: tuple[str, ...] = ("tests/service_actors.py",),
+    def __init__(self, home: Path, *, modules: tuple[str, ...] = ("runtime.service.demo_actors",),
                  env: dict[str, str] | None = None) -> None:
         self.home = home
         self.port = free_port()

@@ -75,3 +75,25 @@ class ScheduleRequest(Strict):
     payload: Any = None
     missed: Literal["catch-up", "skip"] = Field(
         default="skip", description="After downtime: fire every missed tick, or only the latest.")
+
+
+class RunRow(BaseModel):
+    actor: str = Field(description="type/id, as the tenant names it")
+    type: str
+    msg: str = Field(description="The message id that started the run.")
+    handler: str | None
+    status: str = Field(description="running, parked, completed, failed, rejected, cancelled, "
+                                    "dead_lettered")
+    waiting: str | None = Field(description="While parked: timer or event.")
+    started: float
+    ended: float | None
+    first_seq: int
+    last_seq: int
+    activities: list[str]
+    error: dict[str, Any] | None
+    cursor: str = Field(description="Pass as `after` for the rows after this one.")
+
+
+class RunPage(BaseModel):
+    runs: list[RunRow]
+    next: str | None = Field(description="`after` for the next page; null on the last page.")

@@ -31,6 +31,7 @@ function show(tab) {
   for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== tab;
   if (tab === "activities") guarded(loadActivities);
   if (tab === "dead") guarded(loadDead);
+  if (tab === "actors") guarded(() => loadRuns(false));
 }
 
 // -- activities -----------------------------------------------------------------------------
@@ -108,6 +109,33 @@ function describe(e) {
   return text;
 }
 
+// -- runs (the journal's run index: GET /v1/runs) ---------------------------------------------
+let runsNext = null;
+function when(ts) { return ts == null ? "-" : new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19); }
+async function loadRuns(more) {
+  const q = new URLSearchParams({ limit: "50" });
+  for (const [name, sel] of [["type", "#run-type"], ["status", "#run-status"], ["activity", "#run-activity"], ["since", "#run-since"], ["until", "#run-until"]]) {
+    const v = $(sel).value.trim();
+    if (v) q.set(name, v);
+  }
+  if (more && runsNext) q.set("after", runsNext);
+  const page = await api("GET", `/v1/runs?${q}`);
+  const body = $("#run-list tbody");
+  if (!more) body.replaceChildren();
+  for (const r of page.runs) {
+    const [type, ...rest] = r.actor.split("/");
+    const id = rest.join("/");
+    const open = () => guarded(async () => { $("#actor-type").value = type; $("#actor-id").value = id; await showActor(type, id); });
+    body.append(el("tr", { class: `run run-${r.status}`, "data-actor": r.actor, "data-msg": r.msg },
+      el("td", {}, el("a", { href: "#", class: "actor-link", onclick: (ev) => { ev.preventDefault(); open(); } }, r.actor)),
+      el("td", {}, r.handler || "-"), el("td", { class: "run-status" }, r.status + (r.waiting ? ` (${r.waiting})` : "")),
+      el("td", {}, when(r.started)), el("td", {}, when(r.ended)), el("td", {}, r.activities.join(", ")),
+      el("td", { class: r.error ? "failed" : "" }, r.error ? `${r.error.code}: ${r.error.message}` : "")));
+  }
+  runsNext = page.next;
+  $("#run-more").hidden = !page.next;
+}
+
 async function showActor(type, id) {
   const path = `/v1/actors/${encodeURIComponent(type)}/${encodeURIComponent(id)}`;
   const a = await api("GET", path);
@@ -149,5 +177,7 @@ $("#key").value = key;
 $("#use-key").addEventListener("click", () => { key = $("#key").value.trim(); sessionStorage.setItem("loom-key", key); show("activities"); });
 for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => show(b.dataset.tab));
 $("#actor-search").addEventListener("submit", (ev) => { ev.preventDefault(); guarded(() => showActor($("#actor-type").value, $("#actor-id").value)); });
+$("#run-filters").addEventListener("submit", (ev) => { ev.preventDefault(); guarded(() => loadRuns(false)); });
+$("#run-more").addEventListener("click", () => guarded(() => loadRuns(true)));
 $("#wf-search").addEventListener("submit", (ev) => { ev.preventDefault(); guarded(() => showWorkflow($("#wf-instance").value)); });
 if (key) show("activities");
