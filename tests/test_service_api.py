@@ -279,6 +279,23 @@ def test_runs_are_listed_and_filtered_from_the_run_index(server: Server, acme: A
     # another tenant sees none of these
     other = server.client(server.key("initech", "read"))
     assert other.get("/v1/runs").json() == {"runs": [], "next": None}
+    # the operator's CLI asks the same index (all tenants; --tenant narrows)
+    import subprocess
+
+    from service_harness import LOOM, ROOT
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([LOOM, "actor", "list", *args], cwd=ROOT, env=server.env,
+                              capture_output=True, text=True)
+
+    out = cli("--tenant", "acme", "--status", "failed", "--json")
+    assert out.returncode == 0, out.stderr
+    assert {(r["actor"], r["handler"]) for r in json.loads(out.stdout)} >= {
+        ("counter/acme~v1", "boom")}
+    table = cli("--tenant", "acme", "--type", "counter", "--activity", "echo").stdout
+    assert table.startswith("ACTOR") and "counter/acme~v1" in table and "boom" not in table
+    bad = cli("--status", "sleeping")
+    assert bad.returncode != 0 and "--status: 'sleeping' is not one of" in bad.stderr
 
 
 def test_openapi_document(server: Server) -> None:
