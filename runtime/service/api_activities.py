@@ -114,16 +114,22 @@ async def show_version(name: str, version: str, request: Request,
     return _public(_own(_svc(request), who.tenant, name, version), who.tenant)
 
 
-@router.post("/{name}/invoke", summary="Run the activity once and return its output")
+@router.post("/{name}/invoke", summary="Run the activity once and return its output",
+             responses={429: {"description": "Over the activity's limit (LOOM_LIMITS) or the "
+                              "tenant's quota: a problem document with Retry-After"}})
 async def invoke(name: str, body: InvokeRequest, request: Request,
                  who: Principal = INVOKE) -> InvokeResponse:
     svc = _svc(request)
     _own(svc, who.tenant, name, body.version)
     internal = tenancy.activity(who.tenant, name)
     key = request.headers.get("idempotency-key") or body.idempotency_key
-    result = await run_in_threadpool(svc.calls.execute, internal, body.input,
-                                     version=body.version, tenant=who.tenant,
-                                     idempotency_key=key, timeout_ms=body.timeout_ms)
+    release = await svc.admission.invoke(name, who.tenant)  # 429 over a limit: never waits
+    try:
+        result = await run_in_threadpool(svc.calls.execute, internal, body.input,
+                                         version=body.version, tenant=who.tenant,
+                                         idempotency_key=key, timeout_ms=body.timeout_ms)
+    finally:
+        await release()
     return InvokeResponse(output=result.output, activity=name, version=result.version,
                           idempotency_key=result.idempotency_key,
                           duration_ms=result.duration_ms, fuel_used=result.fuel_used,

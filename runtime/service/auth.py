@@ -31,6 +31,7 @@ def scope(name: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
             raise Problem(403, "scope_missing", "Scope missing",
                           f"this key lacks the {name!r} scope")
         request.state.tenant = principal.tenant
+        await request.app.state.service.admission.request(principal.tenant)
         return principal  # type: ignore[no-any-return]
 
     return check

@@ -23,4 +23,7 @@ class ServiceConfig(BaseSettings):
                               "schedule and pass, when a schedule catches up.")
     run_actors: bool = Field(default=True, description="Run actors in the server process "
                              "(workflows, and the types of --module).")
+    quotas: str = Field(default="", description='Requests per minute per tenant, JSON: '
+                        '{"*": {"per_minute": 600}, "acme": {"per_minute": 6000, "burst": 500}}'
+                        ' (a tenant\'s own entry, else "*"); empty: none.')
     studio: bool = True

@@ -41,6 +41,8 @@ class Metrics:
                                 ["kind", "created"], registry=r)
         self.cron_ticks = Counter("loom_schedule_ticks_fired", "Cron ticks enqueued", [],
                                   registry=r)
+        self.throttled = Counter("loom_api_throttled", "API requests refused with 429",
+                                 ["kind"], registry=r)
         self.module_cache = Gauge("loom_module_cache_entries", "Compiled modules in memory",
                                   registry=r)
 

@@ -28,10 +28,12 @@ class Problem(Exception):
     """Raise anywhere in a route to answer with a problem document."""
 
     def __init__(self, status: int, code: str, title: str, detail: str = "", *,
-                 errors_: list[dict[str, str]] | None = None, **extra: Any) -> None:
+                 errors_: list[dict[str, str]] | None = None,
+                 headers_: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail or title)
         self.status, self.code, self.title, self.detail = status, code, title, detail
         self.errors = errors_
+        self.headers = headers_
         self.extra = extra
 
     def body(self, instance: str) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def not_found(what: str) -> Problem:
 
 
 def respond(problem: Problem, request: Request) -> JSONResponse:
-    headers = {"Retry-After": "1"} if problem.status == 503 else None
+    headers = problem.headers or ({"Retry-After": "1"} if problem.status == 503 else None)
     return JSONResponse(problem.body(request.url.path), status_code=problem.status,
                         media_type=MEDIA_TYPE, headers=headers)
 

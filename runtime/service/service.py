@@ -12,6 +12,7 @@ from typing import Any
 from runtime.executor import Executor
 from runtime.journal.store import JournalStore
 from runtime.service import tenancy
+from runtime.service.admission import Admission
 from runtime.service.calls import Calls
 from runtime.service.config import ServiceConfig
 from runtime.service.keys import KeyRing
@@ -34,6 +35,8 @@ class Service:
         self._own_executor = executor is None
         self.executor = executor or Executor(self.settings)
         self.calls = Calls(self.executor, self.metrics)
+        self.admission = Admission(self.settings.limits, self.config.quotas,
+                                   self.settings.redis_url, self.metrics)
         self._inner_journal = journal
         self.journal: Any = None
         self.runtime: Any = None
@@ -80,6 +83,7 @@ class Service:
         rt = ActorRuntime(self.journal, self.executor, activities=self.calls,
                           tenant_of=tenancy.tenant_of_actor, poll_interval_s=0.02,
                           lease_ttl_s=self.settings.lease_ttl_s,
+                          limiter=self.admission.limiter,
                           max_deliveries=self.settings.max_deliveries)
         self.calls.breakers = rt.breakers
         rt.register(WorkflowActor)
