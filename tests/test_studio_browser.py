@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from service_harness import Server, upload
+from service_harness import LOOM, ROOT, Server, upload
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -33,14 +33,23 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, s
 
 
 @pytest.fixture(scope="module")
-def page(studio: tuple[Server, str]) -> Iterator[Any]:
+def browser(studio: tuple[Server, str]) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        pg = browser.new_page()
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any) -> Any:
+    return browser.new_page()
+
+
+def _use_key(page: Any, key: str) -> None:
+    page.fill("#key", key)
+    page.click("#use-key")
 
 
 def test_activities_invoke_and_recent_calls(studio: tuple[Server, str], page: Any) -> None:
@@ -113,3 +122,117 @@ def test_dead_letters_tab_and_bad_key(studio: tuple[Server, str], page: Any) -> 
     page.fill("#key", "loom_000000000000_" + "x" * 43)
     page.click("#use-key")
     page.wait_for_selector("#status:has-text('401')")
+
+
+def test_cluster_page_alone_and_for_admins_only(studio: tuple[Server, str], page: Any) -> None:
+    server, key = studio
+    _use_key(page, key)
+    page.click("nav button[data-tab='cluster']")
+    page.wait_for_selector("#cluster-denied:has-text('admin scope')")
+    _use_key(page, server.key("acme", "admin"))
+    page.click("nav button[data-tab='cluster']")
+    page.wait_for_selector("#cluster-mode:has-text('not in a fleet')")
+    summary = page.inner_text("#cluster-summary")
+    assert "dead-lettered" in summary and "counter" in summary  # this server's actor types
+    assert "No limits configured" in page.inner_text("#cluster-limits")
+    assert "closed" in page.inner_text("#cluster-breakers")
+    _use_key(page, key)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iterator[Any]:
+    """redis-server, one `loom worker` (code version v1) and `loom serve` on one journal."""
+    import os
+    import subprocess
+
+    import redis
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/12"
+    redis.Redis.from_url(url).flushdb()
+    home = tmp_path_factory.mktemp("fleet")
+    env = {"LOOM_REDIS_URL": url, "LOOM_BREAKER_URL": url, "LOOM_LEASE_TTL_S": "2",
+           "LOOM_PARTITIONS": "4", "LOOM_LIMITS": '{"http_post": {"concurrency": 4}}'}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
+    log = (home / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [LOOM, "worker", "--module", str(ROOT / "tests/service_actors.py"), "--poll", "0.01"],
+        cwd=ROOT, env={**base, **env, "LOOM_HOME": str(home), "LOOM_CODE_VERSION": "v1"},
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(home, env={**env, "LOOM_SERVICE_RUN_ACTORS": "false"})
+    try:
+        yield server, url, home
+    finally:
+        server.stop()
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+
+
+def test_cluster_page_shows_the_fleet(fleet: Any, browser: Any) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pybreaker
+
+    from runtime.actors.resilience import redis_breaker_storage
+    from runtime.cluster.partitions import partition_of
+    from runtime.journal import SqliteJournal
+    from runtime.limits import Grant, limiter_from_settings
+
+    server, url, home = fleet
+    admin = server.key("ops", "admin")
+    # a run the worker parks (pinned to v1), and one pinned to v0 that nobody can resume
+    assert server.client(admin).post("/v1/actors/counter/p1/send/park", json={}
+                                     ).status_code == 202
+
+    async def stranded() -> None:
+        journal = SqliteJournal(home / "loom.db")
+        try:
+            await journal.enqueue({"id": "m", "target": "gone/1", "kind": "call",
+                                   "payload": None, "deliver_at": 0.0})
+            await journal.acquire("gone/1", "old-worker", 1.0, 10.0)
+            await journal.settle("gone/1", "old-worker", now=1.0, seen_n=-1, busy=False,
+                                 release=True, version="v0")
+        finally:
+            await journal.close()
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread
+        pool.submit(asyncio.run, stranded()).result()
+    grant = limiter_from_settings('{"http_post": {"concurrency": 4}}', url).try_acquire(
+        "http_post", "ops", "call-1")
+    assert isinstance(grant, Grant)
+    breaker = pybreaker.CircuitBreaker(fail_max=1, state_storage=redis_breaker_storage(url)(
+        "flaky"))
+    with pytest.raises(pybreaker.CircuitBreakerError):
+        breaker.call(lambda: 1 / 0)
+
+    page = browser.new_page()
+    try:
+        page.goto(f"{server.url}/studio/")
+        _use_key(page, admin)
+        page.click("nav button[data-tab='cluster']")
+        # the page refreshes itself: wait for the worker to own every partition and park p1
+        page.wait_for_selector("#cluster-summary:has-text('(0 unowned)')", timeout=60_000)
+        page.wait_for_selector("#cluster-versions tr[data-version='v1']", timeout=60_000)
+        assert "1 worker(s), 4 partitions" in page.inner_text("#cluster-summary")
+        worker = page.locator("#cluster-workers tr.worker")
+        assert worker.count() == 1 and "v1" in worker.inner_text()
+        assert page.locator("#cluster-partitions tr.partition").count() == 4
+        gone = partition_of("gone/1", 4)
+        assert int(page.inner_text(f"#cluster-partitions tr[data-partition='{gone}'] .lag")) >= 1
+        v0 = page.locator("#cluster-versions tr[data-version='v0']")
+        assert "stranded" in (v0.get_attribute("class") or "") and "nobody" in v0.inner_text()
+        assert "v0" in page.inner_text("#cluster-stranded")
+        v1 = page.locator("#cluster-versions tr[data-version='v1']")
+        assert worker.get_attribute("data-worker") in v1.inner_text()
+        assert page.locator("#cluster-limits tr[data-limit='http_post'] td").all_inner_texts(
+            ) == ["http_post", "4", "-", "1"]
+        assert page.inner_text("#cluster-breakers tr[data-breaker='flaky'] .breaker-open"
+                               ) == "open"
+        assert "0 dead-lettered" in page.inner_text("#cluster-dead")
+    finally:
+        page.close()

@@ -86,6 +86,19 @@ class Admission:
                 self.quotas = MemoryLimiter(self.quota_config)
         self.metrics = metrics
 
+    def usage(self) -> dict[str, dict[str, Any]]:
+        """Each limited activity's fleet-wide limits and, from Redis, the calls holding a
+        slot now (`in_use`; None for the in-memory limiter)."""
+        limiter = self.limiter
+        if limiter is None:
+            return {}
+        usage = getattr(limiter, "usage", None)
+        if callable(usage):
+            return dict(usage())
+        config: LimitsConfig = getattr(limiter, "config", LimitsConfig({}))
+        return {name: {"concurrency": lim.concurrency, "rate_per_s": lim.rate_per_s,
+                       "in_use": None} for name, lim in sorted(config.root.items())}
+
     async def request(self, tenant: str) -> None:
         """Take one of the tenant's requests, or raise 429 `quota_exceeded`."""
         if self.quotas is None:

@@ -31,13 +31,22 @@ async def cluster(request: Request, who: Principal = ADMIN) -> dict[str, Any]:
 
     svc = _svc(request)
     view = await read_journal_view(svc.journal.inner)
-    if svc.settings.redis_url:
-        return await asyncio.to_thread(
-            fleet_status, svc.settings.redis_url, int(svc.settings.lease_ttl_s * 1000), view)
+    settings = svc.settings
+    if settings.redis_url:
+        breakers = settings.breaker_url if settings.breaker_url.startswith(
+            ("redis://", "rediss://")) else None
+        out: dict[str, Any] = await asyncio.to_thread(
+            fleet_status, settings.redis_url, int(settings.lease_ttl_s * 1000), view,
+            limits=svc.admission.limiter, breaker_url=breakers)
+        if out.get("fleet"):
+            return out
     owners = await svc.journal.owners()
-    return {"fleet": False, "workers": [{"id": o, "actors": n} for o, n in owners.items()],
+    return {"fleet": False, "redis": settings.redis_url or None,
+            "workers": [{"id": o, "actors": n} for o, n in owners.items()],
             "due": len(view.due), "run_versions": view.run_versions,
             "dead_letters": len(view.dead_letters),
+            "limits": svc.admission.usage(),
+            "breakers_not_closed": {name: "open" for (name,), v in svc.breaker_states() if v},
             "this_server": {"activations": len(svc.runtime.activations) if svc.runtime else 0,
                             "types": sorted(svc.runtime.types) if svc.runtime else []}}
 

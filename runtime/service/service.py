@@ -51,9 +51,9 @@ class Service:
                             lambda: [([], float(len(self.runtime.activations)))]
                             if self.runtime is not None else [])
         self.metrics.gauges("loom_breaker_open", "1 when an activity's breaker is open",
-                            ["activity"], self._breakers)
+                            ["activity"], self.breaker_states)
 
-    def _breakers(self) -> list[tuple[list[str], float]]:
+    def breaker_states(self) -> list[tuple[list[str], float]]:
         if self.runtime is None:
             return []
         rows = []

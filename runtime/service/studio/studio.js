@@ -32,6 +32,8 @@ function show(tab) {
   if (tab === "activities") guarded(loadActivities);
   if (tab === "dead") guarded(loadDead);
   if (tab === "actors") guarded(() => loadRuns(false));
+  clearTimeout(clusterTimer);
+  if (tab === "cluster") guarded(loadCluster);
 }
 
 // -- activities -----------------------------------------------------------------------------
@@ -171,6 +173,92 @@ async function loadDead() {
       el("td", {}, el("button", { onclick: () => guarded(async () => { await api("POST", `${path}/retry`); await loadDead(); }) }, "Retry"),
         el("button", { onclick: () => guarded(async () => { await api("DELETE", path); await loadDead(); }) }, "Drop"))));
   }
+}
+
+// -- cluster (GET /v1/cluster, admin keys): refreshed every 2 s while the tab is open -------
+let clusterTimer = null;
+function table(id, headers, rows) {
+  return el("table", { id }, el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...rows));
+}
+function cells(...values) { return values.map((v) => el("td", {}, v == null ? "-" : v)); }
+function limitsTable(limits) {
+  const rows = Object.entries(limits || {}).map(([name, l]) => el("tr", { "data-limit": name },
+    ...cells(name, l.concurrency, l.rate_per_s, l.in_use == null ? "(this server)" : l.in_use)));
+  return rows.length ? table("cluster-limits", ["activity", "concurrency", "rate/s", "in use"], rows)
+    : el("p", { id: "cluster-limits", class: "muted" }, "No limits configured (LOOM_LIMITS).");
+}
+function breakersTable(breakers) {
+  const rows = Object.entries(breakers || {}).map(([name, state]) =>
+    el("tr", { "data-breaker": name }, el("td", {}, name), el("td", { class: `breaker-${state}` }, state)));
+  return rows.length ? table("cluster-breakers", ["breaker", "state"], rows)
+    : el("p", { id: "cluster-breakers", class: "muted" }, "Every breaker is closed.");
+}
+function versionsTable(byVersion) {
+  const rows = Object.entries(byVersion).map(([v, d]) => el("tr",
+    { "data-version": v, class: d.resumed_by.length ? "" : "stranded" },
+    ...cells(v, d.runs, d.resumed_by.length ? d.resumed_by.join(", ") : "nobody: stranded")));
+  return rows.length ? table("cluster-versions", ["code version", "runs", "resumed by"], rows)
+    : el("p", { id: "cluster-versions", class: "muted" }, "No runs pinned to a code version.");
+}
+function fleetView(c) {
+  const due = c.due_actors_per_partition || {};
+  const lag = Object.values(due).reduce((a, b) => a + b, 0);
+  const workers = c.workers.map((w) => el("tr", { class: "worker", "data-worker": w.id },
+    ...cells(w.id, `${w.host}:${w.pid}`, w.version, w.compatible.join(", "),
+      w.heartbeat_age_ms == null ? null : `${w.heartbeat_age_ms} ms`, w.partitions, w.in_flight)));
+  const partitions = [];
+  for (let p = 0; p < c.partitions; p++) {
+    const o = c.owners[p] || c.owners[String(p)];
+    const n = due[p] || due[String(p)] || 0;
+    partitions.push(el("tr", { class: `partition${o ? "" : " unowned"}${n ? " lagging" : ""}`, "data-partition": p },
+      ...cells(p, o ? o.worker : "unowned", o ? o.epoch : null, o ? `${o.lease_left_ms} ms` : null),
+      el("td", { class: "lag" }, n)));
+  }
+  const dead = c.dead_letters || { count: 0, latest: [] };
+  const stranded = c.stranded_versions || [];
+  return [
+    el("p", { id: "cluster-summary" }, `Fleet on ${String(c.redis).replace(/\/\/[^@]*@/, "//")}: ` +
+      `${c.workers.length} worker(s), ${c.partitions} partitions (${c.unowned.length} unowned), ` +
+      `code versions ${c.versions.join(", ") || "-"}, ${lag} actor(s) due.`),
+    el("h3", {}, "Workers"), table("cluster-workers", ["worker", "host:pid", "version", "resumes also", "heartbeat", "partitions", "in flight"], workers),
+    el("h3", {}, "Partitions"), table("cluster-partitions", ["partition", "owner", "epoch", "lease left", "due actors (lag)"], partitions),
+    el("h3", {}, "Runs by code version"), versionsTable(c.runs_by_version || {}),
+    el("p", { id: "cluster-stranded", class: stranded.length ? "failed" : "muted" },
+      stranded.length ? `Stranded (no live worker resumes them): ${stranded.join(", ")}` : "No stranded versions."),
+    el("h3", {}, "Dead letters"), el("p", { id: "cluster-dead" }, `${dead.count} dead-lettered message(s)`),
+    el("ul", {}, ...dead.latest.map((d) => el("li", {}, `${d.actor} ${d.msg} (${d.deliveries} deliveries): ${d.error || ""}`))),
+    el("h3", {}, "Limits in use"), limitsTable(c.limits),
+    el("h3", {}, "Breakers not closed"), breakersTable(c.breakers_not_closed)];
+}
+function aloneView(c) {
+  const owners = c.workers.map((w) => el("tr", { class: "worker", "data-worker": w.id }, ...cells(w.id, w.actors)));
+  return [
+    el("p", { id: "cluster-mode" }, "This server is not in a fleet (no LOOM_REDIS_URL, or no worker has " +
+      "set the fleet up in that Redis): no partitions or heartbeats; the journal's view follows."),
+    el("p", { id: "cluster-summary" }, `${c.due} actor(s) due, ${c.dead_letters} dead-lettered message(s); ` +
+      `this server: ${c.this_server.activations} active actor(s) of ${c.this_server.types.join(", ") || "no types"}.`),
+    el("h3", {}, "Lease holders"), owners.length ? table("cluster-workers", ["owner", "actors leased"], owners)
+      : el("p", { class: "muted" }, "No actor leases held."),
+    el("h3", {}, "Runs by code version"), versionsTable(Object.fromEntries(
+      Object.entries(c.run_versions).map(([v, n]) => [v, { runs: n, resumed_by: ["this server"] }]))),
+    el("h3", {}, "Limits"), limitsTable(c.limits),
+    el("h3", {}, "Breakers not closed"), breakersTable(c.breakers_not_closed)];
+}
+async function loadCluster() {
+  clearTimeout(clusterTimer);
+  const view = $("#cluster-view");
+  let c;
+  try {
+    c = await api("GET", "/v1/cluster");
+  } catch (e) {
+    view.replaceChildren(el("p", { id: "cluster-denied", class: "failed" },
+      e.message.startsWith("403") ? "The cluster view needs a key with the admin scope." : e.message));
+    throw e;
+  }
+  view.replaceChildren(...(c.fleet ? fleetView(c) : aloneView(c)),
+    el("p", { class: "muted" }, `Updated ${new Date().toLocaleTimeString()}`));
+  if (!$("#cluster").hidden) clusterTimer = setTimeout(() => guarded(loadCluster), 2000);
 }
 
 $("#key").value = key;
