@@ -1,9 +1,11 @@
 """/metrics (prometheus-client) and OpenTelemetry spans (the SDK's in-memory exporter), with
-the app served by a real uvicorn in this process so the exporter sees its spans."""
+the app served by a real uvicorn in this process so the exporter sees its spans; guests' HTTP
+requests traced against the loopback HTTP server. Across processes: test_tracing_fleet.py."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -13,24 +15,31 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from service_harness import free_port, upload
+from service_harness import ROOT, free_port, upload
 
-from runtime.service import Service, ServiceConfig, create_app, create_key
+from runtime.executor import Executor, http_capability
+from runtime.service import Service, ServiceConfig, create_app, create_key, tracing
 from runtime.settings import load_settings
+from schemas.manifest import HttpCapability
 
 pytestmark = pytest.mark.integration
 EXPORTER = InMemorySpanExporter()
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-    trace.set_tracer_provider(provider)
+def exporter() -> InMemorySpanExporter:
+    """The process's provider (installed here unless another test module did), reporting
+    finished spans to EXPORTER; guests' HTTP requests traced (`tracing.install`)."""
+    tracing.install(TracerProvider()).add_span_processor(SimpleSpanProcessor(EXPORTER))
+    return EXPORTER
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory,
+           exporter: InMemorySpanExporter) -> Iterator[tuple[str, str]]:
     home: Path = tmp_path_factory.mktemp("obs")
     svc = Service(load_settings(home=home), ServiceConfig(),
                   modules=["tests/service_actors.py"])
@@ -86,3 +95,67 @@ def test_one_trace_from_request_to_activity(served: tuple[str, str]) -> None:
         {"0af7651916cd43dd8448eb211c80319c"}
     activity = next(s for s in spans if s.name == "activity echo")
     assert activity.attributes["loom.memory_bytes"] > 0
+
+
+@pytest.fixture
+def http_post(tmp_path: Path, http_server: Any) -> Iterator[Executor]:
+    """The http_post sample activity, allowed to reach the loopback HTTP server."""
+    build = ROOT / "activities" / "build"
+    manifest = json.loads((build / "http_post.manifest.json").read_text())
+    manifest["capabilities"]["http"] = {"allow": [
+        {"scheme": "http", "host": "127.0.0.1", "port": _port(http_server)}],
+        "allow_private": True}
+    manifest.pop("sha256")
+    with Executor(load_settings(home=tmp_path)) as ex:
+        ex.upload((build / "http_post.wasm").read_bytes(), manifest)
+        yield ex
+
+
+def _port(http_server: Any) -> int:
+    return int(http_server.base_url.rsplit(":", 1)[1])
+
+
+def test_a_guests_http_request_is_a_span_that_carries_the_trace(
+        exporter: InMemorySpanExporter, http_post: Executor, http_server: Any) -> None:
+    exporter.clear()
+    http_server.reset()
+    with tracing.tracer().start_as_current_span("caller") as caller:
+        out = http_post.invoke_sync("http_post", {"url": http_server.url("/echo")})
+    assert out["status"] == 200
+    [http] = [s for s in exporter.get_finished_spans() if s.name == "HTTP POST"]
+    assert http.parent is not None and http.parent.span_id == caller.get_span_context().span_id
+    assert http.attributes is not None and http.attributes["http.response.status_code"] == 200
+    [request] = http_server.requests
+    trace_id = format(caller.get_span_context().trace_id, "032x")
+    version, sent_trace, sent_parent, _ = request.headers["traceparent"].split("-")
+    assert (version, sent_trace, sent_parent) == \
+        ("00", trace_id, format(http.context.span_id, "016x"))
+
+
+def test_a_traceparent_the_guest_set_is_sent_as_it_is(exporter: InMemorySpanExporter,
+                                                       http_server: Any) -> None:
+    http_server.reset()
+    cap = HttpCapability.model_validate({"allow": [
+        {"scheme": "http", "host": "127.0.0.1", "port": _port(http_server)}],
+        "allow_private": True})
+    own = "00-11111111111111111111111111111111-2222222222222222-01"
+    with tracing.tracer().start_as_current_span("caller"):
+        answer = http_capability.perform(
+            {"method": "GET", "url": http_server.url("/hello"), "headers": {"TraceParent": own}},
+            cap, idempotency_key=None, timeout_s=10)
+    assert answer["ok"]
+    [request] = http_server.requests
+    assert request.headers["traceparent"] == own
+
+
+def test_without_tracing_the_executor_adds_no_header(exporter: InMemorySpanExporter,
+                                                     http_post: Executor, http_server: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_capability, "observer", None)
+    exporter.clear()
+    http_server.reset()
+    with tracing.tracer().start_as_current_span("caller"):
+        http_post.invoke_sync("http_post", {"url": http_server.url("/echo")})
+    [request] = http_server.requests
+    assert "traceparent" not in request.headers
+    assert not [s for s in exporter.get_finished_spans() if s.name.startswith("HTTP ")]

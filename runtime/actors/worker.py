@@ -25,6 +25,19 @@ from runtime.settings import LoomSettings
 log = logging.getLogger("loom.worker")
 
 
+def _observability() -> bool:
+    """As `loom serve` does: JSON logs when LOOM_JSON_LOGS=1, OpenTelemetry (OTLP/HTTP) when
+    the standard OTEL_* variables ask for it. True when tracing is on."""
+    if os.environ.get("LOOM_JSON_LOGS", "") not in ("", "0"):
+        from runtime.service.logs import use_json_logs
+        use_json_logs()
+    if not any(os.environ.get(v) for v in ("OTEL_EXPORTER_OTLP_ENDPOINT",
+                                           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return False  # OpenTelemetry is not even imported
+    from runtime.service import tracing
+    return tracing.install_from_environment("loom-worker") is not None
+
+
 def code_version(module: Any) -> str:
     """A short hash of the actor module's source: what `loom cluster status` reports."""
     try:
@@ -75,7 +88,8 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
     classes = actor_classes(module)
     if not classes:
         raise SystemExit(f"no Actor subclasses in {module_spec}")
-    journal = open_journal(settings)
+    traced = _observability()
+    journal: Any = open_journal(settings)
     stop, now = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -85,6 +99,10 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     with Executor(settings) as executor:
+        runs_on: Any = executor
+        if traced:
+            from runtime.service.observe import observed_worker
+            journal, runs_on = observed_worker(journal, executor)
         breakers = breakers_from_settings(settings.breaker_url,
                                           fail_max=settings.breaker_fail_max,
                                           reset_timeout=settings.breaker_reset_s)
@@ -92,7 +110,7 @@ async def run_worker(module_spec: str, settings: LoomSettings, *,
         limiter = (limiter_from_settings(settings.limits, settings.redis_url or "memory://")
                    if settings.limits else None)
         version, older = versions_of(settings, module)
-        runtime = ActorRuntime(journal, executor, poll_interval_s=poll_interval_s,
+        runtime = ActorRuntime(journal, runs_on, poll_interval_s=poll_interval_s,
                                breakers=breakers, lease_ttl_s=settings.lease_ttl_s,
                                ownership=fleet, limiter=limiter,
                                max_deliveries=settings.max_deliveries,

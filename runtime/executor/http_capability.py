@@ -17,6 +17,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +28,14 @@ from schemas.manifest import HttpCapability
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
 DROPPED_HEADERS = {"host", "connection", "content-length", "transfer-encoding", "upgrade",
                    "idempotency-key", "proxy-authorization", "te", "trailer"}
+
+Observer = Callable[[str, str, dict[str, str]],
+                    AbstractContextManager[Callable[[dict[str, Any]], None]]]
+observer: Observer | None = None
+"""Entered around each request that passes the allowlist, as `observer(method, url, headers)`
+(the URL without its query); it may add headers (tracing adds a `traceparent` the guest did
+not set) and is handed the answer. Set by tracing setup (`runtime.service.tracing`); None
+keeps the executor free of any tracing code."""
 
 
 def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -215,6 +225,20 @@ def perform(request: dict[str, Any], cap: HttpCapability, *, idempotency_key: st
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
     payload = body.encode() if body is not None else None
+    watch = observer
+    if watch is None:
+        return _exchange(method, scheme, host, port, path, headers, payload, cap, deadline,
+                         started, timeout_s)
+    with watch(method, f"{scheme}://{host}:{port}{path.split('?', 1)[0]}", headers) as seen:
+        answer = _exchange(method, scheme, host, port, path, headers, payload, cap, deadline,
+                           started, timeout_s)
+        seen(answer)
+        return answer
+
+
+def _exchange(method: str, scheme: str, host: str, port: int, path: str,
+              headers: dict[str, str], payload: bytes | None, cap: HttpCapability,
+              deadline: float, started: float, timeout_s: float) -> dict[str, Any]:
     conn_type = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
     try:
         conn = conn_type(host, port, resolve(host, port, cap, deadline), deadline)

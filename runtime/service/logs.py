@@ -1,13 +1,16 @@
-"""Opt-in structured logs (`loom serve --json-logs`): one JSON object per line with the
-logger, level, message, the current trace id, and whatever `extra=` fields a record carries
-(actor, seq, idempotency_key, tenant, request)."""
+"""Opt-in structured logs (`loom serve --json-logs`, `LOOM_JSON_LOGS=1 loom worker`): one JSON
+object per line with the logger, level, message, the current trace id, and the fields a
+record carries in `extra=` (actor, seq, idempotency_key, tenant, request) or, failing that,
+the current span does as `loom.*` attributes: a guest's log line inside an activity span
+gets its actor and idempotency key, a turn's line its actor and seq."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
+
+from opentelemetry import trace
 
 from runtime.service import tracing
 
@@ -22,9 +25,12 @@ class JsonFormatter(logging.Formatter):
         trace_id = tracing.trace_id()
         if trace_id:
             doc["trace_id"] = trace_id
+        attributes = getattr(trace.get_current_span(), "attributes", None) or {}
         for name in FIELDS:
-            if hasattr(record, name):
+            if getattr(record, name, None) is not None:
                 doc[name] = getattr(record, name)
+            elif attributes.get(f"loom.{name}") not in (None, ""):
+                doc[name] = attributes[f"loom.{name}"]
         if record.exc_info:
             doc["error"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
@@ -38,5 +44,4 @@ def use_json_logs(stream: Any = None) -> logging.Handler:
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(handler)
-    _ = time
     return handler
