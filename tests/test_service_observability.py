@@ -20,8 +20,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from service_harness import ROOT, free_port, upload
 
+from runtime.actors import Actor, ActorContext, ActorRuntime, handler
 from runtime.executor import Executor, http_capability
+from runtime.journal import MemoryJournal
 from runtime.service import Service, ServiceConfig, create_app, create_key, tracing
+from runtime.service.observe import ObservedJournal
 from runtime.settings import load_settings
 from schemas.manifest import HttpCapability
 
@@ -159,3 +162,45 @@ def test_without_tracing_the_executor_adds_no_header(exporter: InMemorySpanExpor
     [request] = http_server.requests
     assert "traceparent" not in request.headers
     assert not [s for s in exporter.get_finished_spans() if s.name.startswith("HTTP ")]
+
+
+class Parker(Actor, type_name="parker"):
+    @handler
+    async def wait(self, ctx: ActorContext, payload: Any) -> Any:
+        return await ctx.wait_for_event("go")
+
+
+def test_a_run_resumed_by_another_process_continues_its_trace(
+        exporter: InMemorySpanExporter) -> None:
+    """The second runtime (its own journal wrapper: another process) knows the run's trace
+    only from the journal: the message the run started with."""
+    journal = MemoryJournal()
+    tp = "00-5b8aa5a2d2c872e8321cf37308d69df2-051581bf3cb55c13-01"
+
+    async def scenario() -> None:
+        first = ActorRuntime(ObservedJournal(journal), lint=False, poll_interval_s=0.01)
+        first.register(Parker)
+        await first.start()
+        await journal.enqueue({"id": "m1", "target": "parker/p1", "kind": "call",
+                               "handler": "wait", "payload": None, "deliver_at": 0.0,
+                               "traceparent": tp})
+        first.notify("parker/p1")
+        while first.activations.get("parker/p1") is None or \
+                not first.activations["parker/p1"].run or \
+                not first.activations["parker/p1"].run.waits:
+            await asyncio.sleep(0.01)
+        await first.stop()
+        second = ActorRuntime(ObservedJournal(journal), lint=False, poll_interval_s=0.01)
+        second.register(Parker)
+        async with second:
+            await second.signal("parker/p1", "go", {"ok": True})
+            while await journal.outcome("parker/p1", "m1") is None:
+                await asyncio.sleep(0.01)
+
+    exporter.clear()
+    asyncio.run(scenario())
+    turns = [s for s in exporter.get_finished_spans() if s.name == "actor turn parker"]
+    assert turns and {(format(s.context.trace_id, "032x"), s.parent and s.parent.span_id)
+                      for s in turns} == {("5b8aa5a2d2c872e8321cf37308d69df2",
+                                           0x051581bf3cb55c13)}
+    assert any(s.attributes and s.attributes["loom.kind"] == "completed" for s in turns)
