@@ -97,6 +97,9 @@ def test_workflow_validate_start_status_event_graph(acme: Any) -> None:
     assert acme.post("/v1/workflows/validate", json=WORKFLOW).json()["valid"] is True
     graph = acme.get("/v1/workflows/w1/graph").json()
     assert graph["steps"]["say"] in ("done", "running") and "style" in graph["mermaid"]
+    assert [n["step"] for n in graph["nodes"]] == [None, "say", "hold", None]
+    assert [(e["from"], e["to"]) for e in graph["edges"]] == [("n1", "n2"), ("n2", "n3"),
+                                                              ("n3", "n4")]
     assert acme.post("/v1/workflows/w1/events/go", json={"payload": {}}).status_code == 202
     import time
 

@@ -1,6 +1,7 @@
 """The Studio in a real browser: Playwright driving Debian's chromium against `loom serve`
 (uvicorn, its own process). Clicks through activities (manifest, invoke form, recent calls),
-an actor's journal timeline with resources, a workflow's coloured steps and dead letters."""
+an actor's journal timeline with resources, a workflow's graph coloured live, dead letters
+and the cluster page (alone and with a real fleet)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,69 @@ def test_dead_letters_tab_and_bad_key(studio: tuple[Server, str], page: Any) -> 
     page.fill("#key", "loom_000000000000_" + "x" * 43)
     page.click("#use-key")
     page.wait_for_selector("#status:has-text('401')")
+
+
+HOLD = {"name": "hold", "version": "1.0.0",
+        "steps": [{"id": "say", "kind": "activity", "activity": "echo", "input": {"who": "x"}},
+                  {"id": "hold", "kind": "wait", "event": "go", "timeout_s": 600}]}
+BRANCHY = {"name": "branchy", "version": "1.0.0", "steps": [
+    {"id": "first", "kind": "activity", "activity": "echo", "input": {},
+     "compensation": {"activity": "echo"}},
+    {"id": "fan", "kind": "parallel", "branches": [
+        [{"id": "left", "kind": "activity", "activity": "echo", "input": {}},
+         {"id": "left2", "kind": "activity", "activity": "echo", "input": {}}],
+        [{"id": "right", "kind": "activity", "activity": "echo", "input": {}}]]},
+    {"id": "check", "kind": "condition", "if": "1 == 1",
+     "then": [{"id": "yes", "kind": "activity", "activity": "echo", "input": {}}]}]}
+FILL = "(sel) => getComputedStyle(document.querySelector(sel + ' .shape')).fill"
+
+
+def _open_workflow(studio: tuple[Server, str], page: Any, wf: Any, instance: str) -> Any:
+    """Start an instance through the API and open it in the Studio; the API client."""
+    server, key = studio
+    c = server.client(key)
+    assert c.post("/v1/workflows", json={"workflow": wf, "input": {},
+                                         "instance": instance}).status_code == 202
+    page.goto(f"{server.url}/studio/")
+    _use_key(page, key)
+    page.click("nav button[data-tab='workflows']")
+    page.fill("#wf-instance", instance)
+    page.click("#wf-search button")
+    return c
+
+
+def test_workflow_graph_is_drawn_coloured_and_updates_while_it_runs(
+        studio: tuple[Server, str], page: Any) -> None:
+    c = _open_workflow(studio, page, HOLD, "g1")
+    hold = "#wf-graph g.node[data-step='hold']"
+    page.wait_for_selector(f"{hold}[data-status='running']")
+    say = "#wf-graph g.node[data-step='say']"
+    assert page.get_attribute(say, "data-status") == "done"
+    assert page.evaluate(FILL, say) == "rgb(183, 228, 199)"  # done: green
+    assert page.evaluate(FILL, hold) == "rgb(255, 224, 138)"  # running: yellow
+    assert page.locator("#wf-graph g.node").count() == 4  # start, say, hold, end
+    assert page.locator("#wf-graph path.edge").count() == 3
+    assert "hold: wait go" in (page.text_content(hold) or "")
+    page.evaluate("window.notReloaded = true")  # gone if the page were loaded again
+    assert c.post("/v1/workflows/g1/events/go", json={"payload": {}}).status_code == 202
+    page.wait_for_selector(f"{hold}[data-status='done']")  # the page polls; no reload
+    assert page.evaluate("window.notReloaded") is True
+    assert page.evaluate(FILL, hold) == "rgb(183, 228, 199)"
+    page.wait_for_selector("#wf-title:has-text('completed')")
+
+
+def test_workflow_graph_layout_of_branches(studio: tuple[Server, str], page: Any) -> None:
+    _open_workflow(studio, page, BRANCHY, "g2")
+    page.wait_for_selector("#wf-title:has-text('g2: completed')")
+    boxes = page.locator("#wf-graph g.node").evaluate_all(
+        "gs => gs.map(g => { const b = g.getBBox(); return [b.x, b.y, b.width, b.height]; })")
+    assert len(boxes) == 11  # start, first, fan, join, left, left2, right, check, yes, end(s)
+    for i, (x, y, w, h) in enumerate(boxes):
+        for (x2, y2, w2, h2) in boxes[i + 1:]:  # no two nodes overlap
+            assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y
+    assert page.locator("#wf-graph g.node.step-done").count() >= 7
+    assert "undo: echo" in (page.text_content("#wf-graph g.node[data-step='first']") or "")
+    assert {"yes", "no"} <= set(page.locator("#wf-graph text.edge-label").all_text_contents())
 
 
 def test_cluster_page_alone_and_for_admins_only(studio: tuple[Server, str], page: Any) -> None:

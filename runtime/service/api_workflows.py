@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 
 from runtime import errors
-from runtime.service import tenancy
+from runtime.service import flowchart, tenancy
 from runtime.service.api_actors import enqueue, envelope, message_id
 from runtime.service.auth import INVOKE, READ
 from runtime.service.keys import Principal
@@ -102,8 +102,37 @@ async def send_event(instance: str, event: str, body: SignalRequest, request: Re
     return Queued(msg_id=msg_id, created=created)
 
 
-@router.get("/{instance}/graph", summary="The instance's Mermaid graph, each step coloured "
-                                          "by its status")
+_OPS = {"activity": ({"activity.done"}, {"activity.failed"}), "agent": ({"ask.reply"}, set()),
+        "sleep": ({"timer.fired"}, set()), "wait": ({"wait.event"}, {"wait.timeout"})}
+
+
+def _live(steps: list[Any], commits: list[dict[str, Any]]) -> dict[str, str]:
+    """Statuses of a running instance's leading top-level steps, from its journal: the
+    workflow's state is written when a turn ends, but each step's events are committed as
+    it goes (the n-th effectful step of the top level is journal step n). Stops at the first
+    step not finished, and at a condition or parallel step (their branches' steps are not
+    walked here; the state says when they are done)."""
+    ops: dict[int, set[str]] = {}
+    for commit in commits:
+        for event in commit.get("events") or []:
+            if isinstance(event.get("step"), int):
+                ops.setdefault(event["step"], set()).add(str(event.get("op")))
+    out: dict[str, str] = {}
+    for n, step in enumerate(steps):
+        kinds = _OPS.get(step.kind)
+        seen = ops.get(n)
+        if kinds is None or not seen:
+            break
+        if seen & kinds[0]:
+            out[step.id] = "done"
+            continue
+        out[step.id] = "failed" if seen & kinds[1] else "running"
+        break
+    return out
+
+
+@router.get("/{instance}/graph", summary="The instance's graph, each step coloured by its "
+                                          "status: Mermaid text, and nodes and edges")
 async def graph(instance: str, request: Request, who: Principal = READ) -> dict[str, Any]:
     from schemas.wdl import Workflow
     from wdl import mermaid
@@ -120,10 +149,14 @@ async def graph(instance: str, request: Request, who: Principal = READ) -> dict[
     for m in re.finditer(r'^\s+(n\d+)[\[\(\{]+"([^":]+):', text, re.M):
         nodes.setdefault(m.group(2), m.group(1))
     statuses: dict[str, str] = {}
+    live = _live(wf.steps, commits) if state.get("status") == "running" else {}
     running_marked = False
     for step_id in nodes:
         if step_id in done:
             statuses[step_id] = "compensated" if step_id in undone else "done"
+        elif step_id in live:
+            statuses[step_id] = live[step_id]
+            running_marked = running_marked or live[step_id] == "running"
         elif state.get("status") == "failed" and not running_marked:
             statuses[step_id], running_marked = "failed", True
         elif state.get("status") == "running" and not running_marked:
@@ -131,5 +164,6 @@ async def graph(instance: str, request: Request, who: Principal = READ) -> dict[
         else:
             statuses[step_id] = "pending"
     styles = "".join(f"    style {nodes[s]} fill:{COLOURS[v]}\n" for s, v in statuses.items())
+    drawn, edges = flowchart.parse(text)
     return {"instance": instance, "status": state.get("status"), "steps": statuses,
-            "mermaid": text + styles}
+            "mermaid": text + styles, "nodes": drawn, "edges": edges, "colours": COLOURS}

@@ -33,6 +33,7 @@ function show(tab) {
   if (tab === "dead") guarded(loadDead);
   if (tab === "actors") guarded(() => loadRuns(false));
   clearTimeout(clusterTimer);
+  clearTimeout(wfTimer);
   if (tab === "cluster") guarded(loadCluster);
 }
 
@@ -151,15 +152,147 @@ async function showActor(type, id) {
     el("h3", {}, "Journal"), el("ol", { class: "timeline", id: "timeline" }, ...items));
 }
 
-// -- workflows ------------------------------------------------------------------------------
+// -- workflows: the graph drawn as SVG from its nodes and edges, coloured by step status ------
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  node.append(...children);
+  return node;
+}
+const measure = document.createElement("canvas").getContext("2d");
+measure.font = "12px system-ui, sans-serif";
+
+// A layered layout (Sugiyama, simplified): rank = longest path from the start; an edge that
+// spans ranks gets a waypoint in each rank between; each rank is ordered by the mean position
+// of its predecessors (ties: the order the workflow lists them), then centred.
+function layoutGraph(nodes, edges) {
+  const info = new Map(nodes.map((n, i) => [n.id, { n, order: i, lines: n.label.split("\n") }]));
+  const succs = new Map(nodes.map((n) => [n.id, []]));
+  const indeg = new Map(nodes.map((n) => [n.id, 0]));
+  for (const e of edges) { succs.get(e.from).push(e.to); indeg.set(e.to, indeg.get(e.to) + 1); }
+  const queue = nodes.filter((n) => indeg.get(n.id) === 0).map((n) => n.id);
+  const rank = new Map(queue.map((id) => [id, 0]));
+  while (queue.length) {
+    const id = queue.shift();
+    for (const s of succs.get(id)) {
+      rank.set(s, Math.max(rank.get(s) ?? 0, rank.get(id) + 1));
+      indeg.set(s, indeg.get(s) - 1);
+      if (indeg.get(s) === 0) queue.push(s);
+    }
+  }
+  const layers = [];
+  const items = new Map();
+  const put = (id, r, item) => { items.set(id, { ...item, id, rank: r, preds: [] }); (layers[r] ||= []).push(id); };
+  for (const n of nodes) {
+    const { lines, order } = info.get(n.id);
+    const w = Math.min(320, Math.max(...lines.map((l) => measure.measureText(l).width)) + 28);
+    const h = 26 + 15 * lines.length + (n.shape === "diamond" ? 14 : 0);
+    put(n.id, rank.get(n.id) ?? 0, { node: n, lines, order, w, h });
+  }
+  const routes = edges.map((e, i) => {
+    const pts = [e.from];
+    for (let r = items.get(e.from).rank + 1; r < items.get(e.to).rank; r++) {
+      const id = `${e.from}>${e.to}@${r}`;
+      put(id, r, { order: nodes.length + i, w: 16, h: 0 });
+      pts.push(id);
+    }
+    pts.push(e.to);
+    for (let k = 1; k < pts.length; k++) items.get(pts[k]).preds.push(pts[k - 1]);
+    return { ...e, pts };
+  });
+  const pos = new Map();
+  let width = 0, y = 20;
+  const rows = [];
+  for (const layer of layers) {
+    if (!layer) continue;
+    const mean = (id) => {
+      const p = items.get(id).preds.filter((q) => pos.has(q));
+      return p.length ? p.reduce((a, q) => a + pos.get(q), 0) / p.length : items.get(id).order;
+    };
+    layer.sort((a, b) => mean(a) - mean(b) || items.get(a).order - items.get(b).order);
+    layer.forEach((id, i) => pos.set(id, i));
+    const total = layer.reduce((a, id) => a + items.get(id).w, 0) + 36 * (layer.length - 1);
+    const height = Math.max(...layer.map((id) => items.get(id).h));
+    rows.push({ layer, total, y, height });
+    width = Math.max(width, total);
+    y += height + 46;
+  }
+  for (const row of rows) {
+    let x = 20 + (width - row.total) / 2;
+    for (const id of row.layer) {
+      const it = items.get(id);
+      Object.assign(it, { x, y: row.y + (row.height - it.h) / 2, cx: x + it.w / 2, cy: row.y + row.height / 2 });
+      x += it.w + 36;
+    }
+  }
+  return { items, routes, width: width + 40, height: y };
+}
+
+function shapeOf(it) {
+  const { x, y, w, h } = it;
+  if (it.node.shape === "diamond") return svg("polygon", { class: "shape", points: `${x + w / 2},${y} ${x + w},${y + h / 2} ${x + w / 2},${y + h} ${x},${y + h / 2}` });
+  if (it.node.shape === "hex") return svg("polygon", { class: "shape", points: `${x + 12},${y} ${x + w - 12},${y} ${x + w},${y + h / 2} ${x + w - 12},${y + h} ${x + 12},${y + h} ${x},${y + h / 2}` });
+  const rx = { box: 3, round: 12, stadium: h / 2 }[it.node.shape] ?? 3;
+  return svg("rect", { class: "shape", x, y, width: w, height: h, rx });
+}
+
+function drawGraph(g) {
+  const { items, routes, width, height } = layoutGraph(g.nodes, g.edges);
+  const out = svg("svg", { id: "wf-graph", viewBox: `0 0 ${width} ${height}`, width, height, role: "img" },
+    svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+      svg("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#667" }))));
+  for (const r of routes) {
+    const pts = r.pts.map((id) => items.get(id));
+    const first = pts[0], last = pts[pts.length - 1];
+    const coords = [[first.cx, first.y + first.h], ...pts.slice(1, -1).map((p) => [p.cx, p.cy]), [last.cx, last.y]];
+    let d = `M ${coords[0][0]} ${coords[0][1]}`;
+    for (let k = 1; k < coords.length; k++) {
+      const [x0, y0] = coords[k - 1], [x1, y1] = coords[k];
+      d += ` C ${x0} ${(y0 + y1) / 2} ${x1} ${(y0 + y1) / 2} ${x1} ${y1}`;
+    }
+    out.append(svg("path", { class: "edge", d, "marker-end": "url(#arrow)", "data-from": r.from, "data-to": r.to }));
+    if (r.label) {
+      const [x0, y0] = coords[0], [x1, y1] = coords[1];
+      out.append(svg("text", { class: "edge-label", x: (x0 + x1) / 2 + 4, y: (y0 + y1) / 2 }, r.label));
+    }
+  }
+  for (const it of items.values()) {
+    if (!it.node) continue;
+    const text = svg("text", { x: it.cx, y: it.cy - 7.5 * (it.lines.length - 1) + 4, "text-anchor": "middle" },
+      ...it.lines.map((l, i) => svg("tspan", { x: it.cx, dy: i ? 15 : 0 }, l)));
+    out.append(svg("g", { class: "node", "data-node": it.node.id, "data-step": it.node.step || "" },
+      svg("title", {}, it.node.label), shapeOf(it), text));
+  }
+  return out;
+}
+
+function colourGraph(root, g) {
+  for (const node of root.querySelectorAll("g.node")) {
+    const status = node.dataset.step ? g.steps[node.dataset.step] : undefined;
+    node.setAttribute("class", `node ${status ? "step-" + status : "plain"}`);
+    node.querySelector(".shape").setAttribute("fill", status ? g.colours[status] : "#ffffff");
+    if (status) node.dataset.status = status; else delete node.dataset.status;
+  }
+}
+
 let wfTimer = null;
+let wfShown = null;  // {instance, shape}: what #wf-graph shows, to update it in place
 async function showWorkflow(instance) {
-  const g = await api("GET", `/v1/workflows/${encodeURIComponent(instance)}/graph`);
-  const steps = Object.entries(g.steps).map(([id, s]) => el("li", { class: `step-${s}`, "data-step": id }, `${id}: ${s}`));
-  $("#wf-detail").replaceChildren(el("h2", {}, `${instance}: ${g.status}`),
-    el("ol", { id: "wf-steps" }, ...steps), el("h3", {}, "Mermaid"), el("pre", {}, g.mermaid));
   clearTimeout(wfTimer);
-  if (g.status === "running") wfTimer = setTimeout(() => guarded(() => showWorkflow(instance)), 1000);
+  const g = await api("GET", `/v1/workflows/${encodeURIComponent(instance)}/graph`);
+  const shape = JSON.stringify([g.nodes, g.edges]);
+  const steps = Object.entries(g.steps).map(([id, s]) => el("li", { class: `step-${s}`, "data-step": id }, `${id}: ${s}`));
+  if (!wfShown || wfShown.instance !== instance || wfShown.shape !== shape || !$("#wf-graph")) {
+    $("#wf-detail").replaceChildren(el("h2", { id: "wf-title" }), el("div", { id: "wf-canvas" }, drawGraph(g)),
+      el("ol", { id: "wf-steps" }), el("details", {}, el("summary", {}, "Mermaid"), el("pre", { id: "wf-mermaid" })));
+    wfShown = { instance, shape };
+  }
+  $("#wf-title").textContent = `${instance}: ${g.status}`;
+  colourGraph($("#wf-graph"), g);
+  $("#wf-steps").replaceChildren(...steps);
+  $("#wf-mermaid").textContent = g.mermaid;
+  if (g.status === "running" && !$("#workflows").hidden) wfTimer = setTimeout(() => guarded(() => showWorkflow(instance)), 1000);
 }
 
 // -- dead letters -----------------------------------------------------------------------------
