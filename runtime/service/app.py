@@ -120,6 +120,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        await service.sample_inbox()
         return Response(generate_latest(service.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 

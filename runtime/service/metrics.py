@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+DUE_SAMPLE = 500
+"""`due_actors` limit per kind (messages, timers) when the inbox lag is sampled."""
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -43,6 +45,12 @@ class Metrics:
                                   registry=r)
         self.throttled = Counter("loom_api_throttled", "API requests refused with 429",
                                  ["kind"], registry=r)
+        self.inbox_due = Gauge("loom_inbox_due_actors", "Actors with a message or timer due "
+                               "now, from the journal's schedule at scrape time (saturates "
+                               f"at {2 * DUE_SAMPLE})", registry=r)
+        self.inbox_oldest = Gauge("loom_inbox_oldest_due_timer_age_seconds", "How late the "
+                                  "most overdue timer in the journal's schedule is (0: none "
+                                  "overdue)", registry=r)
         self.module_cache = Gauge("loom_module_cache_entries", "Compiled modules in memory",
                                   registry=r)
 
@@ -62,14 +70,23 @@ class Metrics:
         """A gauge family read when scraped."""
         self.registry.register(_Read(name, text, labels, read))
 
+    def counters(self, name: str, text: str, labels: list[str],
+                 read: Callable[[], list[tuple[list[str], float]]]) -> None:
+        """A counter family kept elsewhere (e.g. the module cache's own stats), read when
+        scraped; `name` without `_total`."""
+        self.registry.register(_Read(name, text, labels, read, CounterMetricFamily))
+
 
 class _Read(Collector):
     def __init__(self, name: str, text: str, labels: list[str],
-                 read: Callable[[], list[tuple[list[str], float]]]) -> None:
+                 read: Callable[[], list[tuple[list[str], float]]],
+                 family: type[GaugeMetricFamily | CounterMetricFamily] = GaugeMetricFamily
+                 ) -> None:
         self.name, self.text, self.labels, self.read = name, text, labels, read
+        self.family = family
 
     def collect(self) -> Iterator[Any]:
-        family = GaugeMetricFamily(self.name, self.text, labels=self.labels)
+        family = self.family(self.name, self.text, labels=self.labels)
         try:
             rows = self.read()
         except Exception:  # a scrape never fails because one source is away

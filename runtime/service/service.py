@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from runtime.service.admission import Admission
 from runtime.service.calls import Calls
 from runtime.service.config import ServiceConfig
 from runtime.service.keys import KeyRing
-from runtime.service.metrics import Metrics
+from runtime.service.metrics import DUE_SAMPLE, Metrics
 from runtime.service.observe import ObservedJournal
 from runtime.service.store import ServiceStore
 from runtime.settings import LoomSettings, load_settings
@@ -47,11 +48,35 @@ class Service:
         self.metrics.gauges("loom_module_cache_memory_entries", "Compiled modules in memory",
                             [], lambda: [([], float(len(getattr(self.executor.modules,
                                                                 "_lru", {}) or {})))])
+        self.metrics.counters("loom_module_cache_lookups", "Compiled-module lookups: "
+                              "memory_hit, disk_hit, or compile (a miss)", ["result"],
+                              self._cache_lookups)
         self.metrics.gauges("loom_leases_held", "Actor leases this server holds", [],
                             lambda: [([], float(len(self.runtime.activations)))]
                             if self.runtime is not None else [])
         self.metrics.gauges("loom_breaker_open", "1 when an activity's breaker is open",
                             ["activity"], self.breaker_states)
+
+    def _cache_lookups(self) -> list[tuple[list[str], float]]:
+        stats = self.executor.modules.stats
+        return [(["memory_hit"], float(stats.memory_hits)),
+                (["disk_hit"], float(stats.disk_hits)), (["compile"], float(stats.compiles))]
+
+    async def sample_inbox(self, timeout_s: float = 2.0) -> None:
+        """Set the inbox-lag gauges from the journal's schedule (two indexed reads); called
+        by `/metrics` before rendering. On a slow or failing journal the last values stay."""
+        if self.journal is None:
+            return
+        inner = self.journal.inner
+        now = time.time()
+        try:
+            due, earliest = await asyncio.wait_for(asyncio.gather(
+                inner.due_actors(now, DUE_SAMPLE), inner.next_due(0.0)), timeout_s)
+        except Exception as exc:  # a scrape never fails because the journal is away
+            log.warning("inbox lag not sampled: %s", exc)
+            return
+        self.metrics.inbox_due.set(len(due))
+        self.metrics.inbox_oldest.set(max(0.0, now - earliest) if earliest else 0.0)
 
     def breaker_states(self) -> list[tuple[list[str], float]]:
         if self.runtime is None:
