@@ -660,6 +660,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from runtime.actors.worker import run_worker
 
+    if args.json_logs:
+        os.environ["LOOM_JSON_LOGS"] = "1"
     asyncio.run(run_worker(args.module, load_settings(), poll_interval_s=args.poll,
                            drain_timeout_s=args.drain_timeout))
     return 0
@@ -907,6 +909,9 @@ def build_parser() -> argparse.ArgumentParser:
     wk = leaf(sub, "worker", "run the actors of a module")
     wk.add_argument("--module", required=True)
     wk.add_argument("--poll", type=float, default=0.05, help="inbox poll interval (s)")
+    wk.add_argument("--json-logs", action="store_true",
+                    help="one JSON object per log line, with actor, seq, idempotency key and "
+                         "trace id (also LOOM_JSON_LOGS=1)")
     wk.add_argument("--drain-timeout", type=float, default=30.0,
                     help="on SIGTERM, seconds to let runs in flight finish (a second SIGTERM "
                          "stops at once; unfinished runs resume elsewhere by replay)")
