@@ -30,7 +30,8 @@ def _url(redis_server: Any) -> str:
 
 
 def _delivery(url: str, consumer: str, keys: ClusterKeys) -> StreamDelivery:
-    return StreamDelivery(url, P, consumer, keys=keys, idle_wait_s=0.05, trim_every_s=0.0)
+    return StreamDelivery(url, P, consumer, keys=keys, idle_wait_s=0.05, trim_every_s=0.0,
+                          forget_consumers_after_s=0.2)
 
 
 async def _until(check: Any, what: str, timeout: float = 5.0) -> None:
@@ -83,6 +84,11 @@ def test_announce_wake_ack_claim_and_trim(redis_server: Any) -> None:
         await asyncio.sleep(0.1)  # another trim pass: nothing pending, nothing undelivered
         lengths = [await b.client.xlen(b.stream(p)) for p in range(P)]
         assert sum(lengths) <= P, lengths  # at most the last delivered entry per stream
+        await asyncio.sleep(0.4)  # a's consumer: idle, nothing pending (b claimed it all)
+        for p in range(P):
+            names = {c["name"].decode() for c in
+                     await b.client.xinfo_consumers(b.stream(p), GROUP)}
+            assert "worker-a" not in names and names <= {"worker-b"}, names
         # a wiped Redis: the streams and the group are gone; delivery sets them up again
         await b.client.flushdb()
         sender.announce("x/after-wipe")

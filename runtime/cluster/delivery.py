@@ -11,7 +11,8 @@ is a doorbell with a memory, never the message itself.
   on the cursor; idle time 0, since the partition lease already moved) and wakes those
   actors, then reads new ones.
 - Trimming keeps every entry at or above the oldest pending one and every entry not yet
-  delivered (`XTRIM MINID`), so no pending reference dangles.
+  delivered (`XTRIM MINID`), so no pending reference dangles; consumers of past workers
+  with nothing pending are deleted after `forget_consumers_after_s`.
 - Redis is not the record: an entry lost with Redis (a restart, a wipe, a failover that
   dropped a second of writes) only delays its actor until the runtime's schedule poll, which
   reads the journal. That poll stays on, so delivery is at least as good as without Redis.
@@ -50,7 +51,8 @@ class StreamDelivery:
 
     def __init__(self, url: str, partitions: int, consumer: str, *,
                  keys: ClusterKeys | None = None, batch: int = 256,
-                 idle_wait_s: float = 0.5, trim_every_s: float = 10.0) -> None:
+                 idle_wait_s: float = 0.5, trim_every_s: float = 10.0,
+                 forget_consumers_after_s: float = 600.0) -> None:
         self.client: Any = aioredis.Redis.from_url(url, socket_timeout=5.0,
                                                    socket_connect_timeout=2.0)
         self.partitions = partitions
@@ -59,6 +61,7 @@ class StreamDelivery:
         self.batch = batch
         self.idle_wait_s = idle_wait_s
         self.trim_every_s = trim_every_s
+        self.forget_consumers_after_s = forget_consumers_after_s
         self._outgoing: set[str] = set()
         self._flushing: asyncio.Task[None] | None = None
         self._ready: set[int] = set()  # partitions whose group exists and pending are claimed
@@ -224,6 +227,12 @@ class StreamDelivery:
                 continue
             floor = _text(pending["min"]) if pending and pending.get("pending") else last
             await self.client.xtrim(stream, minid=floor, approximate=False)
+            # Every restart of a worker is a new consumer; once idle with nothing pending
+            # (their entries were claimed), past ones are dropped so groups do not grow.
+            for c in await self.client.xinfo_consumers(stream, GROUP):
+                if _text(c["name"]) != self.consumer and int(c["pending"]) == 0 and \
+                        int(c["idle"]) >= self.forget_consumers_after_s * 1000:
+                    await self.client.xgroup_delconsumer(stream, GROUP, _text(c["name"]))
 
     async def stop(self) -> None:
         # A flag, not a cancel: redis.asyncio's PubSub.get_message can hang for good when
