@@ -1257,3 +1257,27 @@ def test_sqlite_run_index_catches_up_in_batches_and_across_processes(tmp_path: P
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM meta WHERE key = 'runs_indexed'").fetchone()[0] == last
     db.close()
+
+
+def test_append_consumes_with_the_commit_when_nothing_is_to_be_dispatched(
+        journal: JournalStore) -> None:
+    """Where the journal says it does (memory, SQLite): an outbox-free commit's consumed
+    entries become tombstones in the same write; a commit with an outbox leaves them for
+    the caller to consume after the dispatch (an unconsumed entry marks an undispatched
+    outbox). Elsewhere (Cosmos) append consumes nothing."""
+    async def main() -> None:
+        for mid in ("m1", "m2"):
+            await journal.enqueue(env("cwa/x", mid))
+        await journal.append(step("cwa/x", 0, "m1", start=0, ts=1.0, first="go",
+                                  kind="completed", state={}, consumed=["m1"]))
+        out = {"id": "o1", "target": "other/y", "kind": "call", "payload": None,
+               "deliver_at": 0.0}
+        await journal.append(step("cwa/x", 1, "m2", start=1, ts=2.0, first="go",
+                                  kind="completed", state={}, consumed=["m2"], outbox=[out]))
+        left = ids(await journal.inbox("cwa/x", 10.0))
+        if journal.consumes_with_append:
+            assert left == ["m2"]  # m1 went with its commit; m2 waits for its dispatch
+        else:
+            assert left == ["m1", "m2"]
+
+    run(main())

@@ -134,6 +134,12 @@ def key_base(msg_id: str) -> str:
     return hashlib.blake2b(msg_id.encode(), digest_size=10).hexdigest()
 
 
+def _consumes_with_append(host: Host) -> bool:
+    """Whether the journal's append consumes an outbox-free commit's entries (a journal
+    wrapper that does not say so is assumed not to)."""
+    return bool(getattr(host.journal, "consumes_with_append", False))
+
+
 def _json_copy(value: Any) -> Any:
     return from_json(to_json(value))
 
@@ -426,8 +432,9 @@ class Activation:
                     host.hooks.fire("after_commit", self.key)
                     await host.dispatch(outbox)
                     # Consumed last: an unconsumed entry marks unfinished business (a
-                    # dispatch cut off by a crash), so recovery re-dispatches.
-                    if consumed:
+                    # dispatch cut off by a crash), so recovery re-dispatches. With nothing
+                    # to dispatch, a journal that can consumes them with the append itself.
+                    if consumed and (outbox or not _consumes_with_append(host)):
                         await host.journal.consume(self.key, consumed, host.clock())
                 except Exception as exc:
                     raise self._fail(exc) from exc
@@ -532,7 +539,8 @@ class Activation:
                 await host.journal.append(doc)
                 self.seq += 1
                 host.committed(self.key)
-                await host.journal.consume(self.key, stray, host.clock())
+                if not _consumes_with_append(host):
+                    await host.journal.consume(self.key, stray, host.clock())
             except Exception as exc:
                 raise self._fail(exc) from exc
 

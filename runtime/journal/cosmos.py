@@ -255,6 +255,7 @@ class CosmosJournal:
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         port = parts.port or (443 if parts.scheme == "https" else 80)
         self.url = f"cosmos://{host}:{port}/{database}/{container}"
+        self.consumes_with_append = False  # inbox items are other documents
         self.endpoint = f"{parts.scheme}://{host}:{port}/"
         self.database = database
         self.container = container

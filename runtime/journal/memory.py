@@ -45,6 +45,7 @@ class MemoryJournal:
 
     def __init__(self, *, fence_epochs: bool = True) -> None:
         self.url = "memory://"
+        self.consumes_with_append = True
         self.fence_epochs = fence_epochs
         self._commits: dict[str, dict[int, str]] = {}
         self._outcomes: dict[tuple[str, str], int] = {}
@@ -77,6 +78,8 @@ class MemoryJournal:
             indexed = run_index.fold(self._runs.get(key), commit)
             if indexed is not None:
                 self._runs[key] = indexed
+        if commit.get("consumed") and not commit.get("outbox"):
+            await self.consume(commit["actor"], list(commit["consumed"]), float(commit["ts"]))
 
     async def read(self, actor: str, after_seq: int = -1) -> list[Commit]:
         seqs = self._commits.get(actor, {})

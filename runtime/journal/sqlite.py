@@ -97,6 +97,7 @@ class SqliteJournal:
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.url = f"sqlite:///{self.path}"
+        self.consumes_with_append = True
         self._db = self._connect(synchronous)  # reads, on the event loop
         self._setup()
         self._writer = self._connect(synchronous)  # writes, on the writer thread
@@ -231,6 +232,9 @@ class SqliteJournal:
         epoch = commit.get("epoch")
         run = commit.get("run")
         run_msg = str(run.get("msg")) if isinstance(run, dict) else None
+        # nothing to dispatch first: its consumed entries become tombstones with it
+        tombstones = [(float(commit["ts"]), commit["actor"], i)
+                      for i in commit.get("consumed") or ()] if not commit.get("outbox") else []
 
         def write(db: sqlite3.Connection) -> None:
             if epoch:  # the writer's lease must still be the newest: a stale holder is fenced
@@ -246,6 +250,9 @@ class SqliteJournal:
             except sqlite3.IntegrityError:
                 raise JournalConflict(
                     f"commit {commit['actor']}#{commit['seq']} already exists") from None
+            if tombstones:
+                db.executemany("UPDATE inbox SET consumed_at=? WHERE actor=? AND id=? AND "
+                               "consumed_at IS NULL", tombstones)
         await self._submit(write)
         if run_msg is not None:
             self._unindexed += 1

@@ -49,6 +49,11 @@ class ActorLease(NamedTuple):
 @runtime_checkable
 class JournalStore(Protocol):
     url: str
+    consumes_with_append: bool
+    """`append` also turns the commit's `consumed` entries into tombstones, in the same
+    atomic write, when the commit's outbox is empty (nothing must be dispatched first): the
+    caller need not `consume` them (memory, SQLite; not Cosmos, where they are other
+    documents)."""
 
     # -- commits ---------------------------------------------------------------------------
     async def append(self, commit: Commit) -> None:
