@@ -244,7 +244,22 @@ def _describe_event(e: dict[str, Any]) -> str:
         extra += f" payload={json.dumps(e['payload'])[:80]}"
     if e.get("fire_at"):
         extra += f" fire_at={e['fire_at']:.3f}"
+    for used in e.get("resources") or ():  # one per attempt
+        extra += "\n          " + _describe_resources(used)
     return f"step {e['step']}: {e['op']} {e['name']}{extra}"
+
+
+def _describe_resources(used: dict[str, Any]) -> str:
+    parts = [f"{used.get('duration_ms', 0):.2f} ms"]
+    if used.get("fuel") is not None:
+        parts.append(f"fuel {used['fuel']}")
+    if used.get("memory_bytes"):
+        parts.append(f"memory {used['memory_bytes'] / 1024:.0f} KiB")
+    if "warm" in used:
+        parts.append("warm instance" if used["warm"] else "new instance")
+    if used.get("ok") is False:
+        parts.append(f"failed: {used.get('code')}")
+    return "used: " + ", ".join(parts)
 
 
 def _open_existing_journal(settings: LoomSettings) -> JournalStore | None:

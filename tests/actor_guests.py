@@ -75,10 +75,10 @@ class RecordingExecutor(Executor):
         self.calls: list[tuple[str, str | None, int | None]] = []
         self._calls_lock = threading.Lock()
 
-    def invoke_sync(self, name: str, input: Any, **kw: Any) -> Any:  # type: ignore[override]
-        with self._calls_lock:
+    def execute(self, name: str, input: Any, **kw: Any) -> Any:  # type: ignore[override]
+        with self._calls_lock:  # every path (invoke_sync, the runtime) comes through here
             self.calls.append((name, kw.get("idempotency_key"), kw.get("timeout_ms")))
-        return super().invoke_sync(name, input, **kw)
+        return super().execute(name, input, **kw)
 
     def keys(self, name: str) -> list[str | None]:
         with self._calls_lock:

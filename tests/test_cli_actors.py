@@ -54,6 +54,8 @@ def test_worker_send_journal_show_replay(tmp_path: Path) -> None:
         assert worker.wait(timeout=15) == 0, (tmp_path / "worker.log").read_text()
     journal = loom(env, "actor", "journal", "counter", "c1").stdout
     assert journal.count("completed") == 2 and "activity.done echo" in journal
+    # each activity step records what it used, shown per attempt
+    assert journal.count("used: ") == 2 and "instance" in journal and " ms" in journal
     same = loom(env, "actor", "replay", "counter", "c1", "--module", str(ACTORS / "counter.py"))
     assert "no divergence" in same.stdout
     changed = loom(env, "actor", "replay", "counter", "c1", "--module",

@@ -48,6 +48,12 @@ def digest(value: Any) -> str:
     return hashlib.blake2b(canonical_json(value), digest_size=8).hexdigest()
 
 
+def _used(host: Any, key: str) -> dict[str, Any]:
+    """`resources` for an activity event: what its attempts since the last event used."""
+    used = host.take_resources(key)
+    return {"resources": used} if used else {}
+
+
 def quick_digest(value: Any) -> str:
     """The fingerprint of the arguments exactly as built (key order included): cheap, and
     equal bytes are equal arguments. A replay compares this first and falls back to the
@@ -255,7 +261,8 @@ class ActorContext:
                 self._run.inflight -= 1
                 if not plan.should_retry(exc, attempts):
                     self._record(step, f"{kind}.failed", name, fp,
-                                 error=error_record(exc), attempts=attempts)
+                                 error=error_record(exc), attempts=attempts,
+                                 **_used(rt, key))
                     raise activity_failed(name, attempts, exc.message, exc.code.value,
                                           **where) from exc
                 delay = plan.delay(attempts)
@@ -265,7 +272,7 @@ class ActorContext:
                 timer = f"timer:{self._run.msg_id}:{step}:{attempts}"
                 self._record(step, f"{kind}.retry", name, fp,
                              attempt=attempts, error=error_record(exc), timer=timer,
-                             fire_at=rt.clock() + delay)
+                             fire_at=rt.clock() + delay, **_used(rt, key))
                 await self._act.start_timer(self._run, timer, rt.clock() + delay)
                 await self._act.wait_timer(self._run, timer, step)
                 continue
@@ -273,7 +280,7 @@ class ActorContext:
             self._run.inflight -= 1
             rt.hooks.fire("after_activity", self._act.key)
             self._record(step, f"{kind}.done", name, fp,
-                         result=result, attempts=attempts)
+                         result=result, attempts=attempts, **_used(rt, key))
             return self._shape(result, output_model)
 
     @staticmethod

@@ -76,6 +76,9 @@ class _ReplayRuntime:
     def reply_ready(self, *_: Any) -> None:
         pass
 
+    def take_resources(self, key: str) -> None:
+        return None
+
     def settle_later(self, *_: Any) -> None:
         pass
 

@@ -154,6 +154,7 @@ class ActorRuntime:
         self.versions: frozenset[str] | None = (
             None if code_version is None else frozenset({code_version, *compatible}))
         self._guests: set[str] = set()  # pinned runs of other partitions this process resumes
+        self._resources: dict[str, list[dict[str, Any]]] = {}  # idempotency key -> attempts
         self.replies: Any = None
         """A `runtime.cluster.replies.Replies` (fleet): answers to asks across processes."""
         self.delivery: Any = None
@@ -690,9 +691,37 @@ class ActorRuntime:
                                              timeout_ms=timeout_ms, tenant=tenant)
         if self.executor is None or self._lane is None:
             raise errors.NotFound(f"no executor configured to run activity {name!r}")
-        call = partial(self.executor.invoke_sync, name, input, version=version,
-                       idempotency_key=idempotency_key, timeout_ms=timeout_ms, tenant=tenant)
+        executor = self.executor
+
+        def call() -> Any:  # on the lane's thread
+            started = time.perf_counter()
+            try:
+                result = executor.execute(name, input, version=version, tenant=tenant,
+                                          idempotency_key=idempotency_key,
+                                          timeout_ms=timeout_ms)
+            except errors.LoomError as exc:
+                self._used(idempotency_key, {
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "ok": False, "code": exc.code.value})
+                raise
+            self._used(idempotency_key, {
+                "duration_ms": round(result.duration_ms, 3), "fuel": result.fuel_used,
+                "memory_bytes": result.memory_bytes, "warm": result.reused_instance,
+                "ok": True})
+            return result.output
+
         return await self._lane.submit(partial(self.breakers.call, name, call))
+
+    def _used(self, key: str, resources: dict[str, Any]) -> None:
+        attempts = self._resources.setdefault(key, [])
+        attempts.append(resources)
+        if len(self._resources) > 10_000:  # a step never journaled (a crash): forget it
+            self._resources.pop(next(iter(self._resources)))
+
+    def take_resources(self, key: str) -> list[dict[str, Any]] | None:
+        """What the attempts of the activity call under `key` used, once (for its journal
+        event): duration, fuel, memory, warm instance, outcome."""
+        return self._resources.pop(key, None)
 
     async def admit(self, name: str, tenant: str, key: str) -> Callable[[], Awaitable[None]]:
         """Wait (never fail) until the activity's concurrency and rate limits admit this

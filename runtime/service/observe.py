@@ -169,22 +169,19 @@ class TracedExecutor:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def invoke_sync(self, name: str, input: Any, *, version: str | None = None,
-                    idempotency_key: str | None = None, tenant: str = "",
-                    timeout_ms: int | None = None, **kw: Any) -> Any:
+    def execute(self, name: str, input: Any, *, version: str | None = None,
+                idempotency_key: str | None = None, tenant: str = "",
+                timeout_ms: int | None = None, **kw: Any) -> Any:
+        """The runtime's call (`Executor.execute`), as a span."""
         actor = (idempotency_key or "").split(":", 1)[0]
         with tracing.tracer().start_as_current_span(
                 f"activity {name}", context=tracing.extract(self.traceparents.get(actor)),
                 attributes={"loom.activity": name, "loom.actor": actor, "loom.tenant": tenant,
                             "loom.idempotency_key": idempotency_key or ""}) as span:
-            if kw:  # output_model, validate: not what the runtime asks for
-                return self.inner.invoke_sync(name, input, version=version,
-                                              idempotency_key=idempotency_key, tenant=tenant,
-                                              timeout_ms=timeout_ms, **kw)
             try:
                 result = self.inner.execute(name, input, version=version,
                                             idempotency_key=idempotency_key, tenant=tenant,
-                                            timeout_ms=timeout_ms)
+                                            timeout_ms=timeout_ms, **kw)
             except errors.LoomError as exc:
                 span.set_attribute("loom.error_code", exc.code.value)
                 raise
@@ -192,7 +189,7 @@ class TracedExecutor:
                                  "loom.duration_ms": round(result.duration_ms, 3),
                                  "loom.memory_bytes": result.memory_bytes,
                                  "loom.warm": result.reused_instance})
-            return result.output
+            return result
 
 
 def observed_worker(journal: JournalStore, executor: Any) -> tuple[Any, Any]:
