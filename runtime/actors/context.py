@@ -242,7 +242,7 @@ class ActorContext:
         rt = self._act.host
         policy = RetryPolicy.model_validate(retry) if isinstance(retry, dict) else retry
         if policy is None:
-            policy = await rt.retry_policy_for(name, version)
+            policy = await rt.retry_policy_for(name, version, rt.tenant_of(self._act.key))
         plan = RetryPlan(policy)
         while True:
             attempts += 1

@@ -107,7 +107,10 @@ class ActivityRunner(Protocol):
     async def run(self, name: str, input: Any, *, version: str | None, idempotency_key: str,
                   timeout_ms: int | None, tenant: str) -> Any: ...
 
-    async def retry_policy(self, name: str, version: str | None) -> RetryPolicy: ...
+    async def retry_policy(self, name: str, version: str | None,
+                           tenant: str = "") -> RetryPolicy:
+        """The retry policy of the activity this tenant's `name` means."""
+        ...
 
 
 class ActorRuntime:
@@ -737,9 +740,10 @@ class ActorRuntime:
                 return _releaser(limiter, verdict)
             await asyncio.sleep(max(0.005, min(verdict.retry_after_s, 0.25)))
 
-    async def retry_policy_for(self, name: str, version: str | None) -> RetryPolicy:
+    async def retry_policy_for(self, name: str, version: str | None,
+                               tenant: str = "") -> RetryPolicy:
         if self.activities is not None:
-            return await self.activities.retry_policy(name, version)
+            return await self.activities.retry_policy(name, version, tenant)
         if self.executor is None:
             return RetryPolicy(max_attempts=1)
         try:

@@ -113,9 +113,12 @@ class Calls:
         guarded = (lambda: self.breakers.call(name, call)) if self.breakers else call
         return await asyncio.to_thread(guarded)
 
-    async def retry_policy(self, name: str, version: str | None) -> RetryPolicy:
+    async def retry_policy(self, name: str, version: str | None,
+                           tenant: str = "") -> RetryPolicy:
+        """The policy of the activity the call will run: the tenant's own, else a shared one
+        (as `run` resolves it)."""
         try:
-            return self.executor.registry.get(name, version).retry
+            return self.executor.registry.get(self.resolve(tenant, name), version).retry
         except errors.NotFound:
             return RetryPolicy(max_attempts=1)
 

@@ -105,7 +105,8 @@ class StubActivities:
             await _maybe_await(self.after())
         return output
 
-    async def retry_policy(self, name: str, version: str | None) -> RetryPolicy:
+    async def retry_policy(self, name: str, version: str | None,
+                           tenant: str = "") -> RetryPolicy:
         return self.retry
 
 
