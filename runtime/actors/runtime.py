@@ -183,6 +183,7 @@ class ActorRuntime:
         self.draining = False
         self._renew_at = 0.0
         self._reap_at = 0.0
+        self._stranded_at = 0.0
 
     async def sleep(self, seconds: float) -> None:
         await self._sleep(seconds)
@@ -578,7 +579,11 @@ class ActorRuntime:
             if key.partition("/")[0] in self.types and (
                     self.ownership is None or self.ownership.owns(key) or key in self._guests):
                 self.notify(key)  # while draining, only actors already active here
-        if self.ownership is not None and self.versions is not None and not self.draining:
+        if self.ownership is not None and self.versions is not None and not self.draining \
+                and now >= self._stranded_at:
+            # rare (a rolling deploy) and a query of its own (cross-partition on Cosmos):
+            # looked for about once a second, not every tick
+            self._stranded_at = now + max(1.0, self.lease_ttl_s / 4)
             await self._take_stranded(now)
         await self._answer_remote_asks()
         await self._sweep_idle()
