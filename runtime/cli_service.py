@@ -16,10 +16,10 @@ Leaf = Callable[[Any, str, str], argparse.ArgumentParser]
 
 def _store() -> Any:
     from runtime.service.config import ServiceConfig
-    from runtime.service.store import ServiceStore
+    from runtime.service.store import open_store
     from runtime.settings import load_settings
 
-    return ServiceStore(ServiceConfig().db or load_settings().home / "service.db")
+    return open_store(load_settings(), ServiceConfig())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

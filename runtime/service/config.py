@@ -13,6 +13,9 @@ class ServiceConfig(BaseSettings):
 
     db: Path | None = Field(default=None, description="Keys and schedules (default "
                             "<LOOM_HOME>/service.db).")
+    store: str = Field(default="sqlite", pattern="^(sqlite|redis)$", description="Where keys "
+                       "and schedules live: sqlite (LOOM_SERVICE_DB, shared by the servers of "
+                       "one machine) or redis (LOOM_REDIS_URL, shared by a fleet on many hosts).")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="JSON request bodies.")
     max_upload_bytes: int = Field(default=64 << 20, ge=1024, description="Activity uploads "
                                   "(wasm + manifest).")

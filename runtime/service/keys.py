@@ -11,7 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from runtime.service.store import KeyRecord, ServiceStore
+from runtime.service.store import KeyRecord, Store
 
 SCOPES = ("read", "invoke", "write", "admin")
 """read: look; invoke: run activities, message actors, start workflows; write: upload,
@@ -38,7 +38,7 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(store: ServiceStore, tenant: str, scopes: list[str], label: str = ""
+def create_key(store: Store, tenant: str, scopes: list[str], label: str = ""
                ) -> tuple[str, KeyRecord]:
     """Make a key; returns the full key (shown once) and what is stored."""
     if not TENANT_PATTERN.match(tenant):
@@ -58,7 +58,7 @@ def create_key(store: ServiceStore, tenant: str, scopes: list[str], label: str =
 class KeyRing:
     """Checks presented keys; revocations are seen within `ttl_s` (records are cached)."""
 
-    def __init__(self, store: ServiceStore, ttl_s: float = 2.0) -> None:
+    def __init__(self, store: Store, ttl_s: float = 2.0) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}

@@ -19,7 +19,7 @@ from runtime.service.config import ServiceConfig
 from runtime.service.keys import KeyRing
 from runtime.service.metrics import DUE_SAMPLE, Metrics
 from runtime.service.observe import ObservedJournal
-from runtime.service.store import ServiceStore
+from runtime.service.store import open_store
 from runtime.settings import LoomSettings, load_settings
 
 log = logging.getLogger("loom.service")
@@ -41,7 +41,7 @@ class Service:
         self._inner_journal = journal
         self.journal: Any = None
         self.runtime: Any = None
-        self.store = ServiceStore(self.config.db or self.settings.home / "service.db")
+        self.store = open_store(self.settings, self.config)
         self.keyring = KeyRing(self.store)
         self.scheduler: Any = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -1,10 +1,17 @@
 """The service's own records: tenants' API keys (hashed) and cron schedules with their cursor.
 
-A small SQLite file (`LOOM_SERVICE_DB`, default `<LOOM_HOME>/service.db`) shared by every
-`loom serve` on the machine. It holds no actor data: messages, runs and their outcomes stay
-in the journal. Writes that two servers can race on (a schedule's cursor) are
-compare-and-set, so each tick is claimed once; the message a tick sends is also enqueued
-with a message id derived from the tick, so even a lost race cannot send it twice.
+`Store` is what keys.py, cron.py and the API need; two implementations, chosen by
+`LOOM_SERVICE_STORE` (`open_store`):
+
+- `sqlite` (default, `ServiceStore`): a small file (`LOOM_SERVICE_DB`, default
+  `<LOOM_HOME>/service.db`) shared by every `loom serve` on the machine;
+- `redis` (`store_redis.RedisStore`, on `LOOM_REDIS_URL`): shared by the servers of a fleet
+  on several hosts.
+
+Neither holds actor data: messages, runs and their outcomes stay in the journal. The one
+write servers race on (a schedule's cursor) is a compare-and-set, so each tick is claimed
+by one server; the message a tick sends also has an id derived from the tick, so servers on
+one journal cannot send it twice.
 """
 
 from __future__ import annotations
@@ -15,7 +22,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from runtime.service.config import ServiceConfig
+    from runtime.settings import LoomSettings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -26,6 +37,7 @@ CREATE TABLE IF NOT EXISTS schedules (
     handler TEXT NOT NULL, payload TEXT NOT NULL, missed TEXT NOT NULL,
     created_at REAL NOT NULL, cursor REAL NOT NULL, fired INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, name));
+CREATE INDEX IF NOT EXISTS keys_by_hash ON keys (hash);
 """
 
 
@@ -63,8 +75,59 @@ class Schedule:
                 "created_at": self.created_at, "last_tick": self.cursor, "fired": self.fired}
 
 
+class Store(Protocol):
+    """Keys and schedules. Methods block (call them from a thread in async code); each is
+    atomic on its own."""
+
+    def close(self) -> None: ...
+
+    def add_key(self, record: KeyRecord) -> None: ...
+
+    def key(self, key_id: str) -> KeyRecord | None: ...
+
+    def key_by_hash(self, digest: str) -> KeyRecord | None: ...
+
+    def keys(self, tenant: str | None = None) -> list[KeyRecord]:
+        """Oldest first; all tenants' when `tenant` is None; revoked ones too."""
+        ...
+
+    def revoke_key(self, key_id: str) -> bool:
+        """False if there is no such key or it was revoked already."""
+        ...
+
+    def add_schedule(self, s: Schedule) -> bool:
+        """False if the tenant already has a schedule of that name (nothing changed)."""
+        ...
+
+    def schedules(self, tenant: str | None = None) -> list[Schedule]:
+        """Ordered by tenant, then name."""
+        ...
+
+    def remove_schedule(self, tenant: str, name: str) -> bool: ...
+
+    def advance(self, tenant: str, name: str, old: float, new: float, fired: int) -> bool:
+        """Move the cursor from `old` to `new` and add `fired` to the count, if the cursor
+        is still `old` (compare-and-set); False if another server moved it first or the
+        schedule is gone."""
+        ...
+
+
+def open_store(settings: LoomSettings, config: ServiceConfig) -> Store:
+    """The store `LOOM_SERVICE_STORE` names: `sqlite` (`LOOM_SERVICE_DB`, default
+    `<LOOM_HOME>/service.db`) or `redis` (`LOOM_REDIS_URL`)."""
+    if config.store == "redis":
+        if not settings.redis_url:
+            from runtime import errors
+
+            raise errors.SettingsInvalid("LOOM_SERVICE_STORE=redis needs LOOM_REDIS_URL")
+        from runtime.service.store_redis import RedisStore
+
+        return RedisStore(settings.redis_url)
+    return ServiceStore(config.db or settings.home / "service.db")
+
+
 class ServiceStore:
-    """Thread-safe; every method is one short transaction."""
+    """The embedded store (SQLite). Thread-safe; every method is one short transaction."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -90,6 +153,11 @@ class ServiceStore:
             row = self._db.execute("SELECT * FROM keys WHERE id=?", (key_id,)).fetchone()
         return None if row is None else _key(row)
 
+    def key_by_hash(self, digest: str) -> KeyRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM keys WHERE hash=?", (digest,)).fetchone()
+        return None if row is None else _key(row)
+
     def keys(self, tenant: str | None = None) -> list[KeyRecord]:
         with self._lock:
             rows = self._db.execute(
@@ -105,7 +173,6 @@ class ServiceStore:
 
     # -- schedules -------------------------------------------------------------------------
     def add_schedule(self, s: Schedule) -> bool:
-        """False if the tenant already has a schedule of that name (nothing changed)."""
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO schedules VALUES (?,?,?,?,?,?,?,?,?,0)",
@@ -127,7 +194,6 @@ class ServiceStore:
         return cur.rowcount == 1
 
     def advance(self, tenant: str, name: str, old: float, new: float, fired: int) -> bool:
-        """Move the cursor from `old` to `new` if nobody moved it first (compare-and-set)."""
         with self._lock:
             cur = self._db.execute(
                 "UPDATE schedules SET cursor=?, fired=fired+? WHERE tenant=? AND name=? "
