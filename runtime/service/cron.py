@@ -1,12 +1,13 @@
 """Cron schedules: each tick becomes one durable message, once, however many servers run.
 
-Every server looks for due ticks each `LOOM_SERVICE_CRON_INTERVAL_S` and claims them by moving
-the schedule's cursor (last tick fired) by compare-and-set in the shared store before it
-enqueues them: one server wins each tick, even servers on different journals. A tick's
-message id is `cron:<schedule>:<tick ms>` and the journal enqueues create-if-absent, so a
-tick given back (its enqueue failed) and fired again is still one message on one journal.
-A server that dies between the claim and the enqueue (one journal write) loses those ticks.
-Missed ticks (no server was running):
+Every server looks for due ticks each `LOOM_SERVICE_CRON_INTERVAL_S`. A tick's message id is
+`cron:<schedule>:<tick ms>`, and the journal enqueues create-if-absent, so two servers
+firing the same tick deliver it once; then the schedule's cursor (last tick fired) moves by
+compare-and-set in the store (shared by servers on several hosts with the Redis store), so
+the next pass starts after it. Enqueue first, cursor second: a server that dies in between
+loses no tick (the next pass fires it again, deduplicated). That needs the servers to share
+one journal, as servers of one deployment do (they serve the same actors); servers on
+separate journals would each deliver a tick. Missed ticks (no server was running):
 `catch-up` fires each of them (at most `max_catch_up` per pass), `skip` only the latest.
 
 Expressions: five fields `minute hour day-of-month month day-of-week` (`*`, `a-b`, `*/n`,
@@ -140,18 +141,12 @@ class Scheduler:
                 continue
             if s.missed == "skip":
                 ticks = ticks[-1:]
-            if not await asyncio.to_thread(svc.store.advance, s.tenant, s.name, s.cursor,
-                                           ticks[-1], len(ticks)):
-                continue  # another server claimed these ticks
-            try:
-                for tick in ticks:
-                    if await svc.journal.enqueue(tick_message(s, tick)):
-                        fired += 1
-                        svc.metrics.cron_ticks.inc()
-            except BaseException:  # give the ticks back: the next pass fires them again
-                await asyncio.to_thread(svc.store.advance, s.tenant, s.name, ticks[-1],
-                                        s.cursor, -len(ticks))
-                raise
+            for tick in ticks:
+                if await svc.journal.enqueue(tick_message(s, tick)):
+                    fired += 1
+                    svc.metrics.cron_ticks.inc()
+            await asyncio.to_thread(svc.store.advance, s.tenant, s.name, s.cursor, ticks[-1],
+                                    len(ticks))
             if svc.runtime is not None:
                 svc.runtime.notify(tick_message(s, ticks[-1])["target"])
         return fired
