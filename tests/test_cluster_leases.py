@@ -64,6 +64,7 @@ def test_acquire_renew_release(client: redis.Redis, keys: ClusterKeys) -> None:
     b = leases.acquire(3, new_token("b"))
     assert b is not None and b.epoch > a.epoch
     assert leases.free([2, 3, 4]) == [2, 4]
+    assert leases.holders([2, 3, 4]) == {2: None, 3: "b", 4: None}
     assert leases.renew_many([b, a]) == [True, False]
 
 

@@ -158,6 +158,15 @@ class PartitionLeases:
             pipe.exists(self.keys.lease(p))
         return [p for p, n in zip(partitions, pipe.execute(), strict=True) if not n]
 
+    def holders(self, partitions: Sequence[int]) -> dict[int, str | None]:
+        """The worker holding each of `partitions` now, or None (pipelined GET: one command
+        a partition, as `free`)."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in partitions:
+            pipe.get(self.keys.lease(p))
+        return {p: None if token is None else owner_of(_text(token))
+                for p, token in zip(partitions, pipe.execute(), strict=True)}
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -118,14 +118,14 @@ class ClusterNode:
                                                     in_flight=self.in_flight)
             workers = self.membership.live_workers()
             live = [] if self.draining else [w.id for w in workers]
-            states = self.leases.states(range(self.partitions))
+            holders = self.leases.holders(range(self.partitions))
             resumes = {w.id: w.resumes for w in workers}
-            self.partition_owners = {s.partition: resumes.get(s.owner)
-                                     for s in states if s.owner is not None}
+            self.partition_owners = {p: resumes.get(w) for p, w in holders.items()
+                                     if w is not None}
             if self.draining:
                 plan = Plan(0, (), tuple(sorted(held)))
             else:
-                free = [s.partition for s in states if s.owner is None]
+                free = [p for p, w in holders.items() if w is None]
                 plan = self.balancer.plan(self.worker.id, held, live, free)
             for p in plan.release:
                 lease = held[p]
