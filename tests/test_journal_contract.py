@@ -1281,3 +1281,75 @@ def test_append_consumes_with_the_commit_when_nothing_is_to_be_dispatched(
             assert left == ["m1", "m2"]
 
     run(main())
+
+
+def test_sqlite_group_commit_fails_only_the_write_that_failed(tmp_path: Path) -> None:
+    """Writes of one group commit share a transaction without savepoints; a write that fails
+    after changing something (not with a clean JournalConflict) must still fail alone: the
+    batch is rolled back and run again with a savepoint per write."""
+    import sqlite3
+
+    from runtime.journal import sqlite as sqlite_journal
+
+    async def main() -> None:
+        journal = sqlite_journal.SqliteJournal(tmp_path / "j.db")
+
+        def half_done(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO meta (key, value) VALUES ('half', 1)")
+            raise RuntimeError("failed after a change")
+
+        try:
+            results = await asyncio.gather(
+                journal.append(commit("ok/1", 1, v="kept")), journal._submit(half_done),
+                journal.enqueue(env("ok/1", "m1")), journal.append(commit("ok/1", 1, v="twin")),
+                return_exceptions=True)
+            assert results[0] is None and results[2] is True, results
+            assert isinstance(results[1], RuntimeError), results
+            assert isinstance(results[3], JournalConflict), results
+            assert await journal.read("ok/1") == [commit("ok/1", 1, v="kept")]
+            assert [e["id"] for e in await journal.inbox("ok/1", time.time())] == ["m1"]
+            found = journal._query("SELECT 1 FROM meta WHERE key = 'half'", ())
+            assert found == []
+        finally:
+            await journal.close()
+
+    run(main())
+
+
+def test_sqlite_journal_of_schema_5_loses_its_state_index_and_reads_the_same(
+        tmp_path: Path) -> None:
+    """Schema 6 drops the index of state-carrying commits; `read_tail` walks back instead."""
+    import sqlite3
+
+    from runtime.journal import sqlite as sqlite_journal
+
+    path = tmp_path / "j.db"
+
+    async def write() -> None:
+        journal = sqlite_journal.SqliteJournal(path)
+        await journal.append(commit("a/1", 1, v="old"))
+        await journal.append({**commit("a/1", 2), "state": {"v": 2}})
+        await journal.append(commit("a/1", 3, v="after"))
+        await journal.close()
+
+    run(write())
+    db = sqlite3.connect(path)
+    db.execute("CREATE INDEX commits_state ON commits (actor, seq) WHERE has_state = 1")
+    db.execute("PRAGMA user_version=5")
+    db.commit()
+    db.close()
+
+    async def read() -> None:
+        journal = sqlite_journal.SqliteJournal(path)
+        try:
+            assert [c["seq"] for c in await journal.read_tail("a/1")] == [2, 3]
+            assert [c["seq"] for c in await journal.read_tail("none/1")] == []
+        finally:
+            await journal.close()
+
+    run(read())
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'commits_state'").fetchall() \
+        == []
+    assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_journal.VERSION
+    db.close()

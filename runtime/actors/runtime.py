@@ -38,6 +38,21 @@ log = logging.getLogger("loom.actors")
 Invariant = Callable[[str, Any, Any, list[dict[str, Any]]], "bool | str | None"]
 _LIVE_OWNERS: set[str] = set()  # owner ids of the runtimes alive in this process
 _HOST = socket.gethostname()
+_ID_BASE = [uuid.uuid4().int, 0]  # message ids: a random 128-bit base plus a counter
+
+
+def _new_id_base() -> None:
+    _ID_BASE[:] = [uuid.uuid4().int, 0]
+
+
+os.register_at_fork(after_in_child=_new_id_base)  # a forked child must not repeat its parent's
+
+
+def message_id() -> str:
+    """A fresh message id in UUID form: unique like uuid4 (a random base per process), but
+    without a trip to the kernel's random source for every message."""
+    _ID_BASE[1] += 1
+    return str(uuid.UUID(int=(_ID_BASE[0] + _ID_BASE[1]) & ((1 << 128) - 1)))
 
 
 def _reply_of(commit: dict[str, Any]) -> Any:
@@ -213,7 +228,7 @@ class ActorRuntime:
                  msg_id: str | None = None, kind: str = "call", name: str | None = None,
                  reply_to: str | None = None, sender: str | None = None,
                  deliver_at: float = 0.0, key: str | None = None) -> Envelope:
-        env: Envelope = {"id": msg_id or str(uuid.uuid4()), "target": str(target), "kind": kind,
+        env: Envelope = {"id": msg_id or message_id(), "target": str(target), "kind": kind,
                          "payload": payload, "deliver_at": deliver_at}
         if handler is not None:
             env["handler"] = handler
@@ -239,7 +254,7 @@ class ActorRuntime:
                   msg_id: str | None = None, timeout: float | None = None) -> Any:
         """Send and wait for the handler's durable result (raises what the handler raised),
         whichever process runs the actor."""
-        msg_id = msg_id or str(uuid.uuid4())
+        msg_id = msg_id or message_id()
         ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
         fut = asyncio.get_running_loop().create_future()
         waiting = (str(ref), msg_id)

@@ -49,7 +49,8 @@ class MemoryJournal:
         self.fence_epochs = fence_epochs
         self._commits: dict[str, dict[int, str]] = {}
         self._outcomes: dict[tuple[str, str], int] = {}
-        self._inbox: dict[str, dict[str, _Entry]] = {}
+        self._inbox: dict[str, dict[str, _Entry]] = {}  # every entry, tombstones too
+        self._pending: dict[str, dict[str, _Entry]] = {}  # the unconsumed ones, by id
         self._sched: dict[str, _Sched] = {}
         self._ready: dict[str, int] = {}  # actor -> ready_n, for due_at == 0
         self._timed: list[tuple[float, str]] = []  # heap of (due_at, actor), lazily pruned
@@ -107,25 +108,26 @@ class MemoryJournal:
         row = self._sched.setdefault(actor, _Sched())
         row.last_n += 1
         deliver_at = float(envelope.get("deliver_at", 0.0))
-        box[envelope["id"]] = _Entry(row.last_n, envelope.get("kind") or "call", deliver_at,
-                                     None, doc)
+        entry = _Entry(row.last_n, envelope.get("kind") or "call", deliver_at, None, doc)
+        box[envelope["id"]] = entry
+        self._pending.setdefault(actor, {})[envelope["id"]] = entry
         self._set_due(actor, row, deliver_at if row.due_at is None
                       else min(row.due_at, deliver_at))
         return True
 
     async def inbox(self, actor: str, now: float, *, calls: int | None = None) -> list[Envelope]:
-        entries = sorted((e for e in self._inbox.get(actor, {}).values()
-                          if e.consumed_at is None and e.deliver_at <= now), key=lambda e: e.n)
+        entries = sorted((e for e in self._pending.get(actor, {}).values()
+                          if e.deliver_at <= now), key=lambda e: e.n)
         if calls is not None:
             taken = [e for e in entries if e.kind == "call"][:calls]
             entries = [e for e in entries if e.kind != "call"] + taken
         return [{**json.loads(e.doc), "n": e.n} for e in entries]
 
     async def consume(self, actor: str, ids: list[str], now: float) -> None:
-        box = self._inbox.get(actor, {})
+        pending = self._pending.get(actor, {})
         for i in ids:
-            entry = box.get(i)
-            if entry is not None and entry.consumed_at is None:
+            entry = pending.pop(i, None)
+            if entry is not None:
                 entry.consumed_at = now
 
     # -- schedule --------------------------------------------------------------------------
@@ -226,9 +228,7 @@ class MemoryJournal:
         if not isinstance(version, EllipsisType):
             row.ver = version
         due = INF
-        for e in self._inbox.get(actor, {}).values():
-            if e.consumed_at is not None:
-                continue
+        for e in self._pending.get(actor, {}).values():
             if e.deliver_at > now or (e.n > seen_n and not (busy and e.kind == "call")):
                 due = min(due, e.deliver_at)
         if release:

@@ -31,7 +31,6 @@ CREATE TABLE IF NOT EXISTS commits (
     actor TEXT NOT NULL, seq INTEGER NOT NULL, has_state INTEGER NOT NULL, doc BLOB NOT NULL,
     done_msg TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS commits_key ON commits (actor, seq);
-CREATE INDEX IF NOT EXISTS commits_state ON commits (actor, seq) WHERE has_state = 1;
 CREATE TABLE IF NOT EXISTS inbox (
     actor TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, n INTEGER NOT NULL,
     deliver_at REAL NOT NULL, consumed_at REAL, doc BLOB NOT NULL);
@@ -73,8 +72,10 @@ INSERT OR IGNORE INTO sched (actor, last_n, due_at)
     GROUP BY actor;
 """
 MIGRATE_V2 = "ALTER TABLE sched ADD COLUMN ver TEXT;"
-VERSION = 5  # 4: the run index (tables runs, run_activities), backfilled from the commits;
-# 5: the index is brought up to date in batches, behind a watermark (meta 'runs_indexed')
+VERSION = 6  # 4: the run index (tables runs, run_activities), backfilled from the commits;
+# 5: the index is brought up to date in batches, behind a watermark (meta 'runs_indexed');
+# 6: no index of the commits that carry state (read_tail walks back from the newest commit:
+# a B-tree fewer to write in every transaction)
 INDEX_EVERY = 256  # commits between two catch-ups of the run index (or INDEX_EVERY_S)
 INDEX_EVERY_S = 1.0
 INDEX_BATCH = 1024  # commits folded per catch-up transaction (bounds its latency)
@@ -124,6 +125,7 @@ class SqliteJournal:
         elif sched and "ver" not in sched:  # Loom 0.2: runs are not pinned to code versions
             db.executescript(f"BEGIN IMMEDIATE; {MIGRATE_V2} COMMIT;")
         if version < VERSION:
+            db.execute("DROP INDEX IF EXISTS commits_state")
             if version < 4:
                 self._backfill_runs(db)
             # up to here, every commit is in the index (backfilled, or indexed as written)
@@ -200,27 +202,47 @@ class SqliteJournal:
 
     def _write_batch(self, batch: list[tuple[Write, asyncio.Future[Any]]]
                      ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """One transaction for the whole batch. A write may fail alone only with
+        JournalConflict, which it raises before it changes anything (a failed statement is
+        undone by SQLite itself), so no savepoints are needed: they cost two statements a
+        write. Any other failure rolls the batch back and runs it again with a savepoint
+        per write, so that only the failing write fails."""
+        try:
+            return self._transaction(batch, savepoints=False)
+        except Exception:
+            self._run_rows.clear()  # it may hold rows of the rolled-back writes
+        try:
+            return self._transaction(batch, savepoints=True)
+        except Exception as exc:
+            self._run_rows.clear()
+            return [(fut, None, exc) for _, fut in batch]
+
+    def _transaction(self, batch: list[tuple[Write, asyncio.Future[Any]]], *, savepoints: bool
+                     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         db = self._writer
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("BEGIN IMMEDIATE")
             for write, fut in batch:
-                # a savepoint per write: one failing write fails only its own caller
-                db.execute("SAVEPOINT w")
+                if savepoints:
+                    db.execute("SAVEPOINT w")
                 try:
                     results.append((fut, write(db), None))
                 except Exception as exc:
-                    db.execute("ROLLBACK TO w")
+                    if savepoints:
+                        db.execute("ROLLBACK TO w")
+                    elif not isinstance(exc, JournalConflict):
+                        raise
                     results.append((fut, None, exc))
-                db.execute("RELEASE w")
+                if savepoints:
+                    db.execute("RELEASE w")
             db.execute("COMMIT")
-            self.transactions += 1
-            self.writes += len(batch)
-        except Exception as exc:
+        except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            self._run_rows.clear()  # it may hold rows of the rolled-back writes
-            results = [(fut, None, exc) for _, fut in batch]
+            raise
+        self.transactions += 1
+        self.writes += len(batch)
         return results
 
     # -- commits ---------------------------------------------------------------------------
@@ -237,19 +259,20 @@ class SqliteJournal:
                       for i in commit.get("consumed") or ()] if not commit.get("outbox") else []
 
         def write(db: sqlite3.Connection) -> None:
-            if epoch:  # the writer's lease must still be the newest: a stale holder is fenced
-                found = db.execute("SELECT epoch FROM sched WHERE actor=?",
-                                   (commit["actor"],)).fetchone()
-                if found is not None and found[0] != epoch:
-                    raise JournalConflict(
-                        f"commit {commit['actor']}#{commit['seq']} of lease epoch {epoch} is "
-                        f"fenced out by epoch {found[0]}")
-            try:
-                db.execute("INSERT INTO commits (actor, seq, has_state, doc, done_msg) "
-                           "VALUES (?,?,?,?,?)", row)
+            try:  # only while the writer's lease is the newest: a stale holder is fenced
+                written = db.execute(
+                    "INSERT INTO commits (actor, seq, has_state, doc, done_msg) SELECT ?1, ?2, "
+                    "?3, ?4, ?5 WHERE ?6 IS NULL OR NOT EXISTS (SELECT 1 FROM sched WHERE "
+                    "actor = ?1 AND epoch != ?6)", (*row, epoch or None)).rowcount
             except sqlite3.IntegrityError:
                 raise JournalConflict(
                     f"commit {commit['actor']}#{commit['seq']} already exists") from None
+            if not written:
+                found = db.execute("SELECT epoch FROM sched WHERE actor=?",
+                                   (commit["actor"],)).fetchone()
+                raise JournalConflict(
+                    f"commit {commit['actor']}#{commit['seq']} of lease epoch {epoch} is "
+                    f"fenced out by epoch {found[0] if found else None}")
             if tombstones:
                 db.executemany("UPDATE inbox SET consumed_at=? WHERE actor=? AND id=? AND "
                                "consumed_at IS NULL", tombstones)
@@ -304,10 +327,16 @@ class SqliteJournal:
         return [from_json(r[0]) for r in rows]
 
     async def read_tail(self, actor: str) -> list[Commit]:
-        rows = self._query(
-            "SELECT doc FROM commits WHERE actor=? AND seq >= COALESCE((SELECT MAX(seq) "
-            "FROM commits WHERE actor=? AND has_state=1), 0) ORDER BY seq", (actor, actor))
-        return [from_json(r[0]) for r in rows]
+        docs: list[bytes] = []
+        with self._lock:  # newest first, down to the newest commit that carries the state
+            rows = self._db.execute("SELECT has_state, doc FROM commits WHERE actor=? "
+                                    "ORDER BY seq DESC", (actor,))
+            for has_state, doc in rows:
+                docs.append(doc)
+                if has_state:
+                    break
+            rows.close()
+        return [from_json(d) for d in reversed(docs)]
 
     async def outcome(self, actor: str, msg_id: str) -> Commit | None:
         rows = self._query("SELECT doc FROM commits WHERE actor=? AND done_msg=? "
@@ -389,36 +418,38 @@ class SqliteJournal:
         doc = to_json(envelope)
 
         def write(db: sqlite3.Connection) -> bool:
-            if db.execute("SELECT 1 FROM inbox WHERE actor=? AND id=?",
-                          (actor, envelope["id"])).fetchone():
+            # numbered one past the actor's last, unless the id is already in its inbox
+            if db.execute(
+                    "INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) VALUES (?1, ?2, ?3, "
+                    "COALESCE((SELECT last_n FROM sched WHERE actor = ?1), 0) + 1, ?4, ?5) "
+                    "ON CONFLICT (actor, id) DO NOTHING",
+                    (actor, envelope["id"], envelope.get("kind") or "call", deliver_at, doc)
+            ).rowcount != 1:
                 return False
-            n = db.execute(
+            db.execute(
                 "INSERT INTO sched (actor, last_n, due_at, ready_n) VALUES (?1, 1, ?2, ?3) "
                 "ON CONFLICT (actor) DO UPDATE SET last_n = last_n + 1, "
                 "ready_n = CASE WHEN ?2 = 0 AND (due_at IS NULL OR due_at > 0) THEN ?3 "
                 "ELSE ready_n END, "
-                "due_at = CASE WHEN due_at IS NULL OR ?2 < due_at THEN ?2 ELSE due_at END "
-                "RETURNING last_n", (actor, deliver_at, time.time_ns())).fetchone()[0]
-            db.execute("INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) VALUES "
-                       "(?,?,?,?,?,?)", (actor, envelope["id"], envelope.get("kind") or "call",
-                                         n, deliver_at, doc))
+                "due_at = CASE WHEN due_at IS NULL OR ?2 < due_at THEN ?2 ELSE due_at END",
+                (actor, deliver_at, time.time_ns()))
             return True
 
         inserted: bool = await self._submit(write)
         return inserted
 
     async def inbox(self, actor: str, now: float, *, calls: int | None = None) -> list[Envelope]:
-        base = ("SELECT n, doc FROM inbox WHERE actor=? AND consumed_at IS NULL AND "
-                "deliver_at<=?")
+        base = ("SELECT n, doc FROM inbox WHERE actor=?1 AND consumed_at IS NULL AND "
+                "deliver_at<=?2")
         if calls is None:
             rows = self._query(f"{base} ORDER BY n", (actor, now))
-        else:
-            rows = self._query(f"{base} AND kind != 'call' ORDER BY n", (actor, now))
-            if calls:
-                rows += self._query(f"{base} AND kind = 'call' ORDER BY n LIMIT ?",
-                                    (actor, now, calls))
+        else:  # one query (each costs the loop a trip through the GIL): the rest, then calls
+            rows = self._query(
+                f"SELECT n, doc, 0 AS part FROM ({base} AND kind != 'call') UNION ALL "
+                f"SELECT n, doc, 1 FROM ({base} AND kind = 'call' ORDER BY n LIMIT ?3) "
+                "ORDER BY part, n", (actor, now, calls))
         out = []
-        for n, doc in rows:
+        for n, doc, *_ in rows:
             env = from_json(doc)
             env["n"] = n
             out.append(env)
