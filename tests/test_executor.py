@@ -243,6 +243,36 @@ def test_reused_instance_handles_growing_inputs(executor: Executor) -> None:
     assert executor.pool.stats.created == 1
 
 
+def test_output_in_memory_grown_by_the_call_is_read(executor: Executor) -> None:
+    """loom_run grows memory and answers from the new pages: the host maps them anew."""
+    executor.upload(guests.core("""
+    (local.set $n (i32.shl (memory.grow (i32.const 3)) (i32.const 16)))
+    (memory.copy (local.get $n) (local.get $ptr) (local.get $len))
+    (call $pack (local.get $n) (local.get $len))"""), manifest("grower", reuse_instances=True))
+    sizes = []
+    for i in range(4):
+        payload = {"i": i, "s": "y" * (i * 1000)}
+        result = executor.execute("grower", payload)
+        assert result.output == payload
+        sizes.append(result.memory_bytes)
+    assert sizes == [sizes[0] + i * 3 * 65536 for i in range(4)]
+    assert executor.pool.stats.created == 1
+
+
+def test_core_guest_exit_is_a_guest_error_and_retires_the_instance(executor: Executor) -> None:
+    executor.upload(guests.core(
+        "(call $proc_exit (i32.const 7)) (call $pack (local.get $ptr) (local.get $len))",
+        imports='(import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))'),
+        manifest("exits", reuse_instances=True))
+    for _ in range(2):
+        with pytest.raises(errors.GuestError) as info:
+            executor.execute("exits", {})
+        check_error(info.value, errors.GuestError, code="guest_error", activity="exits",
+                    mentions=("exited with code 7",))
+        assert info.value.details == {"exit_code": 7, "stderr_tail": ""}
+    assert (executor.pool.stats.created, executor.pool.stats.retired) == (2, 2)
+
+
 # -- host calls --------------------------------------------------------------------------------
 
 def proxy(executor: Executor, request: dict[str, Any], key: str | None = None,

@@ -45,7 +45,7 @@ class Services:
     new_session: Callable[[ActivityManifest], GuestSession]
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One invocation, as the executor prepared it."""
 
@@ -64,19 +64,16 @@ class Call:
     tenant: str
     decode: Callable[[bytes], Any]
     """Parse and validate output bytes (raises OutputInvalid); called by `run`."""
+    pool_key: PoolKey
+    """(name, version, sha256, tenant) of the manifest: its pool of warm instances."""
 
     @property
     def where(self) -> dict[str, Any]:
         return {"activity": self.manifest.name, "version": self.manifest.version,
                 "idempotency_key": self.idempotency_key}
 
-    @property
-    def pool_key(self) -> PoolKey:
-        m = self.manifest
-        return (m.name, m.version, m.sha256, self.tenant)
 
-
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     output: Any
     session: GuestSession

@@ -11,7 +11,7 @@ another thread's call).
 from __future__ import annotations
 
 import ctypes
-from ctypes import POINTER, byref
+from ctypes import POINTER, byref, c_size_t, c_uint64, c_void_p
 from typing import Any
 
 import wasmtime
@@ -28,6 +28,13 @@ _set_deadline = _bindings._wasmtime_context_set_epoch_deadline
 _pre_instantiate = _bindings._wasmtime_instance_pre_instantiate
 _export_get = _bindings._wasmtime_instance_export_get
 _FUNC, _MEMORY = ffi.WASMTIME_EXTERN_FUNC.value, ffi.WASMTIME_EXTERN_MEMORY.value
+# The per-call entry points of a warm core-v1 call, declared without argument types: the
+# arguments are prepared ctypes objects, so ctypes converts nothing (half of each call's
+# cost). The two tiny ones keep the GIL (PYFUNCTYPE); the guest call releases it.
+_hot_call = ctypes.CFUNCTYPE(c_void_p)(("wasmtime_func_call_unchecked", ffi.dll))
+_hot_deadline = ctypes.PYFUNCTYPE(None)(("wasmtime_context_set_epoch_deadline", ffi.dll))
+_hot_size = ctypes.PYFUNCTYPE(c_size_t)(("wasmtime_memory_data_size", ffi.dll))
+_ERROR_PTR = POINTER(ffi.wasmtime_error_t)
 ERROR_BIT = 1 << 63
 PAGE = 65536
 
@@ -216,8 +223,25 @@ class CoreInstance(GuestStore):
             raise error from None
         self._buf_ptr = 0
         self._buf_cap = 0
-        self._base, self.memory_size = self.memory_view()
+        self._ctx_arg = c_void_p(self.address)
+        self._ticks = c_uint64(0)
+        self._nargs = (c_size_t(0), c_size_t(1), c_size_t(2))
+        self._max_output = manifest.limits.max_output_bytes
+        self._map_memory()
         self.healthy = True
+
+    def _map_memory(self) -> None:
+        """Map linear memory as a memoryview; again whenever it grew (it may move then)."""
+        base, self.memory_size = self.memory_view()
+        self._memory = (memoryview((ctypes.c_ubyte * self.memory_size).from_address(base))
+                        .cast("B") if self.memory_size else memoryview(b""))
+
+    def _hot_call(self, func_ref: Any, nargs: int) -> None:
+        err = _hot_call(self._ctx_arg, func_ref, self._args, self._nargs[nargs], self._trap_ref)
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ERROR_PTR))
+        if self._trap:
+            self._raise_trap()
 
     def call(self, data: bytes, ticks: int) -> tuple[bool, bytes]:
         """Run once. Returns (is_error, output bytes); raises a LoomError on any violation.
@@ -229,42 +253,50 @@ class CoreInstance(GuestStore):
         args = self._args
         n = len(data)
         try:
-            self.arm(ticks)
-            base, size = self._base, self.memory_size  # valid: memory moves only in guest code
+            self._ticks.value = ticks
+            _hot_deadline(self._ctx_arg, self._ticks)
+            if self.fuel is not None:
+                self.arm(ticks)
             if n > self._buf_cap:
                 args[0].i32 = n
-                self.raw_call(self._alloc_ref, args, 1)
+                self._hot_call(self._alloc_ref, 1)
                 ptr = args[0].i32 & 0xFFFFFFFF
                 if ptr == 0:
                     raise errors.MemoryLimitExceeded(
                         f"guest could not allocate {n} bytes for the input", **self.where())
                 self._buf_ptr, self._buf_cap = ptr, n
-                base, size = self.memory_view()
+                self._map_memory()
             ptr = self._buf_ptr
-            if ptr + n > size:
+            if ptr + n > self.memory_size:
                 raise errors.Trap("loom_alloc returned a buffer outside linear memory",
                                   **self.where())
-            ctypes.memmove(base + ptr, data, n)
+            self._memory[ptr:ptr + n] = data
             args[0].i32 = ptr
             args[1].i32 = n
-            self.raw_call(self._run_ref, args, 2)
+            self._hot_call(self._run_ref, 2)
             result = args[0].i64 & 0xFFFFFFFFFFFFFFFF
             is_error = bool(result & ERROR_BIT)
             out_ptr, out_len = result & 0xFFFFFFFF, (result >> 32) & 0x7FFFFFFF
-            if out_len > self.manifest.limits.max_output_bytes:
+            if out_len > self._max_output:
                 raise errors.OutputTooLarge(
                     f"output of {out_len} bytes exceeds max_output_bytes="
-                    f"{self.manifest.limits.max_output_bytes}", **self.where())
-            base, size = self._base, self.memory_size = self.memory_view()
-            if out_ptr + out_len > size:
+                    f"{self._max_output}", **self.where())
+            # memory moves only when it grows, and only inside guest code: same size, same place
+            if _hot_size(self._ctx_arg, self._memory_ref) != self.memory_size:
+                self._map_memory()
+            if out_ptr + out_len > self.memory_size:
                 raise errors.OutputInvalid(
-                    f"output location {out_ptr}+{out_len} is outside linear memory ({size} "
-                    "bytes)", **self.where())
-            out = ctypes.string_at(base + out_ptr, out_len)
+                    f"output location {out_ptr}+{out_len} is outside linear memory "
+                    f"({self.memory_size} bytes)", **self.where())
+            out = self._memory[out_ptr:out_ptr + out_len].tobytes()
         except Exception as exc:
             raise self.classify(exc) from None
         self.healthy = self.session.violation is None
         return is_error, out
+
+    def close(self) -> None:
+        self._memory = memoryview(b"")
+        super().close()
 
 
 def run_command(engine: wasmtime.Engine, pre: wasmtime.InstancePre, manifest: ActivityManifest,

@@ -45,7 +45,9 @@ class InstancePool:
         """Return `instance` to the pool, or retire it (unhealthy, not reusable, pool full)."""
         if reusable and instance.healthy:
             with self._lock:
-                idle = self._idle.setdefault(key, deque())
+                idle = self._idle.get(key)
+                if idle is None:
+                    idle = self._idle[key] = deque()
                 if len(idle) < self.max_idle:
                     idle.append(instance)
                     return
