@@ -24,6 +24,7 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from runtime.journal import runs as run_index
+from runtime.journal import sqlite_bulk
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
 SCHEMA = """
@@ -82,6 +83,11 @@ INDEX_BATCH = 1024  # commits folded per catch-up transaction (bounds its latenc
 # Rowid tables: new rows append to the same few pages, and the unique indexes carry only
 # the short keys, so one group commit touches far fewer pages than keyed tables would.
 Write = Callable[[sqlite3.Connection], Any]
+# a write that can also go with others of its kind: ("append", (row, tombstones)) or
+# ("enqueue", row), in sqlite_bulk's shapes
+Bulk = tuple[str, Any] | None
+Pending = tuple[Write, "asyncio.Future[Any]", Bulk]
+Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
 log = logging.getLogger("loom.journal")
 
 
@@ -103,7 +109,7 @@ class SqliteJournal:
         self._setup()
         self._writer = self._connect(synchronous)  # writes, on the writer thread
         self._lock = threading.Lock()
-        self._batch: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._batch: list[Pending] = []
         self._flushing = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="loom-journal")
         self.transactions = 0
@@ -172,10 +178,10 @@ class SqliteJournal:
     # -- group commit ----------------------------------------------------------------------
     # Writes queue up while a transaction is being written and fsynced on the writer
     # thread; the next transaction takes all of them. The loop never waits for the disk.
-    def _submit(self, write: Write) -> asyncio.Future[Any]:
+    def _submit(self, write: Write, bulk: Bulk = None) -> asyncio.Future[Any]:
         loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._batch.append((write, fut))
+        self._batch.append((write, fut, bulk))
         if not self._flushing:
             self._flushing = True
             loop.call_soon(self._start_flush, loop)
@@ -200,13 +206,13 @@ class SqliteJournal:
                 fut.set_result(value)
         self._start_flush(loop)
 
-    def _write_batch(self, batch: list[tuple[Write, asyncio.Future[Any]]]
-                     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    def _write_batch(self, batch: list[Pending]) -> list[Result]:
         """One transaction for the whole batch. A write may fail alone only with
         JournalConflict, which it raises before it changes anything (a failed statement is
         undone by SQLite itself), so no savepoints are needed: they cost two statements a
-        write. Any other failure rolls the batch back and runs it again with a savepoint
-        per write, so that only the failing write fails."""
+        write. Appends and enqueues go in bulk (sqlite_bulk). Any other failure rolls the
+        batch back and runs it again with a savepoint per write, so that only the failing
+        write fails."""
         try:
             return self._transaction(batch, savepoints=False)
         except Exception:
@@ -215,27 +221,16 @@ class SqliteJournal:
             return self._transaction(batch, savepoints=True)
         except Exception as exc:
             self._run_rows.clear()
-            return [(fut, None, exc) for _, fut in batch]
+            return [(fut, None, exc) for _, fut, _ in batch]
 
-    def _transaction(self, batch: list[tuple[Write, asyncio.Future[Any]]], *, savepoints: bool
-                     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    def _transaction(self, batch: list[Pending], *, savepoints: bool) -> list[Result]:
         db = self._writer
         db.execute("BEGIN IMMEDIATE")
         try:
-            for write, fut in batch:
-                if savepoints:
-                    db.execute("SAVEPOINT w")
-                try:
-                    results.append((fut, write(db), None))
-                except Exception as exc:
-                    if savepoints:
-                        db.execute("ROLLBACK TO w")
-                    elif not isinstance(exc, JournalConflict):
-                        raise
-                    results.append((fut, None, exc))
-                if savepoints:
-                    db.execute("RELEASE w")
+            if savepoints:
+                results = [self._one(db, write, fut, savepoint=True) for write, fut, _ in batch]
+            else:
+                results = self._in_bulk(db, batch)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -243,6 +238,48 @@ class SqliteJournal:
             raise
         self.transactions += 1
         self.writes += len(batch)
+        return results
+
+    @staticmethod
+    def _one(db: sqlite3.Connection, write: Write, fut: asyncio.Future[Any], *,
+             savepoint: bool) -> Result:
+        if savepoint:
+            db.execute("SAVEPOINT w")
+        try:
+            result: Result = (fut, write(db), None)
+        except Exception as exc:
+            if savepoint:
+                db.execute("ROLLBACK TO w")
+            elif not isinstance(exc, JournalConflict):
+                raise
+            result = (fut, None, exc)
+        if savepoint:
+            db.execute("RELEASE w")
+        return result
+
+    def _in_bulk(self, db: sqlite3.Connection, batch: list[Pending]) -> list[Result]:
+        """The enqueues, then the other writes, then the appends (see sqlite_bulk for why
+        any order of one batch is a valid one)."""
+        kinds: dict[str, list[Pending]] = {"enqueue": [], "append": [], "": []}
+        for item in batch:
+            kinds[item[2][0] if item[2] else ""].append(item)
+        results: list[Result] = []
+        enqueues = kinds["enqueue"]
+        created = sqlite_bulk.enqueue_many(db, [b[1] for _, _, b in enqueues if b]) \
+            if len(enqueues) > 1 else None
+        if created is not None:
+            results += [(fut, made, None)
+                        for (_, fut, _), made in zip(enqueues, created, strict=True)]
+        else:
+            results += [self._one(db, w, f, savepoint=False) for w, f, _ in enqueues]
+        results += [self._one(db, w, f, savepoint=False) for w, f, _ in kinds[""]]
+        appends = kinds["append"]
+        items = [b[1] for _, _, b in appends if b]
+        if len(appends) > 1 and sqlite_bulk.append_many(
+                db, [row for row, _ in items], [t for _, tomb in items for t in tomb]):
+            results += [(fut, None, None) for _, fut, _ in appends]
+        else:
+            results += [self._one(db, w, f, savepoint=False) for w, f, _ in appends]
         return results
 
     # -- commits ---------------------------------------------------------------------------
@@ -276,7 +313,7 @@ class SqliteJournal:
             if tombstones:
                 db.executemany("UPDATE inbox SET consumed_at=? WHERE actor=? AND id=? AND "
                                "consumed_at IS NULL", tombstones)
-        await self._submit(write)
+        await self._submit(write, ("append", ((*row, epoch or None), tombstones)))
         if run_msg is not None:
             self._unindexed += 1
             if self._unindexed >= INDEX_EVERY or \
@@ -435,7 +472,9 @@ class SqliteJournal:
                 (actor, deliver_at, time.time_ns()))
             return True
 
-        inserted: bool = await self._submit(write)
+        kind = envelope.get("kind") or "call"
+        inserted: bool = await self._submit(
+            write, ("enqueue", (actor, envelope["id"], kind, deliver_at, doc)))
         return inserted
 
     async def inbox(self, actor: str, now: float, *, calls: int | None = None) -> list[Envelope]:

@@ -1,0 +1,124 @@
+"""Many writes of one kind in a few statements, for the SQLite journal's group commit.
+
+Every statement executed on the writer thread lets the GIL go and waits to get it back; under
+load that wait, not SQLite, is most of a transaction's time. So the appends of one group
+commit become one INSERT (plus one UPDATE for the inbox entries they consume), and its
+enqueues one duplicate check, one INSERT and one schedule upsert, whatever their number.
+
+Writes in one group commit were all submitted before any of them completed, so no caller
+can depend on the order among them: running the enqueues, then the other writes, then the
+appends is one valid order. Each function returns one result per item, or None when it
+cannot vouch for every item (a conflict, a fenced commit): it has then changed nothing, and
+the caller runs those writes one by one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+CHUNK = 400  # rows per statement (SQLite allows 32,766 parameters)
+
+# (actor, seq, has_state, doc, done_msg, epoch or None)
+AppendRow = tuple[str, int, int, bytes, Any, Any]
+# (ts, actor, msg id) of an inbox entry a commit consumes
+Tombstone = tuple[float, str, str]
+# (actor, id, kind, deliver_at, doc)
+EnqueueRow = tuple[str, str, str, float, bytes]
+
+
+def _values(width: int, count: int) -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return ",".join([row] * count)
+
+
+def _chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
+    return [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+
+
+def _flat(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+    return [v for row in rows for v in row]
+
+
+def append_many(db: sqlite3.Connection, rows: Sequence[AppendRow],
+                tombstones: Sequence[Tombstone]) -> bool:
+    """Insert every commit, fenced like a single append, and mark what they consume; False
+    (and nothing changed) unless every commit went in."""
+    db.execute("SAVEPOINT bulk")
+    try:
+        for part in _chunks(rows):
+            written = db.execute(
+                "INSERT INTO commits (actor, seq, has_state, doc, done_msg) SELECT v.column1, "
+                "v.column2, v.column3, v.column4, v.column5 FROM (VALUES "
+                f"{_values(6, len(part))}) AS v WHERE v.column6 IS NULL OR NOT EXISTS "
+                "(SELECT 1 FROM sched WHERE actor = v.column1 AND epoch != v.column6)",
+                _flat(part)).rowcount
+            if written != len(part):
+                raise _Refused
+        for part in _chunks(tombstones):
+            db.execute(
+                "UPDATE inbox SET consumed_at = v.column1 FROM (VALUES "
+                f"{_values(3, len(part))}) AS v WHERE inbox.actor = v.column2 AND "
+                "inbox.id = v.column3 AND inbox.consumed_at IS NULL", _flat(part))
+    except (_Refused, sqlite3.IntegrityError):
+        db.execute("ROLLBACK TO bulk")
+        db.execute("RELEASE bulk")
+        return False
+    db.execute("RELEASE bulk")
+    return True
+
+
+def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[bool] | None:
+    """Create each entry unless its (actor, id) is already in the inbox or earlier in
+    `rows`, numbered in order after its actor's last, and bring the actors' schedule rows
+    along as one enqueue at a time would. One result per row: whether it was created."""
+    seen: set[tuple[str, str]] = set()
+    for part in _chunks(rows):
+        seen.update(db.execute(
+            "SELECT inbox.actor, inbox.id FROM inbox JOIN (VALUES "
+            f"{_values(2, len(part))}) AS v ON inbox.actor = v.column1 AND "
+            "inbox.id = v.column2", _flat([(r[0], r[1]) for r in part])).fetchall())
+    created: list[bool] = []
+    new: list[tuple[str, str, str, float, bytes, int]] = []
+    per_actor: dict[str, list[float]] = {}
+    for actor, msg_id, kind, deliver_at, doc in rows:
+        fresh = (actor, msg_id) not in seen
+        created.append(fresh)
+        if fresh:
+            seen.add((actor, msg_id))
+            at = per_actor.setdefault(actor, [])
+            at.append(deliver_at)
+            new.append((actor, msg_id, kind, deliver_at, doc, len(at)))
+    if not new:
+        return created
+    db.execute("SAVEPOINT bulk")
+    try:
+        for part in _chunks(new):  # n: one past the actor's last, in the order given
+            db.execute(
+                "INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) SELECT v.column1, "
+                "v.column2, v.column3, COALESCE((SELECT last_n FROM sched WHERE actor = "
+                f"v.column1), 0) + v.column6, v.column4, v.column5 FROM (VALUES "
+                f"{_values(6, len(part))}) AS v", _flat(part))
+        now_ns = time.time_ns()
+        sched = [(actor, len(at), min(at), now_ns) for actor, at in per_actor.items()]
+        for part in _chunks(sched):
+            db.execute(
+                "INSERT INTO sched (actor, last_n, due_at, ready_n) VALUES "
+                f"{_values(4, len(part))} ON CONFLICT (actor) DO UPDATE SET "
+                "last_n = last_n + excluded.last_n, "
+                "ready_n = CASE WHEN excluded.due_at = 0 AND (due_at IS NULL OR due_at > 0) "
+                "THEN excluded.ready_n ELSE ready_n END, "
+                "due_at = CASE WHEN due_at IS NULL OR excluded.due_at < due_at "
+                "THEN excluded.due_at ELSE due_at END", _flat(part))
+    except sqlite3.IntegrityError:
+        db.execute("ROLLBACK TO bulk")
+        db.execute("RELEASE bulk")
+        return None
+    db.execute("RELEASE bulk")
+    return created
+
+
+class _Refused(Exception):
+    """A commit of the batch was fenced out: the batch goes one by one."""

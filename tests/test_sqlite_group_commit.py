@@ -1,0 +1,167 @@
+"""The SQLite journal's group commit writes appends and enqueues in bulk (a few statements per
+transaction, runtime/journal/sqlite_bulk.py). These tests hold it to the one-write-at-a-time
+semantics: the same results for every caller and the same rows, batch after random batch,
+with duplicates, fenced commits and consumed entries mixed in."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.journal import sqlite_bulk
+from runtime.journal.sqlite import Pending, Result, SqliteJournal
+from runtime.journal.store import JournalConflict
+
+
+class OneByOne(SqliteJournal):
+    """The reference: every write alone, in the order submitted."""
+
+    def _in_bulk(self, db: sqlite3.Connection, batch: list[Pending]) -> list[Result]:
+        return [self._one(db, w, f, savepoint=False) for w, f, _ in batch]
+
+
+def env(actor: str, mid: str, deliver_at: float = 0.0, kind: str = "call") -> dict[str, Any]:
+    return {"id": mid, "target": actor, "kind": kind, "payload": {"m": mid},
+            "deliver_at": deliver_at}
+
+
+def dump(journal: SqliteJournal) -> dict[str, Any]:
+    q = journal._query
+    return {
+        "inbox": q("SELECT actor, id, kind, n, deliver_at, consumed_at IS NOT NULL, doc "
+                   "FROM inbox ORDER BY actor, n", ()),
+        "sched": q("SELECT actor, last_n, due_at, owner, epoch FROM sched ORDER BY actor", ()),
+        "commits": q("SELECT actor, seq, has_state, doc, done_msg FROM commits "
+                     "ORDER BY actor, seq", ()),
+    }
+
+
+def outcome(result: Any) -> Any:
+    return type(result).__name__ if isinstance(result, BaseException) else result
+
+
+async def random_batches(journal: SqliteJournal, seed: int) -> list[list[Any]]:
+    """Rounds of concurrent writes (one group commit each, as the journal batches what is
+    submitted while it writes): enqueues with repeated ids, appends with taken seqs and
+    fenced epochs, consuming what earlier rounds enqueued; leases taken in between."""
+    rng = random.Random(seed)
+    actors = [f"a/{i}" for i in range(5)]
+    seqs = dict.fromkeys(actors, 0)
+    pending: dict[str, list[str]] = {a: [] for a in actors}
+    ids = 0
+    out = []
+    for a in actors[:3]:
+        await journal.acquire(a, "me", time.time(), 3600.0)
+    for _ in range(30):
+        ops = []
+        for _ in range(rng.randint(1, 25)):
+            a = rng.choice(actors)
+            roll = rng.random()
+            if roll < 0.5:
+                ids += 1
+                mid = f"m{rng.randint(1, ids)}" if rng.random() < 0.2 else f"m{ids}"
+                ops.append(journal.enqueue(env(a, mid, rng.choice([0.0, 0.0, 5.0, 2.0]),
+                                               rng.choice(["call", "call", "event"]))))
+            else:
+                seq = seqs[a] + 1 if rng.random() < 0.85 else max(1, seqs[a])
+                seqs[a] = max(seqs[a], seq)
+                consumed = pending[a][:rng.randint(0, 2)]
+                pending[a] = pending[a][len(consumed):]
+                commit: dict[str, Any] = {"actor": a, "seq": seq, "ts": 7.0, "events": [],
+                                          "consumed": consumed,
+                                          "outbox": [{"x": 1}] if rng.random() < 0.2 else []}
+                if a in actors[:3]:
+                    commit["epoch"] = 1 if rng.random() < 0.9 else 99  # 99: fenced out
+                if rng.random() < 0.3:
+                    commit["state"] = {"v": rng.random()}
+                ops.append(journal.append(commit))
+        out.append([outcome(r) for r in await asyncio.gather(*ops, return_exceptions=True)])
+        for a in actors:
+            pending[a] = [e["id"] for e in await journal.inbox(a, 10.0)]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_bulk_writes_match_one_write_at_a_time(tmp_path: Path, seed: int) -> None:
+    async def main() -> None:
+        bulk, ref = SqliteJournal(tmp_path / "bulk.db"), OneByOne(tmp_path / "ref.db")
+        try:
+            got = await random_batches(bulk, seed)
+            want = await random_batches(ref, seed)
+            assert got == want
+            assert dump(bulk) == dump(ref)
+            assert any(len(batch) > 1 for batch in got)
+            assert bulk.transactions < sum(len(b) for b in got)  # batches really were shared
+        finally:
+            await bulk.close()
+            await ref.close()
+
+    asyncio.run(main())
+
+
+def test_enqueues_to_one_actor_in_one_batch_are_numbered_in_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db")
+        try:
+            assert await journal.enqueue(env("a/1", "old")) is True
+            results = await asyncio.gather(
+                *(journal.enqueue(env("a/1", mid)) for mid in
+                  ["x1", "x2", "old", "x1", "x3", "x4"]))
+            assert results == [True, True, False, False, True, True]
+            assert journal.transactions == 2  # the six went in one transaction
+            entries = await journal.inbox("a/1", 1.0)
+            assert [(e["id"], e["n"]) for e in entries] == [
+                ("old", 1), ("x1", 2), ("x2", 3), ("x3", 4), ("x4", 5)]
+            assert journal._query("SELECT last_n, due_at FROM sched", ()) == [(5, 0.0)]
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_fenced_commit_in_a_bulk_fails_alone(tmp_path: Path) -> None:
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db")
+        try:
+            await journal.acquire("a/1", "me", time.time(), 60.0)
+            await journal.enqueue(env("a/2", "m1"))
+            results = await asyncio.gather(
+                journal.append({"actor": "a/1", "seq": 1, "ts": 1.0, "epoch": 2}),
+                journal.append({"actor": "a/2", "seq": 1, "ts": 1.0, "consumed": ["m1"]}),
+                journal.append({"actor": "a/3", "seq": 1, "ts": 1.0}),
+                return_exceptions=True)
+            assert isinstance(results[0], JournalConflict) and "fenced" in str(results[0])
+            assert results[1:] == [None, None]
+            assert await journal.inbox("a/2", 1.0) == []
+            assert await journal.read("a/1") == []
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_chunks_beyond_one_statement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_bulk, "CHUNK", 3)
+
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db")
+        try:
+            made = await asyncio.gather(*(journal.enqueue(env(f"a/{i % 2}", f"m{i}"))
+                                          for i in range(11)))
+            assert made == [True] * 11
+            assert [e["n"] for e in await journal.inbox("a/0", 1.0)] == [1, 2, 3, 4, 5, 6]
+            await asyncio.gather(*(journal.append({"actor": f"a/{i % 2}", "seq": i // 2 + 1,
+                                                   "ts": 2.0, "consumed": [f"m{i}"]})
+                                   for i in range(11)))
+            assert await journal.inbox("a/0", 1.0) == [] == await journal.inbox("a/1", 1.0)
+            assert len(await journal.read("a/0")) == 6
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
