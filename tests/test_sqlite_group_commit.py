@@ -165,3 +165,33 @@ def test_chunks_beyond_one_statement(tmp_path: Path, monkeypatch: pytest.MonkeyP
             await journal.close()
 
     asyncio.run(main())
+
+
+def test_another_process_holding_the_write_lock_never_blocks_the_loop(tmp_path: Path) -> None:
+    """The transaction's statements run on the loop only when the write lock is free at once;
+    held by another process, the whole transaction waits for it on the writer thread while
+    the loop goes on."""
+    path = tmp_path / "j.db"
+
+    async def main() -> None:
+        journal = SqliteJournal(path)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            await journal.enqueue(env("a/1", "first"))
+            other.execute("BEGIN IMMEDIATE")  # another process, mid-transaction
+            writes = asyncio.gather(journal.enqueue(env("a/1", "m1")),
+                                    journal.enqueue(env("a/1", "m2")),
+                                    journal.append({"actor": "a/1", "seq": 1, "ts": 1.0}))
+            ticks = 0
+            for _ in range(20):  # the loop keeps running while the lock is held
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert ticks == 20 and not writes.done()
+            other.execute("COMMIT")
+            assert await asyncio.wait_for(writes, 10) == [True, True, None]
+            assert [e["n"] for e in await journal.inbox("a/1", 1.0)] == [1, 2, 3]
+        finally:
+            other.close()
+            await journal.close()
+
+    asyncio.run(main())

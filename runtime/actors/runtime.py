@@ -268,7 +268,7 @@ class ActorRuntime:
                 if done is not None:
                     return _reply_of(done)
             self.notify(str(ref))
-            return await asyncio.wait_for(fut, timeout)
+            return await (fut if timeout is None else asyncio.wait_for(fut, timeout))
         finally:
             futures = self._waiters.get(waiting, [])
             if fut in futures:

@@ -107,7 +107,8 @@ class SqliteJournal:
         self.consumes_with_append = True
         self._db = self._connect(synchronous)  # reads, on the event loop
         self._setup()
-        self._writer = self._connect(synchronous)  # writes, on the writer thread
+        self._writer = self._connect(synchronous)  # writes (see group commit)
+        self._writer.execute("PRAGMA busy_timeout=0")
         self._lock = threading.Lock()
         self._batch: list[Pending] = []
         self._flushing = False
@@ -176,35 +177,59 @@ class SqliteJournal:
         return db
 
     # -- group commit ----------------------------------------------------------------------
-    # Writes queue up while a transaction is being written and fsynced on the writer
-    # thread; the next transaction takes all of them. The loop never waits for the disk.
+    # Writes queue up while a transaction is being committed; the next transaction takes all
+    # of them. Its statements run on the event loop (a few, in bulk: microseconds, and no
+    # trip through the GIL for each one, which a writer thread pays while the loop runs);
+    # the COMMIT, which writes and fsyncs, runs on the writer thread, so the loop never
+    # waits for the disk. If another process holds the write lock, the whole transaction
+    # goes to the writer thread, which waits for the lock there.
     def _submit(self, write: Write, bulk: Bulk = None) -> asyncio.Future[Any]:
         loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._batch.append((write, fut, bulk))
         if not self._flushing:
             self._flushing = True
-            loop.call_soon(self._start_flush, loop)
+            loop.call_soon(self._flush, loop)
         return fut
 
-    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._batch = self._batch, []
         if not batch:
             self._flushing = False
             return
-        done = loop.run_in_executor(self._thread, self._write_batch, batch)
+        db = self._writer
+        try:
+            db.execute("BEGIN IMMEDIATE")  # no wait (busy_timeout 0): see above
+        except sqlite3.OperationalError:
+            done = loop.run_in_executor(self._thread, self._write_batch, batch)
+        else:
+            try:
+                results = self._in_bulk(db, batch)
+            except Exception:
+                db.execute("ROLLBACK")
+                self._run_rows.clear()  # it may hold rows of the rolled-back writes
+                done = loop.run_in_executor(self._thread, self._write_batch, batch)
+            else:
+                done = loop.run_in_executor(self._thread, self._commit, batch, results)
         done.add_done_callback(lambda f: self._finish(loop, f))
 
+    def _commit(self, batch: list[Pending], results: list[Result]) -> list[Result]:
+        db = self._writer
+        try:
+            db.execute("COMMIT")
+        except Exception as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._run_rows.clear()
+            return [(fut, None, exc) for _, fut, _ in batch]
+        self.transactions += 1
+        self.writes += len(batch)
+        return results
+
     def _finish(self, loop: asyncio.AbstractEventLoop,
-                done: asyncio.Future[list[tuple[asyncio.Future[Any], Any, Any]]]) -> None:
-        for fut, value, error in done.result():
-            if fut.done():
-                continue
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(value)
-        self._start_flush(loop)
+                done: asyncio.Future[list[Result]]) -> None:
+        _deliver(done.result())
+        self._flush(loop)
 
     def _write_batch(self, batch: list[Pending]) -> list[Result]:
         """One transaction for the whole batch. A write may fail alone only with
@@ -225,7 +250,7 @@ class SqliteJournal:
 
     def _transaction(self, batch: list[Pending], *, savepoints: bool) -> list[Result]:
         db = self._writer
-        db.execute("BEGIN IMMEDIATE")
+        _begin_waiting(db)
         try:
             if savepoints:
                 results = [self._one(db, write, fut, savepoint=True) for write, fut, _ in batch]
@@ -677,6 +702,32 @@ class SqliteJournal:
         with self._lock:
             self._db.close()
         self._writer.close()
+
+
+def _begin_waiting(db: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """BEGIN IMMEDIATE on the writer connection (busy timeout 0), waiting up to `timeout`
+    for another process's write lock, as a busy timeout would (on the writer thread)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _deliver(results: list[Result]) -> None:
+    for fut, value, error in results:
+        if fut.done():
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
 
 
 def _insert_run(db: sqlite3.Connection, row: run_index.Run) -> None:
