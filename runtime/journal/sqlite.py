@@ -115,9 +115,6 @@ class SqliteJournal:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="loom-journal")
         self.transactions = 0
         self.writes = 0
-        # actor -> the row of its newest run as the writer thread last wrote it (exact while
-        # its last_seq is the seq before a new commit: that commit was this object's)
-        self._run_rows: dict[str, run_index.Run] = {}
         self._unindexed = 0  # commits appended since the last catch-up was queued
         self._indexed_at = time.monotonic()
 
@@ -135,9 +132,11 @@ class SqliteJournal:
             db.execute("DROP INDEX IF EXISTS commits_state")
             if version < 4:
                 self._backfill_runs(db)
-            # up to here, every commit is in the index (backfilled, or indexed as written)
-            db.execute("INSERT OR IGNORE INTO meta (key, value) SELECT 'runs_indexed', "
-                       "COALESCE(MAX(rowid), 0) FROM commits")
+            # up to here, every commit is in the index (backfilled, or indexed as written by
+            # schema 4; schema 5 already has its own watermark)
+            db.execute("INSERT INTO meta (key, value) SELECT 'runs_indexed', COALESCE(MAX("
+                       f"rowid), 0) FROM commits WHERE true ON CONFLICT (key) DO UPDATE SET "
+                       f"value = CASE WHEN {version} < 5 THEN excluded.value ELSE value END")
             db.execute(f"PRAGMA user_version={VERSION}")
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('runs_indexed', 0)")
 
@@ -159,8 +158,7 @@ class SqliteJournal:
                 row = run_index.fold(rows.get(key), commit)
                 if row is not None:
                     rows[key] = row
-            for row in rows.values():
-                _insert_run(db, row)
+            _write_runs(db, {}, rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -207,7 +205,6 @@ class SqliteJournal:
                 results = self._in_bulk(db, batch)
             except Exception:
                 db.execute("ROLLBACK")
-                self._run_rows.clear()  # it may hold rows of the rolled-back writes
                 done = loop.run_in_executor(self._thread, self._write_batch, batch)
             else:
                 done = loop.run_in_executor(self._thread, self._commit, batch, results)
@@ -220,7 +217,6 @@ class SqliteJournal:
         except Exception as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            self._run_rows.clear()
             return [(fut, None, exc) for _, fut, _ in batch]
         self.transactions += 1
         self.writes += len(batch)
@@ -241,11 +237,10 @@ class SqliteJournal:
         try:
             return self._transaction(batch, savepoints=False)
         except Exception:
-            self._run_rows.clear()  # it may hold rows of the rolled-back writes
+            pass  # rolled back: again, each write on its own
         try:
             return self._transaction(batch, savepoints=True)
         except Exception as exc:
-            self._run_rows.clear()
             return [(fut, None, exc) for _, fut, _ in batch]
 
     def _transaction(self, batch: list[Pending], *, savepoints: bool) -> list[Result]:
@@ -358,19 +353,32 @@ class SqliteJournal:
         fut.add_done_callback(_log_failure)
 
     def _catch_up(self, db: sqlite3.Connection) -> int:
+        """Fold the next commits past the watermark into the index: in Python first (each
+        run's row read once, if it existed before the batch), then a few statements."""
         mark = db.execute("SELECT value FROM meta WHERE key = 'runs_indexed'").fetchone()[0]
         rows = db.execute("SELECT rowid, doc FROM commits WHERE rowid > ? ORDER BY rowid "
                           "LIMIT ?", (mark, INDEX_BATCH)).fetchall()
+        commits: list[tuple[tuple[str, str], Commit]] = []
+        fresh: dict[tuple[str, str], bool] = {}  # run -> its first commit is in this batch
         for rowid, doc in rows:
             commit = from_json(doc)
             run = commit.get("run")
             if isinstance(run, dict):
-                try:
-                    self._index_run(db, commit, str(run.get("msg")))
-                except Exception:  # one odd commit must not stop the index for good
-                    log.exception("run index: commit %s#%s skipped", commit.get("actor"),
-                                  commit.get("seq"))
+                key = (str(commit.get("actor")), str(run.get("msg")))
+                fresh.setdefault(key, run.get("start") == commit.get("seq"))
+                commits.append((key, commit))
             mark = rowid
+        stored = _stored_runs(db, {k for k, first in fresh.items() if not first})
+        folded: dict[tuple[str, str], run_index.Run] = {}
+        for key, commit in commits:
+            try:
+                row = run_index.fold(folded.get(key, stored.get(key)), commit)
+            except Exception:  # one odd commit must not stop the index for good
+                log.exception("run index: commit %s#%s skipped", *key)
+                continue
+            if row is not None:
+                folded[key] = row
+        _write_runs(db, stored, folded)
         db.execute("UPDATE meta SET value = ? WHERE key = 'runs_indexed'", (mark,))
         if len(rows) == INDEX_BATCH:  # more to fold: the next transaction goes on
             asyncio.run_coroutine_threadsafe(self._again(), self._loop)
@@ -404,35 +412,6 @@ class SqliteJournal:
         rows = self._query("SELECT doc FROM commits WHERE actor=? AND done_msg=? "
                            "ORDER BY seq DESC LIMIT 1", (actor, msg_id))
         return from_json(rows[0][0]) if rows else None
-
-    # -- the run index -------------------------------------------------------------------------
-    def _index_run(self, db: sqlite3.Connection, commit: Commit, msg: str) -> None:
-        """Fold `commit` into its run's row (on the writer thread, in the commit's
-        transaction). The first commit of a run inserts the row; a later one writes it only
-        if something a query sees changed (status, waits, activities, the end), so a step
-        that records an activity already listed costs no write. `last_seq` of a run not
-        ended is read from the commits at query time."""
-        actor, seq = str(commit["actor"]), int(commit["seq"])
-        before = self._run_rows.get(actor)
-        if before is None or before["last_seq"] != seq - 1 or before["msg"] != msg:
-            found = db.execute("SELECT doc FROM runs WHERE actor=? AND msg=?",
-                               (actor, msg)).fetchone()
-            before = from_json(found[0]) if found else None
-            if before is not None:
-                before["last_seq"] = -1  # not kept current in the table (see above)
-        row = run_index.fold(before, commit)
-        if row is None:
-            return
-        if before is None:
-            _insert_run(db, row)
-        elif {**row, "last_seq": 0} != {**before, "last_seq": 0}:
-            db.execute("UPDATE runs SET status=?, ended=?, doc=? WHERE actor=? AND msg=?",
-                       (row["status"], row["ended"], to_json(row), actor, msg))
-            _add_activities(db, row, run_index.added_activities(before, row))
-        self._run_rows.pop(actor, None)
-        self._run_rows[actor] = row
-        if len(self._run_rows) > 65_536:
-            self._run_rows.pop(next(iter(self._run_rows)))
 
     async def runs(self, *, type: str | None = None, status: str | None = None,
                    activity: str | None = None, id_prefix: str | None = None,
@@ -730,17 +709,49 @@ def _deliver(results: list[Result]) -> None:
             fut.set_result(value)
 
 
-def _insert_run(db: sqlite3.Connection, row: run_index.Run) -> None:
-    db.execute("INSERT INTO runs (actor, msg, type, ident, status, started, ended, doc) "
-               "VALUES (?,?,?,?,?,?,?,?)",
-               (row["actor"], row["msg"], row["type"], row["actor"].partition("/")[2],
-                row["status"], row["started"], row["ended"], to_json(row)))
-    _add_activities(db, row, row["activities"])
+def _stored_runs(db: sqlite3.Connection, keys: set[tuple[str, str]]
+                 ) -> dict[tuple[str, str], run_index.Run]:
+    """The index rows of these runs, as stored (`last_seq` is not kept current there: -1, so
+    that every commit folds)."""
+    found: dict[tuple[str, str], run_index.Run] = {}
+    wanted = sorted(keys)
+    for i in range(0, len(wanted), 400):
+        part = wanted[i:i + 400]
+        values = ",".join(["(?,?)"] * len(part))
+        for actor, msg, doc in db.execute(
+                f"SELECT r.actor, r.msg, r.doc FROM runs r JOIN (VALUES {values}) AS v ON "
+                "r.actor = v.column1 AND r.msg = v.column2", [x for k in part for x in k]):
+            row = from_json(doc)
+            row["last_seq"] = -1
+            found[(actor, msg)] = row
+    return found
 
 
-def _add_activities(db: sqlite3.Connection, row: run_index.Run, names: list[str]) -> None:
-    for name in names:
-        db.execute("INSERT OR IGNORE INTO run_activities (activity, started, actor, msg) "
-                   "VALUES (?,?,?,?)", (name, row["started"], row["actor"], row["msg"]))
-
-
+def _write_runs(db: sqlite3.Connection, stored: dict[tuple[str, str], run_index.Run],
+                folded: dict[tuple[str, str], run_index.Run]) -> None:
+    """Insert the new rows; rewrite a stored one only if something a query sees changed
+    (status, waits, activities, the end)."""
+    new, changed, activities = [], [], []
+    for key, row in folded.items():
+        before = stored.get(key)
+        if before is None:
+            new.append((row["actor"], row["msg"], row["type"], row["actor"].partition("/")[2],
+                        row["status"], row["started"], row["ended"], to_json(row)))
+            added = row["activities"]
+        elif {**row, "last_seq": 0} != {**before, "last_seq": 0}:
+            changed.append((row["status"], row["ended"], to_json(row), *key))
+            added = run_index.added_activities(before, row)
+        else:
+            continue
+        activities += [(name, row["started"], *key) for name in added]
+    if new:
+        db.executemany("INSERT INTO runs (actor, msg, type, ident, status, started, ended, "
+                       "doc) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (actor, msg) DO UPDATE SET "
+                       "status = excluded.status, ended = excluded.ended, doc = excluded.doc",
+                       new)  # a row already there (a commit folded twice) must not jam the index
+    if changed:
+        db.executemany("UPDATE runs SET status=?, ended=?, doc=? WHERE actor=? AND msg=?",
+                       changed)
+    if activities:
+        db.executemany("INSERT OR IGNORE INTO run_activities (activity, started, actor, msg) "
+                       "VALUES (?,?,?,?)", activities)
