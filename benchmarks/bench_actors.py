@@ -16,14 +16,18 @@ Run from the repo root:  .venv/bin/python benchmarks/bench_actors.py   (or `make
    running the sync workflow in turn (best of 3) and 64 coroutines awaiting an async
    workflow whose step runs via `DBOS.run_step_async` (off-loop, DBOS's recommendation).
    Rounds are interleaved with Loom's so machine noise hits both alike.
-3. Replay: a run of N echo steps (N = 100 and 10,000) that ends in a `wait_for_event`
+3. Replay: a run of N echo steps (N = 100, 10,000, 100,000) that ends in a `wait_for_event`
    that never arrives. (a) A NEW runtime recovers the actor (`start()`: load the journal
    tail, rebuild the run, re-execute the handler against the recorded outcomes) until the
    replay reaches the wait (`activation.run.waits` non-empty); (b) `replay_commits` on the
    completed run (after the event is delivered). Profiled with cProfile when a goal misses.
 4. Activation: an actor with ~10 KB of state and a short journal; cold = first `ask` of a
    trivial handler (no activity) on a new runtime + new journal connection; warm = the next
-   asks to the same, now active, actor. Medians.
+   asks to the same, now active, actor. Medians. Whole states and state deltas
+   (LOOM_STATE_DELTAS=1).
+5. Commit size: one actor with ~10 KB of state, one field changing per message; bytes per
+   completing commit (the JSON SQLite stores, the item Cosmos would store) and Cosmos
+   documents per message, whole state vs deltas; then its cold and warm activation.
 
 Prints a table and merges {"actors": {...}} into .loom/bench.json (other keys kept).
 The journals live in a temporary directory on the local disk, never in .loom.
@@ -70,6 +74,7 @@ from runtime.executor.executor import Executor  # noqa: E402
 from runtime.executor.registry import sha256_hex  # noqa: E402
 from runtime.journal.memory import MemoryJournal  # noqa: E402
 from runtime.journal.sqlite import SqliteJournal  # noqa: E402
+from runtime.journal.store import Commit  # noqa: E402
 from runtime.settings import load_settings  # noqa: E402
 
 DBOS: Any
@@ -85,10 +90,12 @@ PAYLOAD: dict[str, Any] = {"id": 12345, "name": "bench", "tags": ["alpha", "beta
                            "active": True, "score": 3.25, "nested": {"k": "v", "n": 7}}
 PAYLOAD_BYTES = len(to_json(PAYLOAD))
 
+FIELD_ITEMS = 136  # FieldActor's ~10 KB state
+COMMIT_SIZE_GOAL = 1024  # bytes per commit with one field changing per message
 SEED_MSGS_PER_S = 1_000.0
 GOAL_MSGS_PER_S = 5_000.0
 SEED_REPLAY_100_MS = 50.0
-GOAL_REPLAY_10000_MS = 100.0
+GOAL_REPLAY_10000_MS = 50.0  # issue #12: activation replay of 10,000 steps
 
 # Set by StepsActor when its handler is entered (benchmark instrumentation, not actor state).
 MARKS: dict[str, float] = {}
@@ -134,6 +141,49 @@ class StateActor(Actor, type_name="bench_state"):
     @handler
     async def ping(self, ctx: ActorContext, payload: Any) -> int:
         return len(self.state.get("items", []))
+
+
+class FieldActor(Actor, type_name="bench_field"):
+    """Commit size: ~10 KB of state; each message changes one field of it."""
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"items": [{"id": i, "name": f"item-{i:04d}", "qty": i, "tags": ["red", "green"],
+                           "price": round(i * 1.25, 2)} for i in range(FIELD_ITEMS)], "n": 0}
+
+    @handler
+    async def bump(self, ctx: ActorContext, payload: int) -> int:
+        self.state["items"][payload % FIELD_ITEMS]["qty"] += 1
+        self.state["n"] += 1
+        return int(self.state["n"])
+
+    @handler
+    async def ping(self, ctx: ActorContext, payload: Any) -> int:
+        return int(self.state["n"])
+
+
+class SizedSqliteJournal(SqliteJournal):
+    """The product journal, noting the size of every commit appended, as SQLite stores it
+    (its JSON) and as a Cosmos item (`CosmosJournal._encode`: metadata + body, blobs)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        from runtime.journal.cosmos import CosmosJournal
+
+        super().__init__(*args, **kw)
+        self.cosmos = CosmosJournal("https://127.0.0.1:1", "unused")  # never connects
+        self.sized: list[dict[str, Any]] = []
+
+    async def append(self, commit: Commit) -> None:
+        from runtime.journal.cosmos import _commit_paths, _item_bytes
+
+        seq = commit["seq"]
+        item = self.cosmos._encode(commit, {"id": f"c:{seq:012d}", "actor": commit["actor"],
+                                            "seq": seq, "type": "commit",
+                                            "has_state": "state" in commit, "done": None},
+                                   _commit_paths(commit), "bench", "bench")
+        self.sized.append({"bytes": len(to_json(commit)), "cosmos_bytes": _item_bytes(item),
+                           "blobs": len(item.get("blobs") or ()), "kind": "kind" in commit,
+                           "snapshot": "state" in commit})
+        await super().append(commit)
 
 
 class TimedSqliteJournal(SqliteJournal):
@@ -629,8 +679,14 @@ async def bench_replay(ex: Executor, home: Path, n: int, repeats: int,
 
 # --- 4. activation -----------------------------------------------------------------------------
 async def bench_activation(ex: Executor, home: Path, samples: int, warm_per: int,
-                           items: int, fills: int) -> dict[str, Any]:
-    path = home / "activation.db"
+                           items: int, fills: int, *, deltas: bool = False) -> dict[str, Any]:
+    with state_deltas(deltas):
+        return await _bench_activation(ex, home / f"activation_{int(deltas)}.db", samples,
+                                       warm_per, items, fills)
+
+
+async def _bench_activation(ex: Executor, path: Path, samples: int, warm_per: int,
+                            items: int, fills: int) -> dict[str, Any]:
     key = "bench_state/s1"
     journal = SqliteJournal(path, synchronous="FULL")
     rt = ActorRuntime(journal, ex, lint=False)
@@ -674,6 +730,75 @@ async def bench_activation(ex: Executor, home: Path, samples: int, warm_per: int
             "warm_commit_ms_per_ask": statistics.median(warm_flush),
             "tail_commits": len(tail), "commits": commits,
             "commit_doc_bytes": len(to_json(tail[-1]))}
+
+
+# --- 5. commit size: whole state vs deltas -------------------------------------------------------
+@contextlib.contextmanager
+def state_deltas(on: bool) -> Any:
+    """Commits written meanwhile carry deltas (LOOM_STATE_DELTAS, read per activation)."""
+    saved = os.environ.get("LOOM_STATE_DELTAS")
+    os.environ["LOOM_STATE_DELTAS"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("LOOM_STATE_DELTAS", None)
+        else:
+            os.environ["LOOM_STATE_DELTAS"] = saved
+
+
+async def bench_commit_size(ex: Executor, home: Path, messages: int, samples: int,
+                            deltas: bool) -> dict[str, Any]:
+    """`messages` asks to one ~10 KB-state actor, one field changing per message: the size
+    of each commit (SQLite JSON, Cosmos item), documents per message, disk written; then
+    cold activations of that actor (snapshot + the deltas after it) and warm asks."""
+    path = home / f"field_{'delta' if deltas else 'full'}.db"
+    key = "bench_field/f1"
+    with state_deltas(deltas):
+        journal = SizedSqliteJournal(path, synchronous="FULL")
+        rt = ActorRuntime(journal, ex, lint=False)
+        rt.register(FieldActor)
+        async with rt:
+            state_bytes = len(to_json(FieldActor().initial_state()))
+            d0 = disk_written()
+            for i in range(messages):
+                await rt.ask(key, "bump", i)
+            d1 = disk_written()
+        sized = [c for c in journal.sized if c["kind"]]
+        await journal.close()
+        cold, warm, tails = [], [], []
+        for _ in range(samples):
+            gc.collect()
+            journal2 = SqliteJournal(path, synchronous="FULL")
+            rt = ActorRuntime(journal2, ex, lint=False)
+            rt.register(FieldActor)
+            await rt.start()
+            t0 = time.perf_counter()
+            got = await rt.ask(key, "ping")
+            cold.append((time.perf_counter() - t0) * 1000)
+            for _ in range(3):
+                t1 = time.perf_counter()
+                await rt.ask(key, "ping")
+                warm.append((time.perf_counter() - t1) * 1000)
+            await rt.stop()
+            tails.append(len(await journal2.read_tail(key)))
+            await journal2.close()
+        assert got == messages, got
+    n = len(sized)
+    blobs = sum(c["blobs"] for c in sized)
+    return {"deltas": deltas, "messages": messages, "state_bytes": state_bytes,
+            "bytes_per_commit": sum(c["bytes"] for c in sized) / n,
+            "bytes_per_commit_max": max(c["bytes"] for c in sized),
+            "delta_commit_bytes_median": (statistics.median(c["bytes"] for c in sized
+                                                            if not c["snapshot"])
+                                          if any(not c["snapshot"] for c in sized) else None),
+            "cosmos_item_bytes_per_commit": sum(c["cosmos_bytes"] for c in sized) / n,
+            # inbox entry + schedule row + the commit + blobs its large values moved to
+            "cosmos_documents_per_msg": 2 + (n + blobs) / messages,
+            "snapshots": sum(c["snapshot"] for c in sized),
+            "disk_bytes_per_msg": per(None if d0 is None or d1 is None else d1 - d0, messages),
+            "cold_ms": statistics.median(cold), "warm_ms": statistics.median(warm),
+            "tail_commits": statistics.median(tails)}
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -722,7 +847,8 @@ def main() -> int:
     if args.quick:
         args.messages, args.rounds, args.dbos_rounds, args.dbos_async_rounds = 1_024, 2, 1, 1
         args.replay_repeats, args.activation_samples = 2, 5
-    replay_sizes = [100, 1_000 if args.quick else 10_000]
+    replay_sizes = [100, 1_000] if args.quick else [100, 10_000, 100_000]
+    field_messages = 128 if args.quick else 512
     started = time.perf_counter()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     home = Path(tempfile.mkdtemp(prefix="loom-bench-actors-"))
@@ -739,13 +865,20 @@ def main() -> int:
 
         print(f"[2/3] replay: runs of {' and '.join(map(str, replay_sizes))} steps "
               "(building the journals, then recovering) ...", flush=True)
-        replay = {n: run(bench_replay(ex, home, n, args.replay_repeats,
-                                      SEED_REPLAY_100_MS if n == 100 else GOAL_REPLAY_10000_MS))
+        replay = {n: run(bench_replay(ex, home, n, args.replay_repeats if n <= 10_000 else 3,
+                                      SEED_REPLAY_100_MS if n == 100
+                                      else GOAL_REPLAY_10000_MS * n / 10_000))
                   for n in replay_sizes}
 
         print(f"[3/3] activation: {args.activation_samples} cold starts of a ~10 KB-state "
-              "actor ...", flush=True)
+              "actor, whole states and deltas; commit sizes over "
+              f"{field_messages} one-field changes ...", flush=True)
         act = run(bench_activation(ex, home, args.activation_samples, 5, 136, 4))
+        act_delta = run(bench_activation(ex, home, args.activation_samples, 5, 136, 4,
+                                         deltas=True))
+        sizes = {mode: run(bench_commit_size(ex, home, field_messages,
+                                             args.activation_samples, mode == "delta"))
+                 for mode in ("full", "delta")}
     finally:
         ex.close()
         shutil.rmtree(home, ignore_errors=True)
@@ -838,12 +971,13 @@ def main() -> int:
     print("-" * 100)
     print(f"  {'N':>7}{'commits':>9}{'activation':>12}{'(load':>9}{'replay)':>9}"
           f"{'read_tail':>11}{'replay_commits':>16}{'read all':>10}{'build s':>9}{'target':>16}")
-    for n, r, goal, label in [(replay_sizes[0], r100, SEED_REPLAY_100_MS, "seed"),
-                              (big, r10k, GOAL_REPLAY_10000_MS, "goal")]:
+    for n, r in replay.items():
+        target = (f"seed < {SEED_REPLAY_100_MS:.0f} ms" if n == 100 else
+                  f"goal < {GOAL_REPLAY_10000_MS:.0f} ms" if n == 10_000 else "")
         print(f"  {n:>7}{r['commits']:>9}{r['activation_ms']:>12.1f}{r['load_ms']:>9.1f}"
               f"{r['handler_replay_ms']:>9.1f}{r['read_tail_ms']:>11.1f}"
               f"{r['replay_commits_ms']:>16.1f}{r['read_all_ms']:>10.1f}{r['build_s']:>9.1f}"
-              f"   {label} < {goal:.0f} ms")
+              f"   {target}")
     print("-" * 100)
     print(f"  replay 100 (activation)      = {r100['activation_ms']:7.1f} ms   seed < "
           f"{SEED_REPLAY_100_MS:.0f} ms: "
@@ -869,7 +1003,7 @@ def main() -> int:
           f"{bd['from_json_ms']:.1f} ms (GC off: {bd['from_json_gc_off_ms']:.1f} ms; "
           f"{bd['full_gc_runs_during_decode']} full collections of a "
           f"{bd['heap_objects'] / 1e6:.2f} M-object heap), step digests {bd['digest_ms']:.1f} ms")
-    for n, r in ((replay_sizes[0], r100), (big, r10k)):
+    for n, r in replay.items():
         for key, what in (("profile", "activation replay"),
                           ("replay_commits_profile", "replay_commits")):
             if r.get(key):
@@ -893,6 +1027,33 @@ def main() -> int:
     print(f"  a warm ask waits for {act['warm_transactions_per_ask']:.1f} durable SQLite "
           f"transactions (enqueue, commit, consume): {act['warm_commit_ms_per_ask']:.2f} ms "
           "of it inside the group commit")
+    print(f"  with state deltas (LOOM_STATE_DELTAS=1): cold {act_delta['cold_ms']:.2f}, warm "
+          f"{act_delta['warm_ms']:.2f} ms; {act_delta['tail_commits']} commits read on "
+          f"activation; the last commit writes {act_delta['commit_doc_bytes']} bytes")
+
+    print("\n" + "=" * 100)
+    full, dlt = sizes["full"], sizes["delta"]
+    print(f"COMMIT SIZE: {full['messages']} messages to one actor with "
+          f"{full['state_bytes'] / 1024:.1f} KB of state, one field changing per message")
+    print("-" * 100)
+    print(f"  {'':<14}{'bytes/commit':>14}{'max':>9}{'delta median':>14}{'snapshots':>11}"
+          f"{'Cosmos item B':>15}{'Cosmos docs/msg':>17}{'disk KiB/msg':>14}{'cold ms':>9}"
+          f"{'warm ms':>9}{'tail':>6}")
+    for label, r in (("whole state", full), ("deltas", dlt)):
+        med = r["delta_commit_bytes_median"]
+        print(f"  {label:<14}{r['bytes_per_commit']:>14.0f}{r['bytes_per_commit_max']:>9}"
+              f"{fmt(med, '.0f'):>14}{r['snapshots']:>11}"
+              f"{r['cosmos_item_bytes_per_commit']:>15.0f}{r['cosmos_documents_per_msg']:>17.2f}"
+              f"{fmt(per(r['disk_bytes_per_msg'], 1024), '.1f'):>14}{r['cold_ms']:>9.2f}"
+              f"{r['warm_ms']:>9.2f}{r['tail_commits']:>6.0f}")
+    print("-" * 100)
+    print(f"  bytes per commit with deltas = {dlt['bytes_per_commit']:.0f}   goal <= "
+          f"{COMMIT_SIZE_GOAL}: "
+          f"{verdict(dlt['bytes_per_commit'], COMMIT_SIZE_GOAL, at_most=True)}   (whole state: "
+          f"{full['bytes_per_commit']:.0f}; a snapshot every <= 64 commits or when the deltas "
+          "since outweigh it)")
+    print("  Cosmos documents per message = inbox entry + schedule row + commit (+ blobs of "
+          "values too large for an item: none at this size)")
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if load_end is not None and (max(load_start, load_end) > (os.cpu_count() or 1)):
         print(f"\nNOTE: the machine was busy (1-min load average {load_start:.1f} at the start, "
@@ -901,8 +1062,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "msgs_per_s": r3(msgs),
         "dbos_msgs_per_s": r3(dbos_best),
-        "replay_100_ms": r3(r100["activation_ms"]),
-        f"replay_{big}_ms": r3(r10k["activation_ms"]),
+        **{f"replay_{n}_ms": r3(r["activation_ms"]) for n, r in replay.items()},
         "activation_cold_ms": r3(act["cold_ms"]),
         "activation_warm_ms": r3(act["warm_ms"]),
         # extras
@@ -930,8 +1090,7 @@ def main() -> int:
         "disk_bytes_per_msg": r3(loom_disk_per_msg),
         "dbos_disk_bytes_per_msg": r3(dbos_disk_per_msg),
         "ratio_durable_vs_memory": r3(ratio(msgs, msgs_mem)),
-        "replay_commits_100_ms": r3(r100["replay_commits_ms"]),
-        f"replay_commits_{big}_ms": r3(r10k["replay_commits_ms"]),
+        **{f"replay_commits_{n}_ms": r3(r["replay_commits_ms"]) for n, r in replay.items()},
         "replay_detail": {str(n): {k: rounded(v) for k, v in r.items()}
                           for n, r in replay.items()},
         "activation_overhead_ms": r3(act["cold_ms"] - act["warm_ms"]),
@@ -942,6 +1101,18 @@ def main() -> int:
         "activation_warm_transactions_per_ask": r3(act["warm_transactions_per_ask"]),
         "activation_warm_commit_ms_per_ask": r3(act["warm_commit_ms_per_ask"]),
         "activation_cold_samples_ms": [r3(x) for x in act["cold_samples_ms"]],
+        "activation_deltas_cold_ms": r3(act_delta["cold_ms"]),
+        "activation_deltas_warm_ms": r3(act_delta["warm_ms"]),
+        "commit_bytes_full": r3(sizes["full"]["bytes_per_commit"]),
+        "commit_bytes_delta": r3(sizes["delta"]["bytes_per_commit"]),
+        "cosmos_item_bytes_full": r3(sizes["full"]["cosmos_item_bytes_per_commit"]),
+        "cosmos_item_bytes_delta": r3(sizes["delta"]["cosmos_item_bytes_per_commit"]),
+        "cosmos_documents_per_msg_full": r3(sizes["full"]["cosmos_documents_per_msg"]),
+        "cosmos_documents_per_msg_delta": r3(sizes["delta"]["cosmos_documents_per_msg"]),
+        "commit_size_detail": {k: {kk: rounded(vv) for kk, vv in v.items()}
+                               for k, v in sizes.items()},
+        "goal_commit_bytes": COMMIT_SIZE_GOAL,
+        "goal_commit_bytes_met": sizes["delta"]["bytes_per_commit"] <= COMMIT_SIZE_GOAL,
         "goal_msgs_per_s": GOAL_MSGS_PER_S,
         "seed_msgs_per_s": SEED_MSGS_PER_S,
         "goal_replay_10000_ms": GOAL_REPLAY_10000_MS,

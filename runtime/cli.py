@@ -312,6 +312,8 @@ def cmd_actor_journal(args: argparse.Namespace) -> int:
             print(f"        error: {_error_text(c['error'])}")
         if "state" in c:
             print(f"        state: {json.dumps(c['state'])[:200]}")
+        if "delta" in c:
+            print(f"        delta: {json.dumps(c['delta'])[:200]}")
     return 0
 
 
@@ -359,17 +361,18 @@ def cmd_actor_show(args: argparse.Namespace) -> int:
             await journal.close()
         if not tail:
             return _nothing(f"{_actor_key(args)} has no journal", settings)
-        state = tail[0].get("state") if "state" in tail[0] else None
+        from runtime.actors.delta import after_last_state, current_state
+
+        state = current_state(tail)
         names = _handlers(recent)
         outcomes = [_outcome(c, names) for c in recent if c.get("kind") in OUTCOMES]
-        start = 1 if "state" in tail[0] else 0
         # events no wait has taken: sent before the run that could wait for them, or not
         # yet waited for; they are never handed to a later run
         events = [{"id": e["id"], "name": e.get("name"), "n": e.get("n"),
                    "payload": e.get("payload")} for e in waiting if e.get("kind") == "event"]
         print(json.dumps({"actor": _actor_key(args), "seq": tail[-1]["seq"],
                           "state": state,
-                          "run_in_progress": any(c.get("run") for c in tail[start:]),
+                          "run_in_progress": any(c.get("run") for c in after_last_state(tail)),
                           "recent": outcomes[-args.last:] if args.last > 0 else [],
                           "undelivered_events": events},
                          indent=2))

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from runtime import errors
+from runtime.actors import delta
 from runtime.actors.actor import Actor, ActorRef
 from runtime.actors.context import _TIMED_OUT, ActorContext, error_record
 from runtime.actors.host import ActivationLost, Host, RunPinned
@@ -52,7 +53,7 @@ class Run:
     outbox: list[Envelope] = field(default_factory=list)  # leaves with the next commit
     held: list[Envelope] = field(default_factory=list)  # leaves only if the run completes
     waits: list[Wait] = field(default_factory=list)
-    visited: set[Any] = field(default_factory=set)
+    visited: set[Any] = field(default_factory=set)  # branch steps taken (main: < step)
     counters: dict[str, int] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     before: Any = None
@@ -140,6 +141,14 @@ def _consumes_with_append(host: Host) -> bool:
     return bool(getattr(host.journal, "consumes_with_append", False))
 
 
+def _pause_gc() -> Callable[[], None]:
+    """Switch the cyclic GC off; returns what switches it back on (if it was on)."""
+    if not gc.isenabled():
+        return lambda: None
+    gc.disable()
+    return gc.enable
+
+
 def _json_copy(value: Any) -> Any:
     return from_json(to_json(value))
 
@@ -153,6 +162,8 @@ class Activation:
         self.actor = cls()
         self.seq = -1
         self.committed_state: Any = None
+        self.deltas = delta.enabled()  # completing commits carry deltas (runtime/actors/delta.py)
+        self.snapshots = delta.SnapshotPolicy()
         self.run: Run | None = None
         self.pump_lock = asyncio.Lock()
         self.commit_lock = asyncio.Lock()
@@ -180,33 +191,33 @@ class Activation:
             raise self._fail(exc) from exc
 
     async def _load(self) -> None:
-        # Decoding a long tail allocates many objects at once; a cyclic GC pass in the
-        # middle would double the activation time and find nothing to collect.
-        gc_was_on = gc.isenabled()
-        gc.disable()
+        # Decoding a long tail and replaying it allocate many long-lived objects at once;
+        # cyclic GC passes in the middle would double the activation time and find nothing
+        # to collect. The GC is off from the read until the replay first waits (below).
+        resume_gc = _pause_gc()
         try:
             tail = await self.host.journal.read_tail(self.key)
+            # the snapshot with the deltas after it applied, and the unfinished run's commits
+            state, self.snapshots, unfinished = delta.load_tail(tail)
+            if state is not None:
+                self.actor.load_state(state)
+                self.committed_state = _json_copy(state)
+            else:
+                self.actor.state = self.actor.initial_state()
+                self.committed_state = _json_copy(self.actor.dump_state())
+            if tail:
+                self.seq = tail[-1]["seq"]
+                last = tail[-1]
+                # Only the newest commit can have been cut off before its dispatch.
+                await self.host.dispatch(last.get("outbox", []))
+                await self.host.journal.consume(self.key, last.get("consumed", []),
+                                                self.host.clock())
+            in_flight = [c for c in unfinished if c.get("run")]
+            if in_flight:
+                self._resume(in_flight)
         finally:
-            if gc_was_on:
-                gc.enable()
-        start = 0
-        if tail and "state" in tail[0]:
-            self.actor.load_state(tail[0]["state"])
-            self.committed_state = _json_copy(tail[0]["state"])
-            start = 1
-        else:
-            self.actor.state = self.actor.initial_state()
-            self.committed_state = _json_copy(self.actor.dump_state())
-        if tail:
-            self.seq = tail[-1]["seq"]
-            last = tail[-1]
-            # Only the newest commit can have been cut off before its dispatch.
-            await self.host.dispatch(last.get("outbox", []))
-            await self.host.journal.consume(self.key, last.get("consumed", []),
-                                            self.host.clock())
-        in_flight = [c for c in tail[start:] if c.get("run")]
-        if in_flight:
-            self._resume(in_flight)
+            # The replay runs in the run task's first step: it ends before this callback.
+            asyncio.get_running_loop().call_soon(resume_gc)
 
     def _resume(self, commits: list[Commit]) -> None:
         first = commits[0]
@@ -220,16 +231,26 @@ class Activation:
             raise RunPinned(self.key, version)
         run = Run(msg=message, start_seq=first["seq"], ts=first["run"]["ts"], announced=True,
                   resumed=True, version=version)
+        recorded, until = run.recorded, 0
         for c in commits:
-            for event in c.get("events", []):
+            events = c.get("events")
+            if not events:
+                continue
+            run.events.extend(events)
+            for event in events:
                 if event["op"] == "run.cancelled":
                     run.cancelled = str(event.get("reason") or "cancelled")
                     run.cancel_at = dict(event.get("at") or {})
-                    run.events.append(event)
                     continue
-                run.recorded.setdefault(event["step"], []).append(event)
-                run.events.append(event)
-        run.replay_until = max((k for k in run.recorded if isinstance(k, int)), default=-1) + 1
+                step = event["step"]
+                have = recorded.get(step)
+                if have is None:
+                    recorded[step] = [event]
+                    if type(step) is int and step >= until:
+                        until = step + 1
+                else:
+                    have.append(event)
+        run.replay_until = until
         self._start(run)
 
     # -- running ---------------------------------------------------------------------------
@@ -301,7 +322,8 @@ class Activation:
                     f"{self.key} has no handler {run.msg['handler']!r} (handlers: {valid})",
                     error_type="UnknownHandler")
             result = await getattr(self.actor, method_name)(ctx, run.msg.get("payload"))
-            missed = [s for s in run.recorded if s not in run.visited]
+            missed = [s for s in run.recorded
+                      if not (s < run.step if isinstance(s, int) else s in run.visited)]
             if missed:
                 first = missed[0]
                 raise errors.NonDeterminismError(
@@ -409,14 +431,21 @@ class Activation:
                 consumed = [*(consumed or []), *stray]
                 doc: Commit = {"actor": self.key, "seq": self.seq + 1, "ts": host.clock(),
                                "run": {"msg": run.msg_id, "ts": run.ts, "start": run.start_seq},
-                               "events": events, "outbox": outbox,
-                               "consumed": consumed or [], "epoch": self.epoch}
+                               "events": events, "epoch": self.epoch}
+                if outbox:  # left out when empty: less to write and to decode on replay
+                    doc["outbox"] = outbox
+                if consumed:
+                    doc["consumed"] = consumed
                 if not run.announced:
                     doc["message"] = run.msg
                     if run.version is not None:
                         doc["run"]["ver"] = run.version
                 if extra:
                     doc.update(extra)
+                if self.deltas and "state" in doc:  # a snapshot, or what changed since
+                    every = int(getattr(host.journal, "compact_every", 0) or 0)
+                    doc.update(self.snapshots.fields(doc["seq"], self.committed_state,
+                                                     doc.pop("state"), every))
                 try:
                     host.hooks.fire("before_commit", self.key)
                     await host.journal.append(doc)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import errors
+from runtime.actors import delta
 from runtime.actors.activation import Activation, Run, _json_copy
 from runtime.actors.actor import Actor, ActorRef
 from runtime.actors.context import ActorContext
@@ -133,28 +134,31 @@ class _ReplayActivation(Activation):
         raise _NeedsLiveStep(f"event {event!r} had not arrived when the journal ends")
 
 
-def _runs(commits: list[Commit]) -> list[tuple[list[Commit], Any]]:
-    """Split commits into runs, each with the state before it."""
-    out: list[tuple[list[Commit], Any]] = []
+def _runs(commits: list[Commit]) -> list[tuple[list[Commit], Any, Any]]:
+    """Split commits into runs, each with the state before it and the state its
+    completing commit recorded (a snapshot, or the state before with the delta applied;
+    None for a run the journal does not complete)."""
+    out: list[tuple[list[Commit], Any, Any]] = []
     state: Any = None
     current: list[Commit] = []
     for commit in commits:
         if commit.get("run") is None:
             continue
         current.append(commit)
-        if "state" in commit:
-            out.append((current, state))
-            state = commit["state"]
-            current = []
+        if "state" in commit or "delta" in commit:
+            after = (commit["state"] if "state" in commit
+                     else delta.apply(_json_copy(state), commit["delta"]))
+            out.append((current, state, after))
+            state, current = after, []
     if current:
-        out.append((current, state))
+        out.append((current, state, None))
     return out
 
 
 async def replay_commits(cls: type[Actor], key: str, commits: list[Commit]) -> ReplayReport:
     report = ReplayReport(key)
     rt = _ReplayRuntime()
-    for run_commits, before in _runs(commits):
+    for run_commits, before, after in _runs(commits):
         first = run_commits[0]
         message = first.get("message")
         last = run_commits[-1]
@@ -190,22 +194,22 @@ async def replay_commits(cls: type[Actor], key: str, commits: list[Commit]) -> R
             if run.step < run.replay_until:
                 status, detail = "diverged", (f"the code returned at step {run.step} but the "
                                               f"journal has {run.replay_until} steps")
-            elif "state" in last and last.get("kind") == "completed":
-                if _canon(act.actor.dump_state()) != _canon(last["state"]):
+            elif after is not None and last.get("kind") == "completed":
+                if _canon(act.actor.dump_state()) != _canon(after):
                     status, detail = "diverged", "the final state differs from the journal"
                 elif _canon(result) != _canon(last.get("result")):
                     status, detail = "diverged", "the result differs from the journal"
                 else:  # would today's invariants have refused this recorded step?
                     events = [e for c in run_commits for e in c.get("events", [])]
-                    verdict = _invariants(act, before, last["state"], events)
+                    verdict = _invariants(act, before, after, events)
                     if verdict is not None:
                         status, detail = "diverged", verdict
-            elif "state" not in last:
+            elif after is None:
                 status, detail = "incomplete", "the journal ends before this run completed"
         except errors.NonDeterminismError as exc:
             status, detail = "diverged", exc.message
         except _NeedsLiveStep as exc:
-            status = "incomplete" if "state" not in last else "diverged"
+            status = "incomplete" if after is None else "diverged"
             detail = f"the code asks for {exc}"
         except Exception as exc:
             if last.get("kind") not in ("failed", "rejected", "cancelled", "dead_lettered"):

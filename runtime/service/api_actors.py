@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 
 from runtime import errors
+from runtime.actors.delta import after_last_state, current_state
 from runtime.service import tenancy
 from runtime.service.auth import INVOKE, READ, WRITE
 from runtime.service.keys import Principal
@@ -209,11 +210,10 @@ async def show(type: str, id: str, request: Request, who: Principal = READ,
     outcomes = [{**outcome_of(c, (c.get("run") or {}).get("msg", "")).model_dump(),
                  "seq": c["seq"], "handler": handlers.get((c.get("run") or {}).get("msg"))}
                 for c in recent if c.get("kind") in OUTCOMES]
-    start = 1 if tail and "state" in tail[0] else 0
     shown: dict[str, Any] = _strip({
                    "actor": f"{type}/{id}", "seq": tail[-1]["seq"] if tail else None,
-                   "state": tail[0].get("state") if tail and "state" in tail[0] else None,
-                   "run_in_progress": any(c.get("run") for c in tail[start:]),
+                   "state": current_state(tail),
+                   "run_in_progress": any(c.get("run") for c in after_last_state(tail)),
                    "pending": [{"id": e["id"], "kind": e.get("kind"),
                                 "name": e.get("handler") or e.get("name")} for e in pending],
                    "recent": outcomes[-last:] if last else []}, who.tenant)

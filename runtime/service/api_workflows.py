@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 
 from runtime import errors
+from runtime.actors.delta import current_state
 from runtime.service import flowchart, tenancy
 from runtime.service.api_actors import enqueue, envelope, message_id
 from runtime.service.auth import INVOKE, READ
@@ -80,8 +81,8 @@ async def _instance(svc: Any, tenant: str, instance: str) -> tuple[list[dict[str
         if await svc.journal.inbox(key, float("inf"), calls=1):
             return [], {"status": "queued"}
         raise not_found(f"workflow instance {instance}")
-    states = [c["state"] for c in commits if "state" in c]
-    return commits, (states[-1] if states else {"status": "running"})
+    state = current_state(commits)  # the last snapshot, the deltas after it applied
+    return commits, (state if state is not None else {"status": "running"})
 
 
 @router.get("/{instance}", summary="Status, variables, finished steps, output or error")
