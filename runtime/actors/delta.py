@@ -43,9 +43,9 @@ Op = list[Any]
 
 
 def enabled() -> bool:
-    """Whether completing commits carry deltas (`LOOM_STATE_DELTAS=1`); off by default
-    until every reader of an actor's state folds deltas (`current_state`)."""
-    return os.environ.get("LOOM_STATE_DELTAS", "0").lower() in ("1", "true", "yes", "on")
+    """Whether completing commits carry deltas: yes unless `LOOM_STATE_DELTAS=0` (which a
+    fleet upgrading from a Loom that cannot read deltas sets until every worker can)."""
+    return os.environ.get("LOOM_STATE_DELTAS", "1").lower() not in ("0", "false", "no", "off")
 
 
 def diff(old: Any, new: Any) -> list[Op]:

@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from runtime import errors
+from runtime.actors import delta
 from runtime.actors.activation import Activation
 from runtime.actors.actor import Actor, ActorRef
 from runtime.actors.hooks import Hooks
@@ -792,8 +793,7 @@ class ActorRuntime:
     # -- reading ---------------------------------------------------------------------------
     async def state_of(self, target: ActorRef | str) -> Any:
         """The last committed state of an actor (None if it never committed)."""
-        tail = await self.journal.read_tail(str(target))
-        return tail[0]["state"] if tail and "state" in tail[0] else None
+        return delta.current_state(await self.journal.read_tail(str(target)))
 
     async def outcome(self, target: ActorRef | str, msg_id: str) -> dict[str, Any] | None:
         """The completing commit of message `msg_id`, if it has completed."""
