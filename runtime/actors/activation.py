@@ -174,6 +174,8 @@ class Activation:
         self._reported = False
         self.seen_n = 0
         self.read_at = 0.0  # when the inbox was last read (entries due later are unseen)
+        self.more_calls = False  # that read found a call besides the one it started
+        self.heard = True  # notified while a run was in progress: the inbox may have more
         self.epoch = 0
         self.stray: list[str] = []  # timers nobody waits for: consumed by the next commit
         self.counted = False  # its first live activity call counts a delivery of its message
@@ -273,7 +275,7 @@ class Activation:
                 self.actor.load_state(_json_copy(run.before))
                 await self._complete(run, run.before, None, give_up.error)
                 self.run = None
-                self.host.notify(self.key)
+                self._next()
         except ActivationLost as exc:
             self._lose(exc.cause)
         except asyncio.CancelledError:
@@ -338,7 +340,16 @@ class Activation:
                 f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
         await self._complete(run, before, result, failure)
         self.run = None
-        self.host.notify(self.key)
+        self._next()
+
+    def _next(self) -> None:
+        """After a run: read the inbox again only if a call may be waiting (the last read
+        saw one more, or a notification came during the run); otherwise nothing arrived
+        since that read, and only the schedule needs settling (as of that read)."""
+        if self.more_calls or self.heard:
+            self.host.notify(self.key)
+        else:
+            self.host.settle_later(self.key, self.read_at, self.seen_n, False)
 
     async def _complete(self, run: Run, before: Any, result: Any,
                         failure: errors.LoomError | None) -> None:
@@ -529,18 +540,23 @@ class Activation:
         host = self.host
         now = host.clock()
         calls = 1 if self.run is None and not host.draining else 0
-        entries = await host.journal.inbox(self.key, now, calls=calls)
+        # one call more than it takes: whether another waits (see _next)
+        entries = await host.journal.inbox(self.key, now, calls=calls + 1 if calls else 0)
         self.read_at = now
+        self.heard, self.more_calls = not calls, False
         for env in entries:
-            self.seen_n = max(self.seen_n, int(env.get("n", 0)))
             run = self.run
             kind = env.get("kind", "call")
             if kind == "call":
                 if run is None:
+                    self.seen_n = max(self.seen_n, int(env.get("n", 0)))
                     self.last_used = self._monotonic()
                     self._start(Run(msg=env, start_seq=self.seq + 1, ts=host.clock(),
                                     version=host.code_version))
+                else:  # not taken, so not seen: the schedule must still count it
+                    self.more_calls = True
                 continue
+            self.seen_n = max(self.seen_n, int(env.get("n", 0)))
             if run is None or run.task is None or run.task.done():
                 if kind in ("timer", "cancel"):  # a timer of a finished run; nothing to cancel
                     self._stray(env["id"])
