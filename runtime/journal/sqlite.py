@@ -280,7 +280,7 @@ class SqliteJournal:
     def _in_bulk(self, db: sqlite3.Connection, batch: list[Pending]) -> list[Result]:
         """The enqueues, then the other writes, then the appends (see sqlite_bulk for why
         any order of one batch is a valid one)."""
-        kinds: dict[str, list[Pending]] = {"enqueue": [], "append": [], "": []}
+        kinds: dict[str, list[Pending]] = {"enqueue": [], "append": [], "settle": [], "": []}
         for item in batch:
             kinds[item[2][0] if item[2] else ""].append(item)
         results: list[Result] = []
@@ -293,6 +293,11 @@ class SqliteJournal:
         else:
             results += [self._one(db, w, f, savepoint=False) for w, f, _ in enqueues]
         results += [self._one(db, w, f, savepoint=False) for w, f, _ in kinds[""]]
+        settles = kinds["settle"]
+        if len(settles) > 1 and sqlite_bulk.settle_many(db, [b[1] for _, _, b in settles if b]):
+            results += [(fut, None, None) for _, fut, _ in settles]
+        else:
+            results += [self._one(db, w, f, savepoint=False) for w, f, _ in settles]
         appends = kinds["append"]
         items = [b[1] for _, _, b in appends if b]
         if len(appends) > 1 and sqlite_bulk.append_many(
@@ -602,7 +607,9 @@ class SqliteJournal:
                     "WHERE actor=?1 AND owner=?2",
                     (actor, owner, due, time.time_ns(), int(busy), ver, keep))
 
-        await self._submit(write)
+        bulk = None if release else ("settle", (actor, owner, now, seen_n, int(busy), ver,
+                                                int(keep)))
+        await self._submit(write, bulk)
 
     async def owners(self) -> dict[str, int]:
         rows = self._query("SELECT owner, COUNT(*) FROM sched WHERE owner IS NOT NULL "

@@ -27,6 +27,8 @@ AppendRow = tuple[str, int, int, bytes, Any, Any]
 Tombstone = tuple[float, str, str]
 # (actor, id, kind, deliver_at, doc)
 EnqueueRow = tuple[str, str, str, float, bytes]
+# (actor, owner, now, seen_n, busy, version, keep the version) of a settle without release
+SettleRow = tuple[str, str, float, int, int, Any, int]
 
 
 def _values(width: int, count: int) -> str:
@@ -118,6 +120,31 @@ def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[boo
         return None
     db.execute("RELEASE bulk")
     return created
+
+
+def settle_many(db: sqlite3.Connection, rows: Sequence[SettleRow]) -> bool:
+    """Settle each actor's schedule row as `SqliteJournal.settle` does (without release), in
+    one statement per chunk; False (nothing done) if an actor comes twice, as the later
+    settle would read what the earlier one wrote."""
+    if len({row[0] for row in rows}) != len(rows):
+        return False
+    now_ns = time.time_ns()
+    for part in _chunks(rows):
+        db.execute(
+            "UPDATE sched SET "
+            "ready_n = CASE WHEN sched.due_at = 0 AND d.due = 0 THEN sched.ready_n "
+            "ELSE d.now_ns END, "
+            "due_at = CASE WHEN d.busy AND (d.due IS NULL OR sched.lease_until < d.due) "
+            "THEN sched.lease_until ELSE d.due END, "
+            "ver = CASE WHEN d.keep THEN sched.ver ELSE d.ver END "
+            "FROM (SELECT v.column1 AS actor, v.column2 AS owner, v.column5 AS busy, "
+            "v.column6 AS ver, v.column7 AS keep, v.column8 AS now_ns, "
+            "(SELECT MIN(deliver_at) FROM inbox WHERE inbox.actor = v.column1 AND "
+            "consumed_at IS NULL AND (deliver_at > v.column3 OR (n > v.column4 AND NOT "
+            f"(v.column5 AND kind = 'call')))) AS due FROM (VALUES {_values(8, len(part))}) "
+            "AS v) AS d WHERE sched.actor = d.actor AND sched.owner = d.owner",
+            _flat([(*row, now_ns) for row in part]))
+    return True
 
 
 class _Refused(Exception):
