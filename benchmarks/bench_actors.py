@@ -609,8 +609,9 @@ def load_breakdown(path: Path, key: str, n: int) -> dict[str, float]:
     try:
         t0 = time.perf_counter()
         rows = con.execute(
-            "SELECT doc FROM commits WHERE actor=? AND seq >= COALESCE((SELECT MAX(seq) "
-            "FROM commits WHERE actor=? AND has_state=1), 0) ORDER BY seq", (key, key)).fetchall()
+            "SELECT doc FROM commits WHERE actor=?1 AND seq >= COALESCE((SELECT seq FROM "
+            "commits WHERE actor=?1 AND has_state=1 ORDER BY seq DESC LIMIT 1), 0) "
+            "ORDER BY seq", (key,)).fetchall()  # the query of SqliteJournal.read_tail
         fetch_ms = (time.perf_counter() - t0) * 1000
         gc.collect()
         full0 = gc.get_stats()[2]["collections"]

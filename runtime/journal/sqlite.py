@@ -402,16 +402,12 @@ class SqliteJournal:
         return [from_json(r[0]) for r in rows]
 
     async def read_tail(self, actor: str) -> list[Commit]:
-        docs: list[bytes] = []
-        with self._lock:  # newest first, down to the newest commit that carries the state
-            rows = self._db.execute("SELECT has_state, doc FROM commits WHERE actor=? "
-                                    "ORDER BY seq DESC", (actor,))
-            for has_state, doc in rows:
-                docs.append(doc)
-                if has_state:
-                    break
-            rows.close()
-        return [from_json(d) for d in reversed(docs)]
+        # the newest snapshot: found walking back along (actor, seq), inside SQLite
+        rows = self._query(
+            "SELECT doc FROM commits WHERE actor=?1 AND seq >= COALESCE((SELECT seq FROM "
+            "commits WHERE actor=?1 AND has_state=1 ORDER BY seq DESC LIMIT 1), 0) "
+            "ORDER BY seq", (actor,))
+        return [from_json(r[0]) for r in rows]
 
     async def outcome(self, actor: str, msg_id: str) -> Commit | None:
         rows = self._query("SELECT doc FROM commits WHERE actor=? AND done_msg=? "
