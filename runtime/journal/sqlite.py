@@ -285,9 +285,8 @@ class SqliteJournal:
             kinds[item[2][0] if item[2] else ""].append(item)
         results: list[Result] = []
         enqueues = kinds["enqueue"]
-        created = sqlite_bulk.enqueue_many(db, [b[1] for _, _, b in enqueues if b]) \
-            if len(enqueues) > 1 else None
-        if created is not None:
+        if len(enqueues) > 1:
+            created = sqlite_bulk.enqueue_many(db, [b[1] for _, _, b in enqueues if b])
             results += [(fut, made, None)
                         for (_, fut, _), made in zip(enqueues, created, strict=True)]
         else:

@@ -1,15 +1,15 @@
 """Many writes of one kind in a few statements, for the SQLite journal's group commit.
 
-Every statement executed on the writer thread lets the GIL go and waits to get it back; under
-load that wait, not SQLite, is most of a transaction's time. So the appends of one group
-commit become one INSERT (plus one UPDATE for the inbox entries they consume), and its
-enqueues one duplicate check, one INSERT and one schedule upsert, whatever their number.
+Every statement lets the GIL go and waits to get it back; under load that wait, not SQLite,
+is most of a transaction's time. So the appends of one group commit become one INSERT (plus
+one UPDATE for the inbox entries they consume), its enqueues one duplicate check, one
+INSERT and one schedule upsert, and its settles one UPDATE, whatever their number.
 
 Writes in one group commit were all submitted before any of them completed, so no caller
 can depend on the order among them: running the enqueues, then the other writes, then the
-appends is one valid order. Each function returns one result per item, or None when it
-cannot vouch for every item (a conflict, a fenced commit): it has then changed nothing, and
-the caller runs those writes one by one.
+settles, then the appends is one valid order. Appends and settles report when they cannot vouch for every
+item (a conflict, a fenced commit, an actor settled twice): they have then changed nothing,
+and the caller runs those writes one by one.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def append_many(db: sqlite3.Connection, rows: Sequence[AppendRow],
     return True
 
 
-def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[bool] | None:
+def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[bool]:
     """Create each entry unless its (actor, id) is already in the inbox or earlier in
     `rows`, numbered in order after its actor's last, and bring the actors' schedule rows
     along as one enqueue at a time would. One result per row: whether it was created."""
@@ -95,30 +95,25 @@ def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[boo
             new.append((actor, msg_id, kind, deliver_at, doc, len(at)))
     if not new:
         return created
-    db.execute("SAVEPOINT bulk")
-    try:
-        for part in _chunks(new):  # n: one past the actor's last, in the order given
-            db.execute(
-                "INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) SELECT v.column1, "
-                "v.column2, v.column3, COALESCE((SELECT last_n FROM sched WHERE actor = "
-                f"v.column1), 0) + v.column6, v.column4, v.column5 FROM (VALUES "
-                f"{_values(6, len(part))}) AS v", _flat(part))
-        now_ns = time.time_ns()
-        sched = [(actor, len(at), min(at), now_ns) for actor, at in per_actor.items()]
-        for part in _chunks(sched):
-            db.execute(
-                "INSERT INTO sched (actor, last_n, due_at, ready_n) VALUES "
-                f"{_values(4, len(part))} ON CONFLICT (actor) DO UPDATE SET "
-                "last_n = last_n + excluded.last_n, "
-                "ready_n = CASE WHEN excluded.due_at = 0 AND (due_at IS NULL OR due_at > 0) "
-                "THEN excluded.ready_n ELSE ready_n END, "
-                "due_at = CASE WHEN due_at IS NULL OR excluded.due_at < due_at "
-                "THEN excluded.due_at ELSE due_at END", _flat(part))
-    except sqlite3.IntegrityError:
-        db.execute("ROLLBACK TO bulk")
-        db.execute("RELEASE bulk")
-        return None
-    db.execute("RELEASE bulk")
+    # No savepoint: within the transaction's write lock nothing can take an id between the
+    # check and the INSERT, so a failure here is not the caller's and fails the batch
+    for part in _chunks(new):  # n: one past the actor's last, in the order given
+        db.execute(
+            "INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) SELECT v.column1, "
+            "v.column2, v.column3, COALESCE((SELECT last_n FROM sched WHERE actor = "
+            f"v.column1), 0) + v.column6, v.column4, v.column5 FROM (VALUES "
+            f"{_values(6, len(part))}) AS v", _flat(part))
+    now_ns = time.time_ns()
+    sched = [(actor, len(at), min(at), now_ns) for actor, at in per_actor.items()]
+    for part in _chunks(sched):
+        db.execute(
+            "INSERT INTO sched (actor, last_n, due_at, ready_n) VALUES "
+            f"{_values(4, len(part))} ON CONFLICT (actor) DO UPDATE SET "
+            "last_n = last_n + excluded.last_n, "
+            "ready_n = CASE WHEN excluded.due_at = 0 AND (due_at IS NULL OR due_at > 0) "
+            "THEN excluded.ready_n ELSE ready_n END, "
+            "due_at = CASE WHEN due_at IS NULL OR excluded.due_at < due_at "
+            "THEN excluded.due_at ELSE due_at END", _flat(part))
     return created
 
 
