@@ -7,9 +7,9 @@ INSERT and one schedule upsert, and its settles one UPDATE, whatever their numbe
 
 Writes in one group commit were all submitted before any of them completed, so no caller
 can depend on the order among them: running the enqueues, then the other writes, then the
-settles, then the appends is one valid order. Appends and settles report when they cannot vouch for every
-item (a conflict, a fenced commit, an actor settled twice): they have then changed nothing,
-and the caller runs those writes one by one.
+settles, then the appends is one valid order. Appends and settles report when they cannot
+vouch for every item (a conflict, a fenced commit, an actor settled twice): they have then
+changed nothing, and the caller runs those writes one by one.
 """
 
 from __future__ import annotations
