@@ -11,6 +11,7 @@ not block on the writer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -204,7 +205,8 @@ class SqliteJournal:
             try:
                 results = self._in_bulk(db, batch)
             except Exception:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # the thread begins afresh anyway
+                    db.execute("ROLLBACK")
                 done = loop.run_in_executor(self._thread, self._write_batch, batch)
             else:
                 done = loop.run_in_executor(self._thread, self._commit, batch, results)
@@ -214,9 +216,10 @@ class SqliteJournal:
         db = self._writer
         try:
             db.execute("COMMIT")
-        except Exception as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+        except Exception as exc:  # every write of the batch fails; the journal goes on
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
             return [(fut, None, exc) for _, fut, _ in batch]
         self.transactions += 1
         self.writes += len(batch)
@@ -231,7 +234,7 @@ class SqliteJournal:
         """One transaction for the whole batch. A write may fail alone only with
         JournalConflict, which it raises before it changes anything (a failed statement is
         undone by SQLite itself), so no savepoints are needed: they cost two statements a
-        write. Appends and enqueues go in bulk (sqlite_bulk). Any other failure rolls the
+        write. Appends, enqueues and settles go in bulk (sqlite_bulk). Any other failure rolls the
         batch back and runs it again with a savepoint per write, so that only the failing
         write fails."""
         try:
@@ -278,8 +281,8 @@ class SqliteJournal:
         return result
 
     def _in_bulk(self, db: sqlite3.Connection, batch: list[Pending]) -> list[Result]:
-        """The enqueues, then the other writes, then the appends (see sqlite_bulk for why
-        any order of one batch is a valid one)."""
+        """The enqueues, then the other writes, then the settles, then the appends (see
+        sqlite_bulk for why any order of one batch is a valid one)."""
         kinds: dict[str, list[Pending]] = {"enqueue": [], "append": [], "settle": [], "": []}
         for item in batch:
             kinds[item[2][0] if item[2] else ""].append(item)
