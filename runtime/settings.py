@@ -51,6 +51,9 @@ class LoomSettings(BaseSettings):
     compatible_versions: str = Field(default="", pattern=r"^[A-Za-z0-9._+,-]*$",
                                      description="Comma-separated older versions whose runs "
                                      "this worker may resume besides its own.")
+    state_deltas: bool = Field(default=True, description="Completing commits carry what "
+                               "changed in the state (0 while a fleet upgrades from a Loom "
+                               "that cannot read deltas).")
     breaker_fail_max: int = Field(default=5, ge=1)
     breaker_reset_s: float = Field(default=30.0, gt=0)
 

@@ -42,10 +42,18 @@ store (Cosmos), never a `delta`."""
 Op = list[Any]
 
 
+_ON, _OFF = ("1", "true", "yes", "on", "t", "y"), ("0", "false", "no", "off", "f", "n")
+
+
 def enabled() -> bool:
     """Whether completing commits carry deltas: yes unless `LOOM_STATE_DELTAS=0` (which a
     fleet upgrading from a Loom that cannot read deltas sets until every worker can)."""
-    return os.environ.get("LOOM_STATE_DELTAS", "1").lower() not in ("0", "false", "no", "off")
+    value = os.environ.get("LOOM_STATE_DELTAS", "1").strip().lower()
+    if value not in _ON + _OFF:
+        raise errors.SettingsInvalid(
+            f"invalid settings: LOOM_STATE_DELTAS: {value!r} is not one of 1/0, true/false, "
+            "yes/no, on/off")
+    return value in _ON
 
 
 def diff(old: Any, new: Any) -> list[Op]:

@@ -163,6 +163,7 @@ class ActorRuntime:
         self.lint = lint
         self.activities = activities
         self.lease_ttl_s = lease_ttl_s
+        delta.enabled()  # a bad LOOM_STATE_DELTAS fails here, not in the first activation
         self.owner = owner or f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._tenant_of = tenant_of
         self.due_batch = due_batch
