@@ -193,3 +193,71 @@ def test_a_load_switches_the_gc_back_to_how_it_was(was_on: bool) -> None:
             gc.enable()
 
     asyncio.run(main())
+
+
+class Mixed(Actor, type_name="mixed"):
+    """A compensation, a branch step and a retried step: the inline replay path takes only
+    main-line steps recorded once as done; these go the long way and must still match."""
+
+    compensate_with = "undo"
+    branch_input = 1
+
+    @handler
+    async def go(self, ctx: ActorContext, payload: Any) -> Any:
+        a = await ctx.call_activity("echo", {"n": 1})
+        b = await ctx.branch("left").call_activity("echo", {"n": self.branch_input})
+        c = await ctx.call_activity("flaky", {"n": 3},
+                                    retry={"max_attempts": 3, "initial_interval_ms": 1})
+        d = await ctx.call_activity(self.compensate_with, {"n": 4}, compensation=True)
+        return [a, b, c, d]
+
+
+class MixedAsActivity(Mixed, type_name="mixed"):  # a compensation replayed as an activity
+    @handler
+    async def go(self, ctx: ActorContext, payload: Any) -> Any:
+        await ctx.call_activity("echo", {"n": 1})
+        await ctx.branch("left").call_activity("echo", {"n": 1})
+        await ctx.call_activity("flaky", {"n": 3},
+                                retry={"max_attempts": 3, "initial_interval_ms": 1})
+        return await ctx.call_activity("undo", {"n": 4})
+
+
+class MixedOtherBranchInput(Mixed, type_name="mixed"):
+    branch_input = 2
+
+
+class MixedOtherCompensation(Mixed, type_name="mixed"):
+    compensate_with = "undo2"
+
+
+def test_compensations_branches_and_retried_steps_replay_and_diverge() -> None:
+    async def main() -> None:
+        acts = stubs()
+        tries: list[int] = []
+
+        def flaky(inp: Any, key: str) -> Any:
+            tries.append(1)
+            if len(tries) < 2:
+                raise errors.GuestError("once", retryable=True)
+            return {"ok": inp}
+
+        acts.add("flaky", flaky)
+        acts.add("undo", lambda inp, key: {"undone": inp})
+        journal = MemoryJournal()
+        async with ActorRuntime(journal, activities=acts, lint=False) as rt:
+            rt.register(Mixed)
+            out = await rt.ask("mixed/m", "go", None, msg_id="m1")
+        assert len(tries) == 2
+        commits = await journal.read("mixed/m")
+        ops = [e["op"] for c in commits for e in c.get("events", [])]
+        assert "compensation.done" in ops and ops.count("activity.done") == 3
+        report = await replay_commits(Mixed, "mixed/m", commits)
+        assert report.ok and [r.status for r in report.runs] == ["ok"], report.runs
+        assert out[3] == {"undone": {"n": 4}}
+        for cls, step in ((MixedAsActivity, "2"), (MixedOtherBranchInput, "left/0"),
+                          (MixedOtherCompensation, "2")):
+            report = await replay_commits(cls, "mixed/m", commits)
+            assert [r.status for r in report.runs] == ["diverged"], (cls, report.runs)
+            assert f"step {step}" in report.runs[0].detail, report.runs[0].detail
+
+    asyncio.run(main())
