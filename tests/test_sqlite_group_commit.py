@@ -207,3 +207,81 @@ def test_another_process_holding_the_write_lock_never_blocks_the_loop(tmp_path: 
             await journal.close()
 
     asyncio.run(main())
+
+
+def _commit(actor: str, seq: int, msg: str, activity: str, *, kind: str | None = None
+            ) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "actor": actor, "seq": seq, "ts": 100.0 + seq, "run": {"msg": msg, "ts": 100.0,
+                                                               "start": 0},
+        "events": [{"step": seq, "op": "activity.done", "name": activity, "digest": ""}]}
+    if seq == 0:
+        doc["message"] = {"id": msg, "target": actor, "kind": "call", "handler": "go"}
+    if kind is not None:
+        doc.update(kind=kind, state={"n": seq})
+    return doc
+
+
+def test_the_run_index_folds_commits_from_here_and_from_another_connection(
+        tmp_path: Path) -> None:
+    """The catch-up takes commits appended through this journal from memory (no second
+    decode) and decodes those another connection wrote; a conflicting append, which did
+    not land, never reaches the index in place of the commit that did."""
+    async def main() -> None:
+        path = tmp_path / "j.db"
+        here, other = SqliteJournal(path), SqliteJournal(path)
+        try:
+            await here.append(_commit("a/1", 0, "m1", "charge"))
+            with pytest.raises(JournalConflict):  # the same seq again, another activity
+                await here.append(_commit("a/1", 0, "m1", "forged"))
+            await other.append(_commit("a/2", 0, "m2", "ship"))
+            await here.append(_commit("a/1", 1, "m1", "pack", kind="completed"))
+            await other.append(_commit("a/2", 1, "m2", "bill", kind="failed"))
+            assert here._unfolded  # appended here, not folded yet
+            rows = {r["msg"]: r for r in await here.runs()}
+            assert not here._unfolded
+            assert {m: (r["status"], r["activities"], r["handler"], r["last_seq"])
+                    for m, r in rows.items()} == {
+                "m1": ("completed", ["charge", "pack"], "go", 1),
+                "m2": ("failed", ["ship", "bill"], "go", 1)}
+            assert rows == {r["msg"]: r for r in await other.runs()}  # all decoded there
+        finally:
+            await here.close()
+            await other.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_batch_leaves_its_commits_to_be_decoded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A COMMIT that fails drops the appends it carried from the catch-up's memory, and a
+    catch-up rolled back after taking commits from memory decodes them next time."""
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db")
+        try:
+            real = journal._commit
+            fail = {"n": 1}
+
+            def failing(batch: list[Pending], results: list[Result]) -> list[Result]:
+                if fail["n"]:
+                    fail["n"] -= 1
+                    journal._writer.execute("ROLLBACK")
+                    return [(fut, None, sqlite3.OperationalError("disk I/O error"))
+                            for _, fut, _ in batch]
+                return real(batch, results)
+
+            monkeypatch.setattr(journal, "_commit", failing)
+            with pytest.raises(sqlite3.OperationalError):
+                await journal.append(_commit("a/1", 0, "m1", "lost"))
+            assert journal._unfolded == {}
+            await journal.append(_commit("a/1", 0, "m1", "charge"))
+            fail["n"] = 1  # the catch-up's own transaction fails after taking from memory
+            with pytest.raises(sqlite3.OperationalError):
+                await journal.runs()
+            assert journal._unfolded == {}
+            rows = await journal.runs()
+            assert [(r["msg"], r["activities"]) for r in rows] == [("m1", ["charge"])]
+        finally:
+            await journal.close()
+
+    asyncio.run(main())

@@ -81,6 +81,7 @@ VERSION = 6  # 4: the run index (tables runs, run_activities), backfilled from t
 INDEX_EVERY = 256  # commits between two catch-ups of the run index (or INDEX_EVERY_S)
 INDEX_EVERY_S = 1.0
 INDEX_BATCH = 1024  # commits folded per catch-up transaction (bounds its latency)
+UNFOLDED_MAX = 4 * INDEX_BATCH  # appended commits kept for the catch-up (beyond: decoded)
 # Rowid tables: new rows append to the same few pages, and the unique indexes carry only
 # the short keys, so one group commit touches far fewer pages than keyed tables would.
 Write = Callable[[sqlite3.Connection], Any]
@@ -118,6 +119,9 @@ class SqliteJournal:
         self.writes = 0
         self._unindexed = 0  # commits appended since the last catch-up was queued
         self._indexed_at = time.monotonic()
+        # commits of runs appended here and not folded yet: the catch-up takes them from
+        # here instead of decoding their rows again (rows written elsewhere it decodes)
+        self._unfolded: dict[tuple[str, int], Commit] = {}
 
     def _setup(self) -> None:
         db = self._db
@@ -340,7 +344,15 @@ class SqliteJournal:
             if tombstones:
                 db.executemany("UPDATE inbox SET consumed_at=? WHERE actor=? AND id=? AND "
                                "consumed_at IS NULL", tombstones)
-        await self._submit(write, ("append", ((*row, epoch or None), tombstones)))
+        key = (commit["actor"], commit["seq"])
+        if run_msg is not None and len(self._unfolded) < UNFOLDED_MAX:
+            self._unfolded.setdefault(key, commit)
+        try:
+            await self._submit(write, ("append", ((*row, epoch or None), tombstones)))
+        except BaseException:
+            if self._unfolded.get(key) is commit:  # not landed (or not known to): decode
+                del self._unfolded[key]
+            raise
         if run_msg is not None:
             self._unindexed += 1
             if self._unindexed >= INDEX_EVERY or \
@@ -363,12 +375,15 @@ class SqliteJournal:
         """Fold the next commits past the watermark into the index: in Python first (each
         run's row read once, if it existed before the batch), then a few statements."""
         mark = db.execute("SELECT value FROM meta WHERE key = 'runs_indexed'").fetchone()[0]
-        rows = db.execute("SELECT rowid, doc FROM commits WHERE rowid > ? ORDER BY rowid "
-                          "LIMIT ?", (mark, INDEX_BATCH)).fetchall()
+        rows = db.execute("SELECT rowid, actor, seq FROM commits WHERE rowid > ? ORDER BY "
+                          "rowid LIMIT ?", (mark, INDEX_BATCH)).fetchall()
+        unfolded = self._unfolded
+        have = [unfolded.pop((actor, seq), None) for _, actor, seq in rows]
+        docs = _docs(db, [r[0] for r, c in zip(rows, have, strict=True) if c is None])
         commits: list[tuple[tuple[str, str], Commit]] = []
         fresh: dict[tuple[str, str], bool] = {}  # run -> its first commit is in this batch
-        for rowid, doc in rows:
-            commit = from_json(doc)
+        for (rowid, _, _), known in zip(rows, have, strict=True):
+            commit = known if known is not None else from_json(docs[rowid])
             run = commit.get("run")
             if isinstance(run, dict):
                 key = (str(commit.get("actor")), str(run.get("msg")))
@@ -712,6 +727,16 @@ def _deliver(results: list[Result]) -> None:
             fut.set_exception(error)
         else:
             fut.set_result(value)
+
+
+def _docs(db: sqlite3.Connection, rowids: list[int]) -> dict[int, bytes]:
+    """The documents of these commits, by rowid."""
+    found: dict[int, bytes] = {}
+    for i in range(0, len(rowids), 400):
+        part = rowids[i:i + 400]
+        found.update(db.execute(f"SELECT rowid, doc FROM commits WHERE rowid IN "
+                                f"({','.join('?' * len(part))})", part).fetchall())
+    return found
 
 
 def _stored_runs(db: sqlite3.Connection, keys: set[tuple[str, str]]
