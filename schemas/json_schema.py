@@ -7,15 +7,15 @@ Supported keywords: type (one or a list), properties, required, additionalProper
 (boolean or a schema), items, prefixItems (with minItems covering it, as Pydantic emits
 for tuples), minItems, maxItems, minLength, maxLength, pattern, format (strings only:
 email, uuid, ipv4, ipv6, date, date-time; see FORMATS), minimum, maximum,
-exclusiveMinimum, exclusiveMaximum, enum and const (scalars), anyOf, oneOf (exactly one
-branch), allOf, discriminator (beside oneOf/anyOf), $ref to this document's own
-definitions (#/$defs/NAME, #/definitions/NAME or # itself; recursion allowed), $defs and
-definitions (at the root); annotations (title, description, default, examples,
-deprecated, readOnly, writeOnly, $schema, $id, $comment) are accepted and ignored. So
-whatever `TypeAdapter(...).json_schema()` emits for JSON-shaped types compiles.
-Anything else, including a remote or missing `$ref` and a `format` Loom does not check,
-is refused with the JSON path of the keyword, so a manifest never silently promises a
-check that is not made.
+exclusiveMinimum, exclusiveMaximum (finite numbers, whole ones for type integer), enum
+and const (scalars), anyOf, oneOf (exactly one branch), allOf, discriminator (beside
+oneOf/anyOf), $ref to this document's own definitions (#/$defs/NAME, #/definitions/NAME
+or # itself; recursion allowed), $defs and definitions (at the root); annotations
+(title, description, default, examples, deprecated, readOnly, writeOnly, $schema, $id,
+$comment) are accepted and ignored. So whatever `TypeAdapter(...).json_schema()` emits
+for JSON-shaped types compiles. Anything else, including a remote or missing `$ref` and
+a `format` Loom does not check, is refused with the JSON path of the keyword, so a
+manifest never silently promises a check that is not made.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import functools
 import ipaddress
 import itertools
 import json
+import math
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from pydantic import (
     JsonValue,
     PlainValidator,
     PydanticSchemaGenerationError,
+    PydanticUserError,
     StringConstraints,
     TypeAdapter,
     ValidationError,
@@ -59,6 +61,9 @@ CHECKS = ("type", "properties", "required", "additionalProperties", "items", "mi
 COMPOSITION = {"$ref", "allOf", "anyOf", "oneOf", "discriminator", "$defs", "definitions"}
 DEFS = ("$defs", "definitions")
 KEYWORDS = ANNOTATIONS | set(CHECKS)
+MAX_COUNT = 2 ** 63 - 1
+"""The largest minLength/maxLength/minItems/maxItems accepted (Pydantic keeps them in
+a 64-bit size; the fast path treats 2**63 - 1 as "no limit")."""
 _counter = itertools.count()
 
 # HTML's definition of a valid e-mail address (what <input type=email> accepts).
@@ -134,7 +139,19 @@ def compile_schema(schema: Any, *, parsed_json: bool = False) -> TypeAdapter[Any
         key = json.dumps(schema, sort_keys=True)
     except (TypeError, ValueError):
         raise SchemaError("#", "must be JSON") from None
-    return _compiled(key, parsed_json)
+    except RecursionError:
+        raise SchemaError("#", "nests too deeply") from None
+    try:
+        return _compiled(key, parsed_json)
+    except SchemaError:
+        raise
+    except RecursionError:
+        raise SchemaError("#", "nests too deeply") from None
+    except (PydanticCoreSchemaError, PydanticUserError, OverflowError) as exc:
+        # A backstop: the checks above should refuse whatever Pydantic cannot build.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(exc).__name__
+        raise SchemaError("#", f"cannot be compiled into a validator ({reason})") from None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -363,9 +380,9 @@ class _Compiler:
         if kind in ("integer", "number"):
             base: type = int if kind == "integer" else float
             return Annotated[base, Field(
-                ge=_num(schema, "minimum", path), le=_num(schema, "maximum", path),
-                gt=_num(schema, "exclusiveMinimum", path),
-                lt=_num(schema, "exclusiveMaximum", path))]
+                ge=_num(schema, "minimum", path, kind), le=_num(schema, "maximum", path, kind),
+                gt=_num(schema, "exclusiveMinimum", path, kind),
+                lt=_num(schema, "exclusiveMaximum", path, kind))]
         if kind == "boolean":
             return bool
         if kind == "null":
@@ -492,17 +509,35 @@ def _scalar(value: Any, path: str) -> Any:
     raise SchemaError(path, "only scalar values are supported")
 
 
-def _num(schema: dict[str, Any], key: str, path: str) -> Any:
+def _num(schema: dict[str, Any], key: str, path: str, kind: str) -> int | float | None:
+    """A numeric bound that fits `kind`: finite, and for "integer" a whole number (1.0 is
+    taken as 1: JSON does not tell them apart), for "number" within a float's range."""
     v = schema.get(key)
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-        raise SchemaError(f"{path}/{key}", "must be a number")
+    if v is None:
+        return None
+    where = f"{path}/{key}"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise SchemaError(where, f"must be a number, not {_kind(v)}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise SchemaError(where, "must be a finite number")
+    if kind == "integer":
+        if isinstance(v, float) and not v.is_integer():
+            raise SchemaError(where, f"must be a whole number for type \"integer\", not {v!r}")
+        return int(v)
+    try:
+        float(v)
+    except OverflowError:
+        raise SchemaError(where, "is out of range for type \"number\" (a 64-bit float)") from None
     return v
 
 
 def _count(schema: dict[str, Any], key: str, path: str) -> int | None:
     v = schema.get(key)
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-        raise SchemaError(f"{path}/{key}", "must be a non-negative integer")
+        raise SchemaError(f"{path}/{key}", "must be a non-negative integer, not "
+                          f"{json.dumps(v) if isinstance(v, int | float) else _kind(v)}")
+    if v is not None and v > MAX_COUNT:
+        raise SchemaError(f"{path}/{key}", f"must be at most {MAX_COUNT}")
     return v
 
 
