@@ -132,7 +132,7 @@ def test_current_state_folds_the_deltas_after_the_last_snapshot() -> None:
 
 # -- when a commit is a snapshot ----------------------------------------------------------------
 
-def test_snapshot_policy() -> None:
+def test_snapshot_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     big = {"items": list(range(500))}
     changed = {"items": [*range(499), -1]}
     policy = delta.SnapshotPolicy()
@@ -142,6 +142,24 @@ def test_snapshot_policy() -> None:
     small = delta.SnapshotPolicy()
     small.fields(0, None, {"n": 1})
     assert "state" in small.fields(1, {"n": 1}, {"n": 2})
+    # ... and one of SMALL_STATE bytes or less is not even diffed (even unchanged, when an
+    # empty delta would be smaller); one byte more is
+    diffed: list[Any] = []
+    real_diff = delta.diff
+
+    def counting(before: Any, after: Any) -> Any:
+        diffed.append(after)
+        return real_diff(before, after)
+
+    monkeypatch.setattr(delta, "diff", counting)
+    for pad in (delta.SMALL_STATE - 8, delta.SMALL_STATE - 7):  # {"s":"…"} is 8 bytes + pad
+        state = {"s": "x" * pad}
+        tiny = delta.SnapshotPolicy()
+        tiny.fields(0, None, state)
+        kind = next(iter(tiny.fields(1, state, state)))
+        assert (kind, len(diffed)) == (("state", 0) if len(to_json(state)) <= delta.SMALL_STATE
+                                       else ("delta", 1)), (pad, kind, diffed)
+    monkeypatch.undo()
     # SNAPSHOT_EVERY commits after the last snapshot, whatever happened in between
     assert "delta" in policy.fields(delta.SNAPSHOT_EVERY - 1, changed, big)
     assert "state" in policy.fields(delta.SNAPSHOT_EVERY, big, changed)

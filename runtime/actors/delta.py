@@ -17,9 +17,10 @@ reordered is set whole).
 
 A state commit is a snapshot (`SnapshotPolicy`) when the actor has none yet, when the
 last one is `SNAPSHOT_EVERY` (64) or more commits back (a load reads them all), when the
-deltas since it would add up to more bytes than it (a small state is always whole), when
-the delta would exceed `MAX_DELTA_BYTES`, and at the sequence numbers where the journal
-compacts (`compact_every`, Cosmos), so compaction keeps its rhythm.
+deltas since it would add up to more bytes than it (a small state is always whole; one
+of `SMALL_STATE` bytes or less is not even diffed), when the delta would exceed
+`MAX_DELTA_BYTES`, and at the sequence numbers where the journal compacts
+(`compact_every`, Cosmos), so compaction keeps its rhythm.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ SNAPSHOT_EVERY = 64
 MAX_DELTA_BYTES = 64 * 1024
 """A larger change is written as a snapshot: a journal can move a large `state` to its blob
 store (Cosmos), never a `delta`."""
+SMALL_STATE = 64
+"""A state of at most this many bytes is always written whole (not even diffed)."""
 
 Op = list[Any]
 
@@ -186,8 +189,9 @@ class SnapshotPolicy:
     def fields(self, seq: int, before: Any, after: Any, compact_every: int = 0
                ) -> dict[str, Any]:
         """`{"state": after}` or `{"delta": ops}` for the state commit at `seq`."""
-        if self.base_seq is not None and seq - self.base_seq < SNAPSHOT_EVERY and not (
-                compact_every > 0 and seq % compact_every == 0):
+        if self.base_seq is not None and seq - self.base_seq < SNAPSHOT_EVERY and \
+                self.base_bytes > SMALL_STATE and not (
+                    compact_every > 0 and seq % compact_every == 0):
             ops = diff(before, after)
             size = len(to_json(ops))
             if size <= MAX_DELTA_BYTES and self.nbytes + size < self.base_bytes:

@@ -24,15 +24,19 @@ class RetryPlan:
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
-        self.stop = tenacity.stop_after_attempt(policy.max_attempts)
-        initial = policy.initial_interval_ms / 1000
-        cap = policy.max_interval_ms / 1000
-        if policy.jitter:
-            self.wait: Any = tenacity.wait_random_exponential(
-                multiplier=initial, max=cap, exp_base=policy.backoff_coefficient)
-        else:
-            self.wait = tenacity.wait_exponential(
-                multiplier=initial, max=cap, exp_base=policy.backoff_coefficient)
+        self._strategies: tuple[Any, Any] | None = None  # built at the first failure
+
+    def _stop_and_wait(self) -> tuple[Any, Any]:
+        if self._strategies is None:
+            policy = self.policy
+            initial = policy.initial_interval_ms / 1000
+            cap = policy.max_interval_ms / 1000
+            backoff = (tenacity.wait_random_exponential if policy.jitter
+                       else tenacity.wait_exponential)
+            self._strategies = (tenacity.stop_after_attempt(policy.max_attempts),
+                                backoff(multiplier=initial, max=cap,
+                                        exp_base=policy.backoff_coefficient))
+        return self._strategies
 
     def _state(self, attempt: int) -> tenacity.RetryCallState:
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
@@ -42,11 +46,11 @@ class RetryPlan:
     def should_retry(self, error: errors.LoomError, attempt: int) -> bool:
         if not error.retryable or error.code in self.policy.non_retryable:
             return False
-        return not self.stop(self._state(attempt))
+        return not self._stop_and_wait()[0](self._state(attempt))
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        return float(self.wait(self._state(attempt)))
+        return float(self._stop_and_wait()[1](self._state(attempt)))
 
 
 def redis_breaker_storage(url: str, *, prefix: str = "loom:breaker",
