@@ -98,6 +98,21 @@ def fold(row: Run | None, commit: Commit) -> Run | None:
     return row
 
 
+def foldable(commit: Commit) -> Commit:
+    """What `fold` reads of `commit`, and nothing else (no state, results or payloads):
+    `fold(row, foldable(c)) == fold(row, c)`. Kept for commits waiting to be folded."""
+    part: Commit = {k: commit[k] for k in ("actor", "seq", "ts", "run", "kind", "error")
+                    if k in commit}
+    message = commit.get("message")
+    if isinstance(message, dict):
+        part["message"] = {"handler": message.get("handler"), "name": message.get("name")}
+    events = commit.get("events")
+    if events:
+        part["events"] = [{"op": e.get("op", ""), "step": e.get("step"),
+                           "name": e.get("name", "")} for e in events]
+    return part
+
+
 def added_activities(before: Run | None, after: Run) -> list[str]:
     known = set(before["activities"]) if before else set()
     return [a for a in after["activities"] if a not in known]

@@ -119,8 +119,9 @@ class SqliteJournal:
         self.writes = 0
         self._unindexed = 0  # commits appended since the last catch-up was queued
         self._indexed_at = time.monotonic()
-        # commits of runs appended here and not folded yet: the catch-up takes them from
-        # here instead of decoding their rows again (rows written elsewhere it decodes)
+        # what the run index needs of the commits appended here and not folded yet: the
+        # catch-up takes it from here instead of decoding their rows again (rows written
+        # elsewhere it decodes)
         self._unfolded: dict[tuple[str, int], Commit] = {}
 
     def _setup(self) -> None:
@@ -344,14 +345,15 @@ class SqliteJournal:
             if tombstones:
                 db.executemany("UPDATE inbox SET consumed_at=? WHERE actor=? AND id=? AND "
                                "consumed_at IS NULL", tombstones)
-        key = (commit["actor"], commit["seq"])
-        if run_msg is not None and len(self._unfolded) < UNFOLDED_MAX:
-            self._unfolded.setdefault(key, commit)
+        key, mine = (commit["actor"], commit["seq"]), None
+        if run_msg is not None and key not in self._unfolded and \
+                len(self._unfolded) < UNFOLDED_MAX:
+            mine = self._unfolded[key] = run_index.foldable(commit)
         try:
             await self._submit(write, ("append", ((*row, epoch or None), tombstones)))
         except BaseException:
-            if self._unfolded.get(key) is commit:  # not landed (or not known to): decode
-                del self._unfolded[key]
+            if mine is not None and self._unfolded.get(key) is mine:  # not landed (or not
+                del self._unfolded[key]  # known to): the catch-up decodes the row instead
             raise
         if run_msg is not None:
             self._unindexed += 1
