@@ -261,3 +261,30 @@ def test_compensations_branches_and_retried_steps_replay_and_diverge() -> None:
             assert f"step {step}" in report.runs[0].detail, report.runs[0].detail
 
     asyncio.run(main())
+
+
+class Opaque:
+    """Not JSON: no form the journal could record."""
+
+
+class NotJson(Steps, type_name="steps"):
+    input_of = staticmethod(lambda i: {"zeta": i, "alpha": [i, "é"], "mid": Opaque()})
+
+
+def test_arguments_that_are_not_json_are_refused_by_name_live_and_on_replay() -> None:
+    """An argument JSON has no form for is a TypeError naming the rule, live (where the
+    bytes' digest meets it first) and on replay (where the inline check meets it first)."""
+    async def main() -> None:
+        acts = stubs()
+        async with ActorRuntime(MemoryJournal(), activities=acts, lint=False) as rt:
+            rt.register(NotJson)
+            with pytest.raises(errors.HandlerFailed) as live:
+                await rt.ask(KEY, "go", None, msg_id="m1")
+        assert "step arguments must be JSON" in live.value.message, live.value.message
+        assert "Opaque" in live.value.message and acts.calls == []
+        _, commits = await recorded()
+        report = await replay_commits(NotJson, KEY, commits)
+        assert [r.status for r in report.runs] == ["diverged"], report.runs
+        assert "step arguments must be JSON" in report.runs[0].detail, report.runs[0].detail
+
+    asyncio.run(main())

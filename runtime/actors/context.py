@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 from runtime import errors
 from runtime.actors.actor import ActorRef
@@ -64,7 +64,11 @@ def quick_digest(value: Any) -> str:
     canonical digest only when it differs."""
     if type(value) is not dict and isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    return _quick(to_json(value), digest_size=8).hexdigest()
+    try:
+        return _quick(to_json(value), digest_size=8).hexdigest()
+    except PydanticSerializationError as exc:  # an object JSON has no form for
+        raise TypeError(f"step arguments must be JSON (the journal records them): {exc}") \
+            from None
 
 
 class Fingerprint(NamedTuple):
@@ -240,8 +244,12 @@ class ActorContext:
             recorded = run.recorded.get(run.step)  # step recorded once, done, same bytes
             if recorded is not None and len(recorded) == 1:
                 done = recorded[0]
-                if (done["op"] == _DONE[compensation] and done["name"] == name
-                        and done["digest"] == _quick(to_json(args), digest_size=8).hexdigest()):
+                try:
+                    same = (done["op"] == _DONE[compensation] and done["name"] == name
+                            and done["digest"] == _quick(to_json(args), digest_size=8).hexdigest())
+                except PydanticSerializationError:  # the long way says what is wrong
+                    same = False
+                if same:
                     run.step += 1
                     result = done["result"]
                     return result if output_model is None else output_model.model_validate(result)
