@@ -323,3 +323,67 @@ def test_what_waits_to_be_folded_folds_like_the_whole_commit(seed: int) -> None:
         assert "state" not in part and all("result" not in e for e in part.get("events", []))
         row_whole, row_part = runs.fold(row_whole, commit), runs.fold(row_part, part)
         assert row_whole == row_part, (seed, seq, commit, part)
+
+
+def _claim(msg: str, epoch: int | None = None, kind: str | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"actor": "t/a", "seq": 0, "ts": 1.0,
+                           "run": {"msg": msg, "ts": 1.0, "start": 0},
+                           "message": {"id": msg, "handler": "h_" + msg}, "events": []}
+    if epoch is not None:
+        doc["epoch"] = epoch
+    if kind is not None:
+        doc.update(kind=kind, state={})
+    return doc
+
+
+def test_a_refused_append_never_reaches_the_index_for_a_row_another_connection_wrote(
+        tmp_path: Path) -> None:
+    """Two connections (two processes) on one file: the one whose append of (t/a, 0) is
+    refused, while a catch-up shares its group commit, must not index its commit for the
+    row the other one wrote."""
+    async def main() -> None:
+        path = tmp_path / "j.db"
+        j1, j2 = SqliteJournal(path), SqliteJournal(path)
+        try:
+            await j2.append(_claim("m1"))
+            refused, rows = await asyncio.gather(j1.append(_claim("m2", kind="completed")),
+                                                 j1.runs(), return_exceptions=True)
+            assert isinstance(refused, JournalConflict)
+            assert [c["run"]["msg"] for c in await j1.read("t/a")] == ["m1"]
+            assert isinstance(rows, list)
+            for got in (rows, await j2.runs()):
+                assert [(r["msg"], r["handler"], r["status"]) for r in got] == [
+                    ("m1", "h_m1", "running")]
+        finally:
+            await j1.close()
+            await j2.close()
+
+    asyncio.run(main())
+
+
+def test_a_fenced_append_never_reaches_the_index_for_the_new_holders_row(
+        tmp_path: Path) -> None:
+    """One process: a cut-off holder (epoch 1) and the new one (epoch 2) both append
+    (t/a, 0) in one group commit; the fenced commit's run must not be indexed for the row
+    that landed, even by a catch-up in the very next transaction."""
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db")
+        try:
+            await journal.acquire("t/a", "p1", 0.0, 1.0)
+            await journal.acquire("t/a", "p2", 5.0, 100.0)  # takes over: epoch 2
+
+            async def next_transaction() -> list[dict[str, Any]]:
+                await asyncio.sleep(0)
+                return await journal.runs()
+
+            stale, new, rows = await asyncio.gather(
+                journal.append(_claim("STALE", 1, "completed")), journal.append(_claim(
+                    "m-new", 2)), next_transaction(), return_exceptions=True)
+            assert isinstance(stale, JournalConflict) and new is None
+            assert isinstance(rows, list)
+            assert [(r["msg"], r["handler"], r["status"]) for r in rows] == [
+                ("m-new", "h_m-new", "running")]
+        finally:
+            await journal.close()
+
+    asyncio.run(main())

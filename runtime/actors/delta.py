@@ -17,9 +17,9 @@ reordered is set whole).
 
 A state commit is a snapshot (`SnapshotPolicy`) when the actor has none yet, when the
 last one is `SNAPSHOT_EVERY` (64) or more commits back (a load reads them all), when the
-deltas since it would add up to more bytes than it (a small state is always whole; one
-of `SMALL_STATE` bytes or less is not even diffed), when the delta would exceed
-`MAX_DELTA_BYTES`, and at the sequence numbers where the journal compacts
+deltas since it would add up to more bytes than it (a small state is always whole; while
+the last snapshot is `SMALL_STATE` bytes or less, nothing is diffed), when the delta would
+exceed `MAX_DELTA_BYTES`, and at the sequence numbers where the journal compacts
 (`compact_every`, Cosmos), so compaction keeps its rhythm.
 """
 
@@ -40,7 +40,8 @@ MAX_DELTA_BYTES = 64 * 1024
 """A larger change is written as a snapshot: a journal can move a large `state` to its blob
 store (Cosmos), never a `delta`."""
 SMALL_STATE = 64
-"""A state of at most this many bytes is always written whole (not even diffed)."""
+"""While the last snapshot is at most this many bytes, state commits are snapshots, not
+diffed: a delta could save a few dozen bytes, and the diff costs more than writing them."""
 
 Op = list[Any]
 

@@ -26,6 +26,16 @@ class RetryPlan:
         self.policy = policy
         self._strategies: tuple[Any, Any] | None = None  # built at the first failure
 
+    @property
+    def stop(self) -> Any:
+        """tenacity's stop strategy for this policy."""
+        return self._stop_and_wait()[0]
+
+    @property
+    def wait(self) -> Any:
+        """tenacity's wait strategy for this policy."""
+        return self._stop_and_wait()[1]
+
     def _stop_and_wait(self) -> tuple[Any, Any]:
         if self._strategies is None:
             policy = self.policy
@@ -46,11 +56,11 @@ class RetryPlan:
     def should_retry(self, error: errors.LoomError, attempt: int) -> bool:
         if not error.retryable or error.code in self.policy.non_retryable:
             return False
-        return not self._stop_and_wait()[0](self._state(attempt))
+        return not self.stop(self._state(attempt))
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        return float(self._stop_and_wait()[1](self._state(attempt)))
+        return float(self.wait(self._state(attempt)))
 
 
 def redis_breaker_storage(url: str, *, prefix: str = "loom:breaker",

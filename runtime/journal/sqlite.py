@@ -85,7 +85,8 @@ UNFOLDED_MAX = 4 * INDEX_BATCH  # appended commits kept for the catch-up (beyond
 # Rowid tables: new rows append to the same few pages, and the unique indexes carry only
 # the short keys, so one group commit touches far fewer pages than keyed tables would.
 Write = Callable[[sqlite3.Connection], Any]
-# a write that can also go with others of its kind: ("append", (row, tombstones)) or
+# a write that can also go with others of its kind: ("append", (row, tombstones, what the
+# run index folds of it or None)) or
 # ("enqueue", row), in sqlite_bulk's shapes
 Bulk = tuple[str, Any] | None
 Pending = tuple[Write, "asyncio.Future[Any]", Bulk]
@@ -119,9 +120,9 @@ class SqliteJournal:
         self.writes = 0
         self._unindexed = 0  # commits appended since the last catch-up was queued
         self._indexed_at = time.monotonic()
-        # what the run index needs of the commits appended here and not folded yet: the
-        # catch-up takes it from here instead of decoding their rows again (rows written
-        # elsewhere it decodes)
+        # what the run index needs of the commits this journal landed and the catch-up has
+        # not folded yet: it takes them from here instead of decoding their rows again
+        # (rows written elsewhere it decodes; see _landed)
         self._unfolded: dict[tuple[str, int], Commit] = {}
 
     def _setup(self) -> None:
@@ -228,7 +229,20 @@ class SqliteJournal:
             return [(fut, None, exc) for _, fut, _ in batch]
         self.transactions += 1
         self.writes += len(batch)
+        self._landed(batch, results)
         return results
+
+    def _landed(self, batch: list[Pending], results: list[Result]) -> None:
+        """After a COMMIT: what the run index folds of each commit it landed, for the
+        catch-up (a row with that (actor, seq) can only be this commit's: the key is
+        unique). Registered before the next transaction begins, so no catch-up can meet a
+        row of a commit whose append failed."""
+        failed = {id(fut) for fut, _, error in results if error is not None}
+        for _, fut, bulk in batch:
+            if bulk is not None and bulk[0] == "append" and id(fut) not in failed:
+                row, _, part = bulk[1]
+                if part is not None and len(self._unfolded) < UNFOLDED_MAX:
+                    self._unfolded[(row[0], row[1])] = part
 
     def _finish(self, loop: asyncio.AbstractEventLoop,
                 done: asyncio.Future[list[Result]]) -> None:
@@ -266,6 +280,7 @@ class SqliteJournal:
             raise
         self.transactions += 1
         self.writes += len(batch)
+        self._landed(batch, results)
         return results
 
     @staticmethod
@@ -308,7 +323,7 @@ class SqliteJournal:
         appends = kinds["append"]
         items = [b[1] for _, _, b in appends if b]
         if len(appends) > 1 and sqlite_bulk.append_many(
-                db, [row for row, _ in items], [t for _, tomb in items for t in tomb]):
+                db, [row for row, _, _ in items], [t for _, tomb, _ in items for t in tomb]):
             results += [(fut, None, None) for _, fut, _ in appends]
         else:
             results += [self._one(db, w, f, savepoint=False) for w, f, _ in appends]
@@ -345,16 +360,11 @@ class SqliteJournal:
             if tombstones:
                 db.executemany("UPDATE inbox SET consumed_at=? WHERE actor=? AND id=? AND "
                                "consumed_at IS NULL", tombstones)
-        key, mine = (commit["actor"], commit["seq"]), None
-        if run_msg is not None and key not in self._unfolded and \
-                len(self._unfolded) < UNFOLDED_MAX:
-            mine = self._unfolded[key] = run_index.foldable(commit)
-        try:
-            await self._submit(write, ("append", ((*row, epoch or None), tombstones)))
-        except BaseException:
-            if mine is not None and self._unfolded.get(key) is mine:  # not landed (or not
-                del self._unfolded[key]  # known to): the catch-up decodes the row instead
-            raise
+        part = None
+        if run_msg is not None:
+            with contextlib.suppress(Exception):  # an odd commit: the catch-up decodes it
+                part = run_index.foldable(commit)
+        await self._submit(write, ("append", ((*row, epoch or None), tombstones, part)))
         if run_msg is not None:
             self._unindexed += 1
             if self._unindexed >= INDEX_EVERY or \
