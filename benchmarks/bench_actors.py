@@ -496,6 +496,14 @@ def bench_throughput(ex: Executor, home: Path, args: argparse.Namespace) -> dict
                 continue
             print(f"    dbos  {mode_:<18} {rec['msgs_per_s']:8.0f} msg/s  "
                   f"({rec['seconds']:.2f} s)", flush=True)
+    # Sustained: more rounds on the same file, which keeps growing (no DBOS in between).
+    for _ in range(args.sustained_rounds):
+        rec = loom.round(n, conc)
+        print(f"    loom  sqlite FULL, same file {rec['msgs_per_s']:6.0f} msg/s  "
+              f"({rec['seconds']:.2f} s)", flush=True)
+    pages, size, free = (journal._db.execute(f"PRAGMA {q}").fetchone()[0]
+                         for q in ("page_count", "page_size", "freelist_count"))
+    out["journal_file_bytes"] = (pages - free) * size  # the database as of the last commit
     loom.stop()
     if dbos_side is not None:
         out["dbos_workflows_recorded"] = dbos_side.workflows_recorded()
@@ -503,7 +511,8 @@ def bench_throughput(ex: Executor, home: Path, args: argparse.Namespace) -> dict
         out["dbos_synchronous"] = dbos_side.synchronous
         with contextlib.suppress(Exception):
             dbos_side.stop()
-    out["loom_rounds"] = loom.rounds
+    out["loom_rounds"] = loom.rounds[:len(loom.rounds) - args.sustained_rounds]
+    out["sustained_rounds"] = loom.rounds
     out["dbos_rounds"] = dbos_side.rounds if dbos_side is not None else None
 
     # The same runtime on the in-memory journal: what the storage costs.
@@ -859,6 +868,8 @@ def main() -> int:
     ap.add_argument("--no-dbos", action="store_true", help="skip DBOS")
     ap.add_argument("--activity-threads", type=int, default=8,
                     help="ActorRuntime(activity_threads=...) (the runtime's default is 8)")
+    ap.add_argument("--sustained-rounds", type=int, default=5,
+                    help="Loom rounds after the timed ones, on the same (growing) file")
     ap.add_argument("--replay-repeats", type=int, default=5)
     ap.add_argument("--activation-samples", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
@@ -866,6 +877,7 @@ def main() -> int:
     if args.quick:
         args.messages, args.rounds, args.dbos_rounds, args.dbos_async_rounds = 1_024, 2, 1, 1
         args.replay_repeats, args.activation_samples = 2, 5
+        args.sustained_rounds = 1
     replay_sizes = [100, 1_000] if args.quick else [100, 10_000, 100_000]
     field_messages = 128 if args.quick else 512
     started = time.perf_counter()
@@ -987,6 +999,12 @@ def main() -> int:
     print(f"  event-loop thread on CPU: "
           f"{fmt(None if loop_cpu_share is None else loop_cpu_share * 100, '.0f')}% of wall "
           f"time;  durable / in-memory = {fmt(ratio(msgs, msgs_mem), '.2f')}")
+    sr = [r["msgs_per_s"] for r in tp["sustained_rounds"]]
+    file_per_msg = per(tp["journal_file_bytes"], sum(r["messages"] for r in tp["sustained_rounds"]))
+    print(f"  sustained, one growing file: {len(sr)} rounds of {tp['loom_rounds'][0]['messages']}"
+          f" messages: {' '.join(f'{v:.0f}' for v in sr)} msg/s (last / first = "
+          f"{fmt(ratio(sr[-1], sr[0]), '.2f')}); the file holds {fmt(file_per_msg, '.0f')} "
+          "bytes of database a message (no compaction)")
 
     print("\n" + "=" * 100)
     print("REPLAY: a run of N echo steps ending in wait_for_event (unfinished); median of "
@@ -1093,6 +1111,8 @@ def main() -> int:
         # extras
         "msgs_per_s_median": r3(statistics.median(r["msgs_per_s"] for r in lr)),
         "msgs_per_s_rounds": [r3(r["msgs_per_s"]) for r in lr],
+        "msgs_per_s_sustained_rounds": [r3(r["msgs_per_s"]) for r in tp["sustained_rounds"]],
+        "journal_file_bytes_per_msg": r3(file_per_msg),
         "msgs_per_s_memory": r3(msgs_mem),
         "ratio_vs_dbos": r3(vs_dbos),
         "dbos_mode": dbos_mode,
