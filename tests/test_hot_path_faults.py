@@ -63,6 +63,35 @@ def test_a_failed_commit_fails_its_whole_batch_and_the_journal_goes_on(tmp_path:
     asyncio.run(main())
 
 
+class BrokenBegin(FailingCommit):
+    """The writer connection, except that its next BEGIN fails with an error that is not
+    a busy lock (a corrupt file, a connection closed under it)."""
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "BEGIN IMMEDIATE" and self.armed:
+            self.armed = False
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return self.db.execute(sql, *args)
+
+
+def test_a_begin_that_fails_fails_its_batch_and_the_journal_goes_on(tmp_path: Path) -> None:
+    """Only a busy lock sends a batch to the writer thread; any other error at BEGIN fails
+    that batch's writes, and the next batch, close() and a write after close() all finish
+    (none waits for ever)."""
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db")
+        journal._writer = BrokenBegin(journal._writer)  # type: ignore[assignment]
+        with pytest.raises(sqlite3.DatabaseError):
+            await asyncio.wait_for(journal.enqueue(env("a/1", "m1")), 5)
+        assert await asyncio.wait_for(journal.enqueue(env("a/1", "m2")), 5) is True
+        assert [e["id"] for e in await journal.inbox("a/1", time.time())] == ["m2"]
+        await asyncio.wait_for(journal.close(), 5)
+        with pytest.raises(sqlite3.ProgrammingError):  # closed: an error, not a hang
+            await asyncio.wait_for(journal.enqueue(env("a/1", "m3")), 5)
+
+    asyncio.run(main())
+
+
 def env(actor: str, mid: str) -> dict[str, Any]:
     return {"id": mid, "target": actor, "kind": "call", "handler": "take",
             "payload": mid, "deliver_at": 0.0}
@@ -81,6 +110,34 @@ class Slow(Actor, type_name="slow"):
         return payload
 
 
+def journal_of(kind: str, tmp_path: Path) -> Any:
+    from runtime.journal import MemoryJournal
+
+    return SqliteJournal(tmp_path / "j.db") if kind == "sqlite" else MemoryJournal()
+
+
+async def inside_first_run(journal: Any, key: str, **options: Any
+                           ) -> tuple[ActorRuntime, asyncio.Task[Any]]:
+    """A started runtime on `journal` whose actor `key` is inside its first run (held until
+    Slow.gate is set), and the ask of that run."""
+    Slow.gate = asyncio.Event()
+    rt = ActorRuntime(journal, activities=StubActivities(), lint=False, poll_interval_s=0.02,
+                      **options)
+    rt.register(Slow)
+    await rt.start()
+    first = asyncio.create_task(rt.ask(key, "take", "first"))
+    while not (rt.activations.get(key) and rt.activations[key].run):
+        await asyncio.sleep(0.005)
+    return rt, first
+
+
+async def until_outcome(journal: Any, key: str, msg_id: str, why: str) -> None:
+    deadline = time.monotonic() + 10
+    while await journal.outcome(key, msg_id) is None:
+        assert time.monotonic() < deadline, why
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "memory"])
 def test_a_call_written_by_another_process_during_a_run_is_taken_after_it(
         kind: str, tmp_path: Path) -> None:
@@ -88,27 +145,87 @@ def test_a_call_written_by_another_process_during_a_run_is_taken_after_it(
     process wrote to the journal during the run sends no notification here: the schedule,
     settled as of the last read, must make the actor due so that the poll finds it."""
     async def main() -> None:
-        from runtime.journal import MemoryJournal
-
-        journal: Any = SqliteJournal(tmp_path / "j.db") if kind == "sqlite" \
-            else MemoryJournal()
-        Slow.gate = asyncio.Event()
-        rt = ActorRuntime(journal, activities=StubActivities(), lint=False,
-                          poll_interval_s=0.02)
-        rt.register(Slow)
-        async with rt:
-            first = asyncio.create_task(rt.ask("slow/s1", "take", "first"))
-            while not (rt.activations.get("slow/s1") and rt.activations["slow/s1"].run):
-                await asyncio.sleep(0.005)
+        journal = journal_of(kind, tmp_path)
+        rt, first = await inside_first_run(journal, "slow/s1")
+        try:
             assert await journal.enqueue(env("slow/s1", "second")) is True  # not via rt
+            assert Slow.gate is not None
             Slow.gate.set()
             assert await first == "first"
-            deadline = time.monotonic() + 10
-            while await journal.outcome("slow/s1", "second") is None:
-                assert time.monotonic() < deadline, "the call written meanwhile was never run"
-                await asyncio.sleep(0.02)
+            await until_outcome(journal, "slow/s1", "second",
+                                "the call written meanwhile was never run")
             assert await rt.state_of("slow/s1") == {"taken": ["first", "second"]}
+        finally:
+            await rt.stop()
         await journal.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+@pytest.mark.parametrize("seen_past_the_call", ["event", "untaken call"])
+def test_a_drain_never_counts_an_unread_call_as_seen(kind: str, seen_past_the_call: str,
+                                                      tmp_path: Path) -> None:
+    """A drain reads the inbox without calls (it starts no new run). An entry numbered
+    after a queued call (an event nobody waits for, here) must not make the released
+    schedule count that call as seen: the next worker on the journal runs it."""
+    async def main() -> None:
+        journal = journal_of(kind, tmp_path)
+        rt, first = await inside_first_run(journal, "slow/d1")
+        assert Slow.gate is not None
+        await rt.send("slow/d1", "take", "second")  # n=2: queued behind the run
+        if seen_past_the_call == "event":
+            await rt.signal("slow/d1", "nobody-waits", {})  # n=3
+        else:
+            await rt.send("slow/d1", "take", "third")  # n=3
+        await asyncio.sleep(0.05)
+        drained = asyncio.create_task(rt.drain(5.0))
+        await asyncio.sleep(0.01)
+        Slow.gate.set()
+        assert await first == "first" and await drained
+        again = ActorRuntime(journal, activities=StubActivities(), lint=False,
+                             poll_interval_s=0.02)
+        again.register(Slow)
+        want = ["first", "second"] + (["third"] if seen_past_the_call != "event" else [])
+        async with again:
+            deadline = time.monotonic() + 10
+            while (await again.state_of("slow/d1") or {}).get("taken") != want:
+                assert time.monotonic() < deadline, await again.state_of("slow/d1")
+                await asyncio.sleep(0.02)
+        await journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_settle_that_fails_is_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    """The schedule settles in batches, off the run's path. One that fails (a failed group
+    COMMIT) is kept for the next pass: dropped, a call another process wrote during the run
+    would wait behind a schedule that says nothing is due until the actor is evicted."""
+    from runtime.journal import MemoryJournal
+
+    class FlakySettle(MemoryJournal):
+        armed = False
+
+        async def settle(self, actor: str, owner: str, **kw: Any) -> None:
+            if self.armed and not kw.get("busy") and not kw.get("release"):
+                self.armed = False
+                raise sqlite3.OperationalError("disk I/O error")
+            await super().settle(actor, owner, **kw)
+
+    async def main() -> None:
+        journal = FlakySettle()
+        rt, first = await inside_first_run(journal, "slow/f1", lease_ttl_s=60.0)
+        try:
+            assert await journal.enqueue(env("slow/f1", "second")) is True  # not via rt
+            await asyncio.sleep(0.1)  # the busy settle lands (calls left out while busy)
+            journal.armed = True  # the settle after the run fails once
+            assert Slow.gate is not None
+            Slow.gate.set()
+            assert await first == "first"
+            await until_outcome(journal, "slow/f1", "second", "a failed settle was dropped")
+        finally:
+            await rt.stop()
+        assert not journal.armed and "settling slow/f1 failed (retried)" in caplog.text
 
     asyncio.run(main())
 

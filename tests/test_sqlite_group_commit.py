@@ -387,3 +387,37 @@ def test_a_fenced_append_never_reaches_the_index_for_the_new_holders_row(
             await journal.close()
 
     asyncio.run(main())
+
+
+def test_two_connections_keep_no_stale_folds_and_an_odd_row_is_skipped(tmp_path: Path) -> None:
+    """Each connection's catch-up folds the other's commits by decoding them; what this one
+    kept in memory for those rows must not pile up (it would fill the cap and switch the
+    fast path off). A row that does not decode is logged and skipped, not retried for
+    ever."""
+    async def main() -> None:
+        path = tmp_path / "j.db"
+        j1, j2 = SqliteJournal(path), SqliteJournal(path)
+        try:
+            for i in range(30):
+                await (j1 if i % 2 else j2).append(_commit(f"a/{i}", 0, f"m{i}", "charge"))
+            await j2.runs()  # folds all 30, j1's 15 by decoding them
+            assert len(j1._unfolded) == 15
+            await j2.append(_commit("a/odd", 0, "m-odd", "charge"))
+            await asyncio.to_thread(_corrupt, path, "a/odd")  # j1 has to decode this one
+            await j1.append(_commit("a/last", 0, "m-last", "charge"))
+            rows = await j1.runs()  # nothing left to fold: every kept entry is stale
+            assert j1._unfolded == {} and len(rows) == 31
+            assert "m-odd" not in {r["msg"] for r in rows} and "m-last" in {
+                r["msg"] for r in rows}
+        finally:
+            await j1.close()
+            await j2.close()
+
+    asyncio.run(main())
+
+
+def _corrupt(path: Path, actor: str) -> None:
+    con = sqlite3.connect(path)
+    con.execute("UPDATE commits SET doc = X'7B6E6F' WHERE actor = ?", (actor,))
+    con.commit()
+    con.close()

@@ -173,6 +173,9 @@ class Activation:
         self.stale = False
         self._reported = False
         self.seen_n = 0
+        # every entry up to this number was read, calls included (seen_n runs ahead of it
+        # when a read left calls out: a busy run's, a drain's, or one call more than taken)
+        self.complete_n = 0
         self.read_at = 0.0  # when the inbox was last read (entries due later are unseen)
         self.more_calls = False  # that read found a call besides the one it started
         self.heard = True  # notified while a run was in progress: the inbox may have more
@@ -349,7 +352,7 @@ class Activation:
         if self.more_calls or self.heard:
             self.host.notify(self.key)
         else:
-            self.host.settle_later(self.key, self.read_at, self.seen_n, False)
+            self.host.settle_later(self.key, self.read_at, self.complete_n, False)
 
     async def _complete(self, run: Run, before: Any, result: Any,
                         failure: errors.LoomError | None) -> None:
@@ -569,9 +572,13 @@ class Activation:
             await self._deliver(run, env)
             if self.stale:
                 return
+        if calls and not self.more_calls:  # every call due was read: seen_n is complete
+            self.complete_n = self.seen_n
         if self.stray and self.run is None:
             await self._sweep()
-        host.settle_later(self.key, now, self.seen_n, self.run is not None)
+        # A busy settle counts no call as seen; any other counts only what was truly read.
+        busy = self.run is not None
+        host.settle_later(self.key, now, self.seen_n if busy else self.complete_n, busy)
 
     async def _sweep(self) -> None:
         """With no run to carry them, stray timers get a commit of their own (fenced)."""
@@ -596,7 +603,7 @@ class Activation:
         the inbox, undelivered, is not truly parked: it must be due at once."""
         run = self.run
         if run is None:
-            return self.read_at, self.seen_n, True
+            return self.read_at, self.complete_n, True
         if not run.parked:
             return self.host.clock(), -1, False
         now = self.host.clock()

@@ -498,20 +498,27 @@ class ActorRuntime:
 
     async def _settle_all(self) -> None:
         pending, self._unsettled = self._unsettled, {}
-        jobs = []
+        keys, jobs = [], []
         for key, (now, seen_n, busy) in pending.items():
             act = self.activations.get(key)
             if act is None or act.stale:
                 continue
             run = act.run
+            keys.append(key)
             jobs.append(self.journal.settle(key, self.owner, now=now, seen_n=seen_n,
                                             busy=busy or run is not None,
                                             version=run.pin if run is not None else None))
-        if jobs:
-            await asyncio.gather(*jobs)
+        failed = set()
+        for key, outcome in zip(keys, await asyncio.gather(*jobs, return_exceptions=True),
+                                strict=True):
+            if isinstance(outcome, BaseException):  # kept for the next pass; a newer wins
+                failed.add(key)
+                self._unsettled.setdefault(key, pending[key])
+                log.warning("settling %s failed (retried): %s", key, outcome)
         if self.delivery is not None:
             for key in pending:
-                self.delivery.settled(key)  # after the settle: acknowledge its wake-ups
+                if key not in failed:
+                    self.delivery.settled(key)  # after the settle: acknowledge its wake-ups
 
     async def _renew(self, now: float) -> None:
         held = await self.journal.renew(self.owner, now, self.lease_ttl_s)

@@ -207,6 +207,10 @@ class SqliteJournal:
             db.execute("BEGIN IMMEDIATE")  # no wait (busy_timeout 0): see above
         except sqlite3.OperationalError:
             done = loop.run_in_executor(self._thread, self._write_batch, batch)
+        except Exception as exc:  # a closed or broken connection: the batch fails with it,
+            _deliver([(fut, None, exc) for _, fut, _ in batch])  # and the chain goes on
+            loop.call_soon(self._flush, loop)
+            return
         else:
             try:
                 results = self._in_bulk(db, batch)
@@ -394,14 +398,20 @@ class SqliteJournal:
         docs = _docs(db, [r[0] for r, c in zip(rows, have, strict=True) if c is None])
         commits: list[tuple[tuple[str, str], Commit]] = []
         fresh: dict[tuple[str, str], bool] = {}  # run -> its first commit is in this batch
-        for (rowid, _, _), known in zip(rows, have, strict=True):
-            commit = known if known is not None else from_json(docs[rowid])
-            run = commit.get("run")
+        for (rowid, actor, seq), known in zip(rows, have, strict=True):
+            mark = rowid
+            try:
+                commit = known if known is not None else from_json(docs[rowid])
+            except ValueError:  # one odd commit must not stop the index for good
+                log.exception("run index: commit %s#%s skipped", actor, seq)
+                continue
+            run = commit.get("run") if isinstance(commit, dict) else None
             if isinstance(run, dict):
                 key = (str(commit.get("actor")), str(run.get("msg")))
                 fresh.setdefault(key, run.get("start") == commit.get("seq"))
                 commits.append((key, commit))
-            mark = rowid
+        if len(rows) < INDEX_BATCH:  # caught up: what is left was folded by another process
+            unfolded.clear()  # (its rows are behind the watermark now)
         stored = _stored_runs(db, {k for k, first in fresh.items() if not first})
         folded: dict[tuple[str, str], run_index.Run] = {}
         for key, commit in commits:
@@ -725,7 +735,8 @@ def _begin_waiting(db: sqlite3.Connection, timeout: float = 30.0) -> None:
             db.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or \
+                    time.monotonic() > deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
