@@ -21,7 +21,8 @@ import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import StringConstraints, TypeAdapter
+from pydantic import StringConstraints, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
 
 from schemas.json_schema import (
     ANNOTATIONS,
@@ -33,6 +34,7 @@ from schemas.json_schema import (
 )
 
 Check = Callable[[Any], bool]
+MAX_DEPTH = 200  # levels of nesting the fast path checks (below JsonValue's 255)
 """True: the Pydantic validator accepts the value. False (or an exception): ask it."""
 
 _EXACT = 2 ** 53
@@ -79,7 +81,12 @@ class Validator:
                     return
             except Exception:  # e.g. RecursionError on a very deep value: ask Pydantic
                 pass
-        self.adapter.validate_python(value, strict=True)
+        try:
+            self.adapter.validate_python(value, strict=True)
+        except RecursionError:  # a recursive schema ($ref) and a value deeper than Python
+            raise ValidationError.from_exception_data("value", [{  # goes: one typed error
+                "type": PydanticCustomError("too_deep", "the value nests too deeply to check"),
+                "loc": (), "input": None}]) from None
 
 
 def compile_validator(schema: Any, *, parsed_json: bool = False) -> Validator:
@@ -109,9 +116,12 @@ def _compiled(key: str, parsed_json: bool) -> Check | None:
         return None
 
 
-def is_json(value: Any) -> bool:
+def is_json(value: Any, depth: int = 0) -> bool:
     """Whether `value` is made only of JSON's exact types (strict JsonValue accepts these,
-    and subclasses too)."""
+    and subclasses too) and nests less than `MAX_DEPTH` deep (JsonValue's own limit is
+    255: deeper, Pydantic decides)."""
+    if depth > MAX_DEPTH:
+        return False
     t = type(value)
     if t is dict:
         for k in value:
@@ -123,7 +133,7 @@ def is_json(value: Any) -> bool:
     else:
         return t in _SCALARS
     for x in items:  # noqa: SIM110 - a loop is faster than all() on the hot path
-        if type(x) not in _SCALARS and not is_json(x):
+        if type(x) not in _SCALARS and not is_json(x, depth + 1):
             return False
     return True
 

@@ -363,8 +363,7 @@ def test_a_failing_fast_path_falls_back() -> None:
         deep = [deep]
     fast = compile_fast(True)
     assert fast is not None
-    with pytest.raises(RecursionError):
-        fast(deep)
+    assert fast(deep) is False  # past MAX_DEPTH it declines (it used to hit RecursionError)
     assert outcome(compile_validator(True).validate, deep) == outcome(
         lambda v: compile_schema(True).validate_python(v, strict=True), deep)
 
@@ -413,3 +412,46 @@ def test_executor_validates_typed_documents_on_the_fast_path(tmp_path: Path) -> 
             check.fast = counted
         assert ex.execute("typed", doc).output == doc
         assert calls == [True, True]  # neither side needed Pydantic
+
+
+def _nested(depth: int, leaf: Any = 1) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [199, 240, 400])
+def test_a_value_too_deep_for_a_recursive_schema_is_a_validation_error(depth: int) -> None:
+    """A recursive schema ($ref to itself) meets Python's recursion limit long before JSON's
+    parsers do: the validator says so as a ValidationError (the executor makes it a typed
+    InputInvalid/OutputInvalid), never a bare RecursionError."""
+    tree = {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}}]}
+    check = compile_validator(tree, parsed_json=True)
+    check.validate(_nested(100))
+    with pytest.raises(ValidationError) as info:
+        check.validate(_nested(depth))
+    assert info.value.errors()[0]["type"] in ("too_deep", "recursion_loop",
+                                              "recursion_depth_exceeded")
+
+
+@pytest.mark.parametrize("schema", [{}, {"type": "array"}, {"type": "object"}])
+@pytest.mark.parametrize("depth", [150, 254, 256, 600])
+def test_the_fast_path_leaves_deep_values_to_pydantic(schema: dict[str, Any],
+                                                      depth: int) -> None:
+    """Pydantic's JsonValue gives up at 255 levels: the fast path, which must never accept
+    what Pydantic refuses, stops accepting at MAX_DEPTH and lets Pydantic decide."""
+    from schemas.fast_check import MAX_DEPTH, compile_fast
+
+    value: Any = _nested(depth) if schema.get("type") != "object" else {"a": _nested(depth)}
+    fast = compile_fast(schema)
+    adapter = compile_schema(schema)
+    try:
+        adapter.validate_python(value, strict=True)
+        pydantic_accepts = True
+    except ValidationError:
+        pydantic_accepts = False
+    assert fast is not None
+    if fast(value):
+        assert pydantic_accepts and depth < MAX_DEPTH
+    assert (depth < MAX_DEPTH) == fast(value)

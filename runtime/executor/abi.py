@@ -76,7 +76,8 @@ class Call:
 @dataclass(slots=True)
 class Outcome:
     output: Any
-    session: GuestSession
+    logs: list[dict[str, Any]]  # the call's own: taken before its instance goes back to the pool
+    logs_dropped: int
     fuel_used: int | None = None
     memory_bytes: int = 0
     reused_instance: bool = False

@@ -19,4 +19,5 @@ class CommandAbi(CoreAbi):
         session.begin(call.idempotency_key, call.deadline)
         out, fuel, memory = run_command(call.engine, instance_pre(self.s, call), call.manifest,
                                         session, call.data, call.ticks)
-        return Outcome(call.decode(out), session, fuel, memory, False)
+        return Outcome(call.decode(out), session.logs, session.logs_dropped, fuel, memory,
+                       False)

@@ -394,12 +394,14 @@ class ComponentAbi:
                     instance.healthy = False  # out of memory or stack: start afresh
                 raise failure
             output = call.decode(out)
+            session = instance.session  # read before another call can take the instance
+            done = Outcome(output, session.logs, session.logs_dropped, fuel, 0, reused)
         except errors.OutputInvalid:
             instance.healthy = False
             raise
         finally:
             pool.release(key, instance, reusable=manifest.reuse_instances)
-        return Outcome(output, instance.session, fuel, 0, reused)
+        return done
 
     def resources(self) -> dict[str, Any]:
         return {"linkers": len(self._linkers), "instantiations": self.instantiations}

@@ -61,12 +61,14 @@ class CoreAbi:
             if is_error:
                 raise guest_error(out, call.where)
             output = call.decode(out)
+            session = instance.session  # read before another call can take the instance
+            done = Outcome(output, session.logs, session.logs_dropped, fuel, memory, reused)
         except errors.OutputInvalid:
             instance.healthy = False  # a guest that broke its contract is not reused
             raise
         finally:
             pool.release(key, instance, reusable=manifest.reuse_instances)
-        return Outcome(output, instance.session, fuel, memory, reused)
+        return done
 
     def resources(self) -> dict[str, Any]:
         return {}

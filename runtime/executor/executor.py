@@ -338,11 +338,10 @@ class Executor:
         except errors.LoomError as exc:
             _name(exc, where)
             raise
-        session = outcome.session
         return InvocationResult(  # positional: keywords cost a third of a microsecond
             outcome.output, manifest.name, manifest.version, key,
             (time.perf_counter() - started) * 1000, outcome.fuel_used, outcome.memory_bytes,
-            outcome.reused_instance, session.logs, session.logs_dropped)
+            outcome.reused_instance, outcome.logs, outcome.logs_dropped)
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod

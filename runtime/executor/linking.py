@@ -49,6 +49,10 @@ def check_module(module: wasmtime.Module, manifest: ActivityManifest) -> None:
                 raise errors.ModuleInvalid(f"export {export} must have type {shape}", **where)
         elif not isinstance(ty, wasmtime.MemoryType):
             raise errors.ModuleInvalid(f"export {export} must be a memory", **where)
+    init = exports.get("_initialize")  # optional; the instance calls it (unchecked) once
+    if init is not None and not (isinstance(init, FuncType) and not init.params
+                                 and not init.results):
+        raise errors.ModuleInvalid("export _initialize must have type () -> ()", **where)
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Linkers:
         hit = self._pre.get(key)
         if hit is not None and hit[0] is module:  # the module reference keeps id() unique
             return hit[1]
+        check_module(module, manifest)  # again: a cached module may predate a rule
         try:
             pre = self.get(engine, manifest).instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
