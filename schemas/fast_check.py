@@ -305,8 +305,7 @@ class _Fast:
         fields = [(name, _TYPE_OF.get(check), check, needed) for name, check, needed in checks]
         names = {f[0] for f in fields}
         forbid = extra is False
-        # with additionalProperties true the model keeps extras unchecked (any value)
-        extras = _anything if extra is True else others
+        extras = others  # additionalProperties true: any JSON value
 
         def obj(value: Any) -> bool:
             if type(value) is not dict:

@@ -441,9 +441,10 @@ class _Compiler:
             fields[f"r{j}"] = (values, Field(alias=prop))
         config = ConfigDict(extra="forbid" if extra is False else "allow", strict=True)
         model = create_model(f"Obj{next(_counter)}", __config__=config, **fields)
-        if isinstance(extra, bool):
+        if extra is False or (extra is True and self.anything is Any):
             return Annotated[model, is_object]  # no internal model name in messages
-        # Properties not listed: each value must match additionalProperties.
+        # Properties not listed: each value must match additionalProperties (true: be JSON,
+        # unless the values came from a JSON parser).
         check = _strict(TypeAdapter(dict[str, values]))  # type: ignore[valid-type]
 
         def others(obj: BaseModel) -> BaseModel:

@@ -455,3 +455,20 @@ def test_the_fast_path_leaves_deep_values_to_pydantic(schema: dict[str, Any],
     if fast(value):
         assert pydantic_accepts and depth < MAX_DEPTH
     assert (depth < MAX_DEPTH) == fast(value)
+
+
+@pytest.mark.parametrize("extra", [{1, 2}, b"x", (1,), enum.Enum("E", "A").A])
+def test_extra_properties_must_be_json_too(extra: Any) -> None:
+    """With `properties` and additionalProperties true (the default), the properties not
+    listed may hold any JSON value, and only JSON: a set, bytes or a tuple from a Python
+    caller is refused there as it is everywhere else (slow and fast path alike)."""
+    schema = {"type": "object", "properties": {"a": {}}}
+    check = compile_validator(schema)
+    check.validate({"a": 1, "b": {"c": [1, "x", None]}})
+    fast = compile_fast(schema)
+    assert fast is not None and fast({"a": 1, "b": [1]})
+    assert not fast({"a": 1, "b": extra})
+    with pytest.raises(ValidationError) as info:
+        check.validate({"a": 1, "b": extra})
+    assert info.value.errors()[0]["loc"][0] == "b"
+    compile_validator(schema, parsed_json=True).validate({"a": 1, "b": [1]})
