@@ -128,6 +128,13 @@ def test_current_state_folds_the_deltas_after_the_last_snapshot() -> None:
     assert delta.load_tail(commits[2:]) == (None, delta.SnapshotPolicy(), commits[4:])
     assert delta.current_state([{"seq": 0, "state": {"n": 0}}, *commits[1:2],
                                 {"seq": 2, "state": {"fresh": 1}}]) == {"fresh": 1}
+    # a delta that sets a container and a later one that changes inside it: folding the
+    # same commits twice gives the same state (the commits are left as they were)
+    nested = [{"seq": 0, "state": {}}, {"seq": 1, "delta": [["s", ["k"], {"a": 1}]]},
+              {"seq": 2, "delta": [["s", ["k", "a"], 2]]}]
+    before = to_json(nested)
+    assert delta.current_state(nested) == delta.current_state(nested) == {"k": {"a": 2}}
+    assert to_json(nested) == before
 
 
 # -- when a commit is a snapshot ----------------------------------------------------------------

@@ -143,8 +143,8 @@ def current_state(commits: list[Commit]) -> Any:
         return None
     state = from_json(to_json(commits[start]["state"]))
     for commit in commits[start + 1:]:
-        if "delta" in commit:
-            state = apply(state, commit["delta"])
+        if "delta" in commit:  # applied as a copy: later deltas change what it sets in place
+            state = apply(state, from_json(to_json(commit["delta"])))
     return state
 
 
