@@ -92,6 +92,39 @@ def test_a_begin_that_fails_fails_its_batch_and_the_journal_goes_on(tmp_path: Pa
     asyncio.run(main())
 
 
+def test_a_write_lock_held_too_long_fails_the_batch_after_one_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holds the write lock past the wait: the batch fails with the busy
+    error after one wait (it used to wait a second time to retry with savepoints)."""
+    from runtime.journal import sqlite as journal_sqlite
+
+    waits: list[float] = []
+    real = journal_sqlite._begin_waiting
+
+    def short_wait(db: sqlite3.Connection, timeout: float = 30.0) -> None:
+        waits.append(timeout)
+        real(db, 0.3)
+
+    monkeypatch.setattr(journal_sqlite, "_begin_waiting", short_wait)
+
+    async def main() -> None:
+        path = tmp_path / "j.db"
+        journal = SqliteJournal(path)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+        try:
+            with pytest.raises(sqlite3.OperationalError):
+                await asyncio.wait_for(journal.enqueue(env("a/1", "m1")), 10)
+            assert len(waits) == 1
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await journal.enqueue(env("a/1", "m2")) is True  # and it goes on
+        await journal.close()
+
+    asyncio.run(main())
+
+
 def env(actor: str, mid: str) -> dict[str, Any]:
     return {"id": mid, "target": actor, "kind": "call", "handler": "take",
             "payload": mid, "deliver_at": 0.0}

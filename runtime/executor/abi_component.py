@@ -383,7 +383,7 @@ class ComponentAbi:
             instance = ComponentInstance(call.engine,
                                          self._linker(call.engine, imports, manifest),
                                          component, manifest, session, call.plan_ticks)
-            pool.stats.created += 1
+            pool.created()
             self.instantiations += 1
         try:
             is_error, out = instance.call(call.data, call.ticks)

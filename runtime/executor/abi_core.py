@@ -54,7 +54,7 @@ class CoreAbi:
             session.begin(call.idempotency_key, call.deadline)
             instance = CoreInstance(call.engine, instance_pre(self.s, call), manifest, session,
                                     call.plan_ticks)
-            pool.stats.created += 1
+            pool.created()
         try:
             is_error, out = instance.call(call.data, call.ticks)
             fuel, memory = instance.fuel_used(), instance.memory_size

@@ -41,6 +41,11 @@ class InstancePool:
                 return idle.pop()
         return None
 
+    def created(self) -> None:
+        """Count an instance made because none was idle (calls on several threads)."""
+        with self._lock:
+            self.stats.created += 1
+
     def release(self, key: PoolKey, instance: Pooled, *, reusable: bool) -> None:
         """Return `instance` to the pool, or retire it (unhealthy, not reusable, pool full)."""
         if reusable and instance.healthy:

@@ -261,7 +261,11 @@ class SqliteJournal:
         batch back and runs it again with a savepoint per write, so that only the failing
         write fails."""
         try:
-            return self._transaction(batch, savepoints=False)
+            _begin_waiting(self._writer)
+        except Exception as exc:  # the lock never came (or the file is broken): no second wait
+            return [(fut, None, exc) for _, fut, _ in batch]
+        try:
+            return self._transaction(batch, savepoints=False, begun=True)
         except Exception:
             pass  # rolled back: again, each write on its own
         try:
@@ -269,9 +273,11 @@ class SqliteJournal:
         except Exception as exc:
             return [(fut, None, exc) for _, fut, _ in batch]
 
-    def _transaction(self, batch: list[Pending], *, savepoints: bool) -> list[Result]:
+    def _transaction(self, batch: list[Pending], *, savepoints: bool,
+                     begun: bool = False) -> list[Result]:
         db = self._writer
-        _begin_waiting(db)
+        if not begun:
+            _begin_waiting(db)
         try:
             if savepoints:
                 results = [self._one(db, write, fut, savepoint=True) for write, fut, _ in batch]
