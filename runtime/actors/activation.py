@@ -213,16 +213,26 @@ class Activation:
             if tail:
                 self.seq = tail[-1]["seq"]
                 last = tail[-1]
-                # Only the newest commit can have been cut off before its dispatch.
-                await self.host.dispatch(last.get("outbox", []))
-                await self.host.journal.consume(self.key, last.get("consumed", []),
-                                                self.host.clock())
+                # Only the newest commit can have been cut off before its dispatch, and then
+                # what it consumes is still pending (it is consumed after the dispatch). Sent
+                # again after that, a message whose tombstone compaction has since removed
+                # would run a second time at its target.
+                outbox, consumed = last.get("outbox", []), last.get("consumed", [])
+                if outbox and (not consumed or await self._pending(consumed)):
+                    await self.host.dispatch(outbox)
+                await self.host.journal.consume(self.key, consumed, self.host.clock())
             in_flight = [c for c in unfinished if c.get("run")]
             if in_flight:
                 self._resume(in_flight)
         finally:
             # The replay runs in the run task's first step: it ends before this callback.
             asyncio.get_running_loop().call_soon(resume_gc)
+
+    async def _pending(self, ids: list[str]) -> bool:
+        """Whether any of these inbox entries is still unconsumed."""
+        pending = await self.host.journal.inbox(self.key, float("inf"))
+        wanted = set(ids)
+        return any(env.get("id") in wanted for env in pending)
 
     def _resume(self, commits: list[Commit]) -> None:
         first = commits[0]

@@ -149,18 +149,22 @@ def current_state(commits: list[Commit]) -> Any:
 
 
 def load_tail(tail: list[Commit]) -> tuple[Any, SnapshotPolicy, list[Commit]]:
-    """From `read_tail`'s answer (a snapshot first, if the actor has one): the committed
-    state (None: no snapshot), where the delta chain stands, and the commits after the last
-    state commit (those of a run in progress). One pass over a long tail; the snapshot in
-    `tail` is changed in place."""
+    """From `read_tail`'s answer (normally a snapshot first, if the actor has one): the
+    committed state from its latest snapshot (None: no snapshot), where the delta chain
+    stands, and the commits after the last state commit (those of a run in progress). One
+    pass over a long tail; the snapshot in `tail` is changed in place."""
     end = len(tail)
     while end > 0 and "state" not in tail[end - 1] and "delta" not in tail[end - 1]:
         end -= 1
-    if not tail or "state" not in tail[0]:
+    # The latest snapshot, which is not always first: a compaction between read_tail's
+    # two queries may have removed the older one it started from, but not every delta
+    # after it (Cosmos deletes one item at a time).
+    start = next((i for i in range(end - 1, -1, -1) if "state" in tail[i]), None)
+    if start is None:
         return None, SnapshotPolicy(), tail[end:]
-    state, nbytes = tail[0]["state"], 0
-    policy = SnapshotPolicy(int(tail[0]["seq"]), len(to_json(state)))
-    for commit in tail[1:end]:
+    state, nbytes = tail[start]["state"], 0
+    policy = SnapshotPolicy(int(tail[start]["seq"]), len(to_json(state)))
+    for commit in tail[start + 1:end]:
         if "delta" in commit:
             state = apply(state, commit["delta"])
             nbytes += len(to_json(commit["delta"]))

@@ -267,6 +267,7 @@ class CosmosJournal:
         self.max_throttle_wait_s = max_throttle_wait_s
         self.tombstone_ttl_s = tombstone_ttl_s
         self.compact_every = compact_every
+        self._state_seqs: dict[str, int] = {}  # actor -> its last state commit seen here
         self.commit_margin_s = commit_margin_s
         self.stats: defaultdict[str, float] = defaultdict(float)
         """Requests (`requests`, `requests:<op>`) and request charge (`charge`,
@@ -533,9 +534,25 @@ class CosmosJournal:
             except errors.StorageError as exc:  # the commit stands; its next commit repairs
                 self.stats["run_index_lagging"] += 1
                 log.warning("run index of %s#%s on %s lags: %s", actor, seq, self.url, exc)
-        if ("state" in commit and self.compact_every > 0 and isinstance(seq, int)
-                and seq > 0 and seq % self.compact_every == 0):
+        if self._compaction_due(commit):
             self._spawn(self._compact_quietly(actor))
+
+    def _compaction_due(self, commit: Commit) -> bool:
+        """Whether this state commit (snapshot or delta) passed a multiple of compact_every
+        in its actor's seq since the last one seen here (or since its run started): runs
+        of any length reach one, even if none of their completing commits falls on it."""
+        actor, seq, every = commit["actor"], commit["seq"], self.compact_every
+        if every <= 0 or not isinstance(seq, int) or not ("state" in commit or
+                                                          "delta" in commit):
+            return False
+        run = commit.get("run")
+        start = run.get("start", seq) if isinstance(run, dict) else seq
+        before = self._state_seqs.pop(actor, max(0, start - 1 if isinstance(start, int)
+                                                 else seq - 1))
+        self._state_seqs[actor] = seq
+        if len(self._state_seqs) > 65_536:  # the oldest actor seen falls back to its run
+            self._state_seqs.pop(next(iter(self._state_seqs)))
+        return seq > 0 and seq // every > before // every
 
     # -- the run index -------------------------------------------------------------------------
     # One item per run, `{"id": "r:<msg>", "type": "run", "actor", "msg", "atype", "ident",
