@@ -385,6 +385,10 @@ class ActorRuntime:
             return None
         if lease is None:
             return None  # another live process owns it and will take the message
+        if self.ownership is not None and not self.ownership.owns(key) and \
+                key not in self._guests:  # its partition left while the lease was taken
+            await self._hand_off(key)
+            return None
         activation = Activation(self, ref, cls)
         activation.epoch = lease.epoch
         activation.taken_over = lease.taken_over
@@ -525,7 +529,12 @@ class ActorRuntime:
         for key, act in list(self.activations.items()):
             if key not in held and not act.stale:
                 act._lose(errors.JournalConflict(f"the lease on {key} was lost"))
-        if self.ownership is not None:  # leases of actors in partitions gone elsewhere
+        if self.ownership is not None:  # actors in partitions gone elsewhere
+            for key, act in list(self.activations.items()):
+                # taken while its partition was being handed over (between the ownership
+                # check and the lease): the hand-over did not see it
+                if not act.stale and key not in self._guests and not self.ownership.owns(key):
+                    await self._give_back(key, act, "its partition is held elsewhere")
             for key in sorted(held - set(self.activations)):
                 if not self.ownership.owns(key):
                     await self._hand_off(key)
@@ -540,18 +549,21 @@ class ActorRuntime:
         if self.delivery is not None:
             self.delivery.forget(partition)
         for key, act in list(self.activations.items()):
-            if self.ownership.partition(key) != partition:
-                continue
-            if self.activations.get(key) is act:
-                del self.activations[key]
-            self._unsettled.pop(key, None)
-            await act.deactivate()
-            act.stale = True
-            try:
-                await self._hand_off(key)
-            except Exception as exc:
-                log.warning("releasing %s (partition %d %s) failed: %s", key, partition, why,
-                            exc)
+            if self.ownership.partition(key) == partition:
+                await self._give_back(key, act, f"partition {partition} {why}")
+
+    async def _give_back(self, key: str, act: Activation, why: str) -> None:
+        """Drop an activation of a partition this worker does not hold, and release its
+        journal lease, due at once for the partition's owner (runs cut off resume there)."""
+        if self.activations.get(key) is act:
+            del self.activations[key]
+        self._unsettled.pop(key, None)
+        await act.deactivate()
+        act.stale = True
+        try:
+            await self._hand_off(key)
+        except Exception as exc:
+            log.warning("releasing %s (%s) failed: %s", key, why, exc)
 
     async def _hand_off(self, key: str) -> None:
         """Give up the actor's journal lease, due at once for whoever owns it next."""
