@@ -1,7 +1,8 @@
 """A partition can leave a worker at any await: between the ownership check and the journal
 lease, or while an activation of it is already running. Neither may leave the actor with
 the old worker (which never pumps it again, while it keeps renewing the actor's lease, so
-the new owner cannot take it: its messages waited for the idle sweep, five minutes)."""
+the new owner cannot take it: its messages waited for the idle sweep, five minutes). And a
+worker takes back the leases of dead owners of its own host only, PID namespace included."""
 
 from __future__ import annotations
 
@@ -98,3 +99,29 @@ def test_an_activation_left_behind_is_given_back_at_the_next_renewal(tmp_path: P
         await journal.close()
 
     asyncio.run(main())
+
+
+def test_only_owners_of_this_host_and_pid_namespace_are_reaped() -> None:
+    """A lease whose owner's process is gone is taken back at once, but only when that
+    owner ran here: containers sharing a host name (say, --network host) do not share
+    processes, so a pid missing here says nothing about theirs (their live runs were cut
+    off, again and again)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from runtime.actors.runtime import HOST_ID, _owner_dead
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(gone.stdout)  # a process that has exited
+    assert _owner_dead(f"{HOST_ID}:{pid}:nonce")
+    assert not _owner_dead(f"{HOST_ID}:{os.getppid()}:nonce")  # alive
+    name = socket.gethostname()
+    for elsewhere in (f"{name}@1:{pid}:nonce",  # same name, another PID namespace
+                      f"other-host:{pid}:nonce"):
+        assert not _owner_dead(elsewhere)
+    # a same-named container's id as Loom wrote it before the namespace was part of it:
+    # nothing here can tell that its process is gone
+    assert name != HOST_ID and not _owner_dead(f"{name}:{pid}:nonce")

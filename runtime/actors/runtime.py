@@ -38,7 +38,20 @@ __all__ = ["ActivityRunner", "ActorRuntime", "Hooks", "Ownership"]
 log = logging.getLogger("loom.actors")
 Invariant = Callable[[str, Any, Any, list[dict[str, Any]]], "bool | str | None"]
 _LIVE_OWNERS: set[str] = set()  # owner ids of the runtimes alive in this process
-_HOST = socket.gethostname()
+
+
+def _host_id() -> str:
+    """This host as far as process ids go: its name, and its PID namespace where there is
+    one (containers may share a host name, never each other's processes)."""
+    name = socket.gethostname()
+    try:
+        ns = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return name
+    return f"{name}@{ns[5:-1]}" if ns.startswith("pid:[") else name
+
+
+HOST_ID = _host_id()  # the first part of an owner id (host:pid:nonce)
 _ID_BASE = [uuid.uuid4().int, 0]  # message ids: a random 128-bit base plus a counter
 
 
@@ -85,10 +98,11 @@ def _releaser(limiter: Limiter, grant: Grant) -> Callable[[], Awaitable[None]]:
 
 def _owner_dead(owner: str) -> bool:
     """True only when `owner` (host:pid:nonce) is certainly gone: a runtime of this host
-    whose process has exited, or of this process that has stopped or been abandoned."""
+    (and PID namespace: another container of the same name is another host here) whose
+    process has exited, or of this process that has stopped or been abandoned."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != _HOST or not pid_text.isdigit():
+    if host != HOST_ID or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():
@@ -164,7 +178,7 @@ class ActorRuntime:
         self.activities = activities
         self.lease_ttl_s = lease_ttl_s
         delta.enabled()  # a bad LOOM_STATE_DELTAS fails here, not in the first activation
-        self.owner = owner or f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner or f"{HOST_ID}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._tenant_of = tenant_of
         self.due_batch = due_batch
         self.ownership = ownership

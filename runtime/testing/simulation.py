@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import random
-import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from runtime import errors
 from runtime.actors.activation import key_base
 from runtime.actors.actor import Actor
 from runtime.actors.hooks import Hooks
-from runtime.actors.runtime import ActorRuntime
+from runtime.actors.runtime import HOST_ID, ActorRuntime
 from runtime.journal.memory import MemoryJournal
 from runtime.testing.effects import Receiver, StubActivities
 from runtime.testing.faults import Faults, FaultyJournal
@@ -79,7 +78,7 @@ class Node:
             FaultyJournal(sim.journal, self),
             activities=activities, clock=self.clock, hooks=hooks, lint=sim.lint,
             poll_interval_s=sim.poll_interval_s, lease_ttl_s=sim.lease_ttl_s,
-            owner=f"{socket.gethostname()}:{os.getpid()}:sim-{sim.seed}-{self.name}",
+            owner=f"{HOST_ID}:{os.getpid()}:sim-{sim.seed}-{self.name}",
             max_activations=1 if sim.faults.evict else 10_000,
             idle_timeout_s=2.0 if sim.faults.evict else 300.0,
             durable_retry_threshold_s=0.5, max_deliveries=sim.max_deliveries)
