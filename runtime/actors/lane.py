@@ -15,8 +15,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from runtime.futures import Outcome, resolve_all
+
 Item = tuple[Callable[[], Any], asyncio.Future[Any]]
-Done = tuple[asyncio.Future[Any], Any, BaseException | None]
+Done = Outcome
 
 
 class Lane:
@@ -54,13 +56,7 @@ class Lane:
     def _deliver(self) -> None:
         with self._done_lock:
             done, self._done = self._done, []
-        for fut, value, error in done:
-            if fut.done():
-                continue
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(value)
+        resolve_all(done)
 
     def close(self) -> None:
         for _ in self._threads:

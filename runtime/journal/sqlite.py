@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
+from runtime.futures import Outcome, resolve_all
 from runtime.journal import runs as run_index
 from runtime.journal import sqlite_bulk
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
@@ -90,7 +91,7 @@ Write = Callable[[sqlite3.Connection], Any]
 # ("enqueue", row), in sqlite_bulk's shapes
 Bulk = tuple[str, Any] | None
 Pending = tuple[Write, "asyncio.Future[Any]", Bulk]
-Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
+Result = Outcome
 log = logging.getLogger("loom.journal")
 
 
@@ -208,7 +209,7 @@ class SqliteJournal:
         except sqlite3.OperationalError:
             done = loop.run_in_executor(self._thread, self._write_batch, batch)
         except Exception as exc:  # a closed or broken connection: the batch fails with it,
-            _deliver([(fut, None, exc) for _, fut, _ in batch])  # and the chain goes on
+            resolve_all([(fut, None, exc) for _, fut, _ in batch])  # and the chain goes on
             loop.call_soon(self._flush, loop)
             return
         else:
@@ -250,7 +251,7 @@ class SqliteJournal:
 
     def _finish(self, loop: asyncio.AbstractEventLoop,
                 done: asyncio.Future[list[Result]]) -> None:
-        _deliver(done.result())
+        resolve_all(done.result())
         self._flush(loop)
 
     def _write_batch(self, batch: list[Pending]) -> list[Result]:
@@ -746,16 +747,6 @@ def _begin_waiting(db: sqlite3.Connection, timeout: float = 30.0) -> None:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
-
-
-def _deliver(results: list[Result]) -> None:
-    for fut, value, error in results:
-        if fut.done():
-            continue
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(value)
 
 
 def _docs(db: sqlite3.Connection, rowids: list[int]) -> dict[int, bytes]:
