@@ -106,6 +106,9 @@ class _All(NoActorsHere):
     def owns(self, key: str) -> bool:
         return True
 
+    def scope(self) -> None:
+        return None
+
 
 def test_a_message_from_another_process_wakes_its_owner_without_its_poll(
         redis_server: Any, tmp_path: Path) -> None:

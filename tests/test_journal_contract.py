@@ -591,6 +591,65 @@ def test_due_actors_skips_actors_leased_to_another_live_owner(journal: JournalSt
     run(main())
 
 
+def _keys_in(partition: int, prefix: str, n: int) -> list[str]:
+    """`n` actor keys of `partition`, of 4."""
+    from runtime.cluster.partitions import partition_of
+    return [k for k in (f"{prefix}/{i}" for i in range(10_000))
+            if partition_of(k, 4) == partition][:n]
+
+
+def test_a_scoped_due_poll_finds_its_partitions_behind_a_backlog_elsewhere(
+        journal: JournalStore) -> None:
+    """A worker holding partition 0 of 4 polls with `limit` 4 while 6 ready actors and 6
+    due timers of partitions held elsewhere arrived first: unscoped, the page is theirs;
+    scoped, it holds this worker's own ready actor and due timer (what a missed stream
+    wake-up leaves to the poll)."""
+    from runtime.journal.keyhash import Scope
+
+    async def main() -> None:
+        others = [k for p in (1, 2, 3) for k in _keys_in(p, "far", 4)]
+        for key in others[:6]:
+            await journal.enqueue(env(key, "m"))
+        for i, key in enumerate(others[6:12]):
+            await journal.enqueue(env(key, "t", "timer", deliver_at=1.0 + i))
+        mine_ready, mine_timer = _keys_in(0, "near", 2)
+        await journal.enqueue(env(mine_ready, "m"))
+        await journal.enqueue(env(mine_timer, "t", "timer", deliver_at=9.0))
+        unscoped = await journal.due_actors(10.0, limit=4)
+        assert mine_ready not in unscoped and mine_timer not in unscoped  # the old blind spot
+        got = await journal.due_actors(10.0, limit=4, scope=Scope(4, frozenset({0})))
+        assert got == [mine_ready, mine_timer]
+        got = await journal.due_actors(10.0, limit=4, owner="w", scope=Scope(4, {0}))
+        assert got == [mine_ready, mine_timer]
+        assert await journal.due_actors(10.0, limit=4, scope=Scope(4, frozenset())) == []
+        both = await journal.due_actors(10.0, limit=50, scope=Scope(4, frozenset({0, 2})))
+        assert set(both) == {mine_ready, mine_timer, *_keys_in(2, "far", 4)}
+
+    run(main())
+
+
+@pytest.mark.integration
+def test_cosmos_polls_again_when_the_partitions_held_change(make_cosmos: Any) -> None:
+    """Cosmos answers a due poll within `poll_interval_s` of the last one from what that
+    query found; that holds for the same partitions only."""
+    from runtime.journal.keyhash import Scope
+
+    journal = make_cosmos(poll_interval_s=60.0)
+
+    async def main() -> None:
+        mine, = _keys_in(0, "near", 1)
+        theirs, = _keys_in(1, "far", 1)
+        await journal.enqueue(env(theirs, "m"))
+        assert await journal.due_actors(10.0, scope=Scope(4, {1})) == [theirs]
+        assert await journal.due_actors(10.0, scope=Scope(4, {0})) == []
+        other = make_cosmos(container=journal.container)  # another process's message
+        await other.enqueue(env(mine, "m"))
+        assert await journal.due_actors(10.0, scope=Scope(4, {0})) == []  # rate-limited
+        assert await journal.due_actors(10.0, scope=Scope(4, {0, 1})) == [theirs, mine]
+
+    run(main())
+
+
 def test_acquire_renew_and_epochs(journal: JournalStore) -> None:
     async def main() -> None:
         first = await journal.acquire("l/x", "a", 0.0, 10.0)

@@ -35,6 +35,9 @@ class Partitions:
     def owns(self, key: str) -> bool:
         return self.held
 
+    def scope(self) -> None:
+        return None
+
     def report(self, in_flight: int) -> None:
         pass
 

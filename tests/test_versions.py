@@ -97,6 +97,9 @@ class _Partitions:
     def owns(self, key: str) -> bool:
         return self.mine
 
+    def scope(self) -> None:
+        return None
+
     def report(self, in_flight: int) -> None:
         pass
 

@@ -30,7 +30,7 @@ from runtime.actors.host import ActivationLost, RunPinned
 from runtime.actors.lane import Lane
 from runtime.actors.resilience import Breakers
 from runtime.executor import Executor
-from runtime.journal.store import Envelope, JournalStore
+from runtime.journal.store import Envelope, JournalStore, Scope
 from runtime.limits.base import Grant, Limiter
 from schemas.manifest import RetryPolicy
 
@@ -122,6 +122,11 @@ class Ownership(Protocol):
     def partition(self, key: str) -> int: ...
 
     def owns(self, key: str) -> bool: ...
+
+    def scope(self) -> Scope | None:
+        """The partitions held now, for the journal to poll only their due actors (None:
+        poll all and filter with `owns`)."""
+        ...
 
     def report(self, in_flight: int) -> None: ...
 
@@ -624,8 +629,9 @@ class ActorRuntime:
         if now >= self._reap_at:
             self._reap_at = now + max(1.0, self.lease_ttl_s / 2)
             await self._reap()
+        scope = None if self.ownership is None else self.ownership.scope()
         for key in await self.journal.due_actors(now, self.due_batch, owner=self.owner,
-                                                 versions=self.versions):
+                                                 versions=self.versions, scope=scope):
             if key.partition("/")[0] in self.types and (
                     self.ownership is None or self.ownership.owns(key) or key in self._guests):
                 self.notify(key)  # while draining, only actors already active here

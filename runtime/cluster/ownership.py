@@ -11,6 +11,7 @@ from typing import Any
 from runtime.cluster.leases import Lease
 from runtime.cluster.node import ClusterNode
 from runtime.cluster.partitions import partition_of
+from runtime.journal.keyhash import Scope
 
 log = logging.getLogger("loom.cluster")
 
@@ -36,6 +37,9 @@ class PartitionOwnership:
 
     def owns(self, key: str) -> bool:
         return self.node.holds(self.partition(key)) is not None
+
+    def scope(self) -> Scope:
+        return Scope(self.node.partitions, frozenset(self.node.keeper.held()))
 
     def accepts(self, key: str, version: str) -> bool:
         return self.node.accepts(self.partition(key), version)

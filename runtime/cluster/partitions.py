@@ -7,12 +7,11 @@ configured with another P is refused with `PartitionCountMismatch`.
 
 from __future__ import annotations
 
-import hashlib
-
 import redis
 
 from runtime import errors
 from runtime.cluster.keys import ClusterKeys
+from runtime.journal.keyhash import key_hash, partition_of_hash
 
 MAX_PARTITIONS = 16384  # one Redis Cluster slot each, at most
 
@@ -38,8 +37,7 @@ def partition_of(actor_key: str, partitions: int) -> int:
     process and Python version, unlike `hash()`), modulo P."""
     if partitions < 1:
         raise ValueError(f"the partition count is >= 1, not {partitions}")
-    digest = hashlib.blake2b(actor_key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % partitions
+    return partition_of_hash(*key_hash(actor_key), partitions)
 
 
 def check_count(partitions: int) -> int:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.demo.activities import BUILD
+from runtime.journal.keyhash import Scope
 
 ACTORS = Path(__file__).with_name("cluster_actors.py")
 LOOM = Path(sys.executable).parent / "loom"
@@ -226,6 +227,9 @@ class NoActorsHere:
 
     def owns(self, key: str) -> bool:
         return False
+
+    def scope(self) -> Scope:
+        return Scope(1, frozenset())  # no partition: its due poll finds nothing to run
 
     def report(self, in_flight: int) -> None:
         pass

@@ -111,6 +111,7 @@ from urllib3.exceptions import InsecureRequestWarning
 from runtime import errors
 from runtime.backends.blob import BlobStore
 from runtime.journal import runs as run_index
+from runtime.journal.keyhash import Scope, key_hash
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
 __all__ = ["MAX_ITEM_BYTES", "CosmosJournal"]
@@ -283,6 +284,7 @@ class CosmosJournal:
         self._returned: dict[str, set[int]] = {}  # actor -> numbers inbox() returned, pending
         self._poll_at = 0.0  # monotonic time of the next cross-partition due query
         self._hint = -INF  # earliest due time known here (journal clock); -INF: query now
+        self._held_at: tuple[int, list[int]] | None = None  # the partitions of that query
         self._owners: tuple[float, dict[str, int]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # actor -> (run message id, its run row, the row item's etag) as this object last
@@ -755,7 +757,7 @@ class CosmosJournal:
         taken: list[int] = []
 
         def change(row: dict[str, Any] | None) -> dict[str, Any]:
-            row = row if row is not None else self._new_row(actor)
+            row = self._row_for(actor, row)
             row["last_n"] = int(row.get("last_n") or 0) + 1
             taken[:] = [row["last_n"]]
             due = row.get("due_at")
@@ -813,10 +815,22 @@ class CosmosJournal:
         await asyncio.gather(*(one(mid) for mid in dict.fromkeys(ids)))
 
     # -- the schedule row --------------------------------------------------------------------
+    @classmethod
+    def _row_for(cls, actor: str, row: dict[str, Any] | None) -> dict[str, Any]:
+        """The row to change: a new one, or `row` (given its key hash if written before
+        rows had one)."""
+        if row is None:
+            return cls._new_row(actor)
+        if "hash_hi" not in row:
+            row["hash_hi"], row["hash_lo"] = key_hash(actor)
+        return row
+
     @staticmethod
     def _new_row(actor: str) -> dict[str, Any]:
+        hi, lo = key_hash(actor)
         return {"id": SCHED_ID, "actor": actor, "type": "sched", "last_n": 0, "due_at": None,
-                "due_key": None, "owner": None, "lease_until": 0.0, "epoch": 0}
+                "due_key": None, "owner": None, "lease_until": 0.0, "epoch": 0,
+                "hash_hi": hi, "hash_lo": lo}
 
     def _arrival(self) -> int:
         with self._arrival_lock:
@@ -869,27 +883,36 @@ class CosmosJournal:
         return write
 
     # -- schedule and ownership --------------------------------------------------------------
-    def _free(self, owner: str | None, versions: Collection[str] | None = None) -> str:
+    def _free(self, owner: str | None, versions: Collection[str] | None = None,
+              scope: Scope | None = None) -> str:
         free = "" if owner is None else \
             " AND (IS_NULL(c.owner) OR c.owner = @owner OR c.lease_until < @now)"
         if versions is not None:
             free += " AND (NOT IS_DEFINED(c.ver) OR IS_NULL(c.ver) OR ARRAY_CONTAINS(@vers, c.ver))"
+        if scope is not None:  # the hash's partition, from its halves (see keyhash.py)
+            free += (" AND (NOT IS_DEFINED(c.hash_hi) OR ARRAY_CONTAINS(@parts, "
+                     "((c.hash_hi % @pn) * @pm + c.hash_lo % @pn) % @pn))")
         return free
 
     async def due_actors(self, now: float, limit: int = 256, *, owner: str | None = None,
-                         versions: Collection[str] | None = None) -> list[str]:
+                         versions: Collection[str] | None = None,
+                         scope: Scope | None = None) -> list[str]:
         mono = time.monotonic()
-        if limit <= 0 or (mono < self._poll_at and now < self._hint):
-            return []
-        self._poll_at = mono + self.poll_interval_s
+        held = None if scope is None else (scope.partitions, sorted(scope.held))
+        if limit <= 0 or (mono < self._poll_at and now < self._hint and held == self._held_at):
+            return []  # (what the last query found holds for the same partitions only)
+        self._poll_at, self._held_at = mono + self.poll_interval_s, held
         params: dict[str, Any] = {"k": limit + 1, "now": now}
         if owner is not None:
             params["owner"] = owner
         if versions is not None:
             params["vers"] = sorted(versions)
+        if held is not None:
+            params["pn"], params["pm"], params["parts"] = held[0], (1 << 32) % held[0], held[1]
         rows = await self._rows(
             "due_actors", "SELECT TOP @k c.actor, c.due_key FROM c WHERE c.type = 'sched' AND "
-            f"NOT IS_NULL(c.due_key){self._free(owner, versions)} ORDER BY c.due_key", None,
+            f"NOT IS_NULL(c.due_key){self._free(owner, versions, scope)} ORDER BY c.due_key",
+            None,
             **params)
         rows.sort(key=lambda r: r["due_key"])
         due = [r for r in rows if r["due_key"] <= now][:limit]
@@ -903,7 +926,8 @@ class CosmosJournal:
                 params["k"] = limit
                 timed = await self._rows(
                     "due_actors", "SELECT TOP @k c.actor, c.due_key FROM c WHERE c.type = "
-                    f"'sched' AND c.due_key > 0 AND c.due_key <= @now{self._free(owner, versions)} "
+                    f"'sched' AND c.due_key > 0 AND c.due_key <= @now"
+                    f"{self._free(owner, versions, scope)} "
                     "ORDER BY c.due_key", None, **params)
                 timed.sort(key=lambda r: r["due_key"])
                 out += [r["actor"] for r in timed]
@@ -935,7 +959,7 @@ class CosmosJournal:
         got: list[ActorLease] = []
 
         def change(row: dict[str, Any] | None) -> dict[str, Any] | None:
-            row = row if row is not None else self._new_row(actor)
+            row = self._row_for(actor, row)
             if row.get("owner") not in (None, owner) and float(row["lease_until"]) >= now:
                 return None
             taken = row.get("owner") not in (None, owner) or (

@@ -12,6 +12,7 @@ from types import EllipsisType
 from typing import Any
 
 from runtime.journal import runs as run_index
+from runtime.journal.keyhash import Scope, in_scope
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
 INF = float("inf")
@@ -152,16 +153,19 @@ class MemoryJournal:
         return owner is None or row.owner in (None, owner) or row.lease_until < now
 
     async def due_actors(self, now: float, limit: int = 256, *, owner: str | None = None,
-                         versions: Collection[str] | None = None) -> list[str]:
+                         versions: Collection[str] | None = None,
+                         scope: Scope | None = None) -> list[str]:
         while self._timed and self._timed[0][0] <= now:
             due_at, actor = heapq.heappop(self._timed)
             row = self._sched.get(actor)
             if row is not None and row.due_at == due_at:
                 self._timed_due[actor] = due_at
         ready = [a for a, _ in sorted(self._ready.items(), key=lambda kv: kv[1])
-                 if self._free_for(self._sched[a], owner, now, versions)][:limit]
+                 if self._free_for(self._sched[a], owner, now, versions) and in_scope(a, scope)
+                 ][:limit]
         timed = [a for a, d in sorted(self._timed_due.items(), key=lambda kv: kv[1])
-                 if d <= now and self._free_for(self._sched[a], owner, now, versions)][:limit]
+                 if d <= now and self._free_for(self._sched[a], owner, now, versions)
+                 and in_scope(a, scope)][:limit]
         out = list(dict.fromkeys(ready + timed))
         return out
 

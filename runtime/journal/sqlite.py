@@ -27,6 +27,7 @@ from pydantic_core import from_json, to_json
 from runtime.futures import Outcome, resolve_all
 from runtime.journal import runs as run_index
 from runtime.journal import sqlite_bulk
+from runtime.journal.keyhash import Scope, key_hash
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
 SCHEMA = """
@@ -42,7 +43,7 @@ CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (actor, n) WHERE consumed_at I
 CREATE TABLE IF NOT EXISTS sched (
     actor TEXT PRIMARY KEY, last_n INTEGER NOT NULL DEFAULT 0, due_at REAL,
     ready_n INTEGER NOT NULL DEFAULT 0, owner TEXT, lease_until REAL NOT NULL DEFAULT 0,
-    epoch INTEGER NOT NULL DEFAULT 0, ver TEXT);
+    epoch INTEGER NOT NULL DEFAULT 0, ver TEXT, hash_hi INTEGER, hash_lo INTEGER);
 CREATE INDEX IF NOT EXISTS sched_due ON sched (due_at, ready_n) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sched_owner ON sched (owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -75,10 +76,15 @@ INSERT OR IGNORE INTO sched (actor, last_n, due_at)
     GROUP BY actor;
 """
 MIGRATE_V2 = "ALTER TABLE sched ADD COLUMN ver TEXT;"
-VERSION = 6  # 4: the run index (tables runs, run_activities), backfilled from the commits;
+MIGRATE_V7 = """
+ALTER TABLE sched ADD COLUMN hash_hi INTEGER;
+ALTER TABLE sched ADD COLUMN hash_lo INTEGER;
+"""
+VERSION = 7  # 4: the run index (tables runs, run_activities), backfilled from the commits;
 # 5: the index is brought up to date in batches, behind a watermark (meta 'runs_indexed');
 # 6: no index of the commits that carry state (read_tail walks back from the newest commit:
-# a B-tree fewer to write in every transaction)
+# a B-tree fewer to write in every transaction); 7: schedule rows carry their actor's
+# partition hash (keyhash.py), so a worker's due poll asks for its own partitions only
 INDEX_EVERY = 256  # commits between two catch-ups of the run index (or INDEX_EVERY_S)
 INDEX_EVERY_S = 1.0
 INDEX_BATCH = 1024  # commits folded per catch-up transaction (bounds its latency)
@@ -136,10 +142,14 @@ class SqliteJournal:
             db.executescript(f"BEGIN IMMEDIATE; {MIGRATE_V1} COMMIT;")
         elif sched and "ver" not in sched:  # Loom 0.2: runs are not pinned to code versions
             db.executescript(f"BEGIN IMMEDIATE; {MIGRATE_V2} COMMIT;")
+        if sched and "hash_hi" not in sched:  # before schema 7
+            db.executescript(f"BEGIN IMMEDIATE; {MIGRATE_V7} COMMIT;")
         if version < VERSION:
             db.execute("DROP INDEX IF EXISTS commits_state")
             if version < 4:
                 self._backfill_runs(db)
+            if version < 7:
+                self._backfill_hashes(db)
             # up to here, every commit is in the index (backfilled, or indexed as written by
             # schema 4; schema 5 already has its own watermark)
             db.execute("INSERT INTO meta (key, value) SELECT 'runs_indexed', COALESCE(MAX("
@@ -147,6 +157,14 @@ class SqliteJournal:
                        f"value = CASE WHEN {version} < 5 THEN excluded.value ELSE value END")
             db.execute(f"PRAGMA user_version={VERSION}")
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('runs_indexed', 0)")
+
+    @staticmethod
+    def _backfill_hashes(db: sqlite3.Connection) -> None:
+        """Give the schedule rows written before schema 7 their partition hash."""
+        with db:
+            actors = [r[0] for r in db.execute("SELECT actor FROM sched WHERE hash_hi IS NULL")]
+            db.executemany("UPDATE sched SET hash_hi = ?2, hash_lo = ?3 WHERE actor = ?1",
+                           [(a, *key_hash(a)) for a in actors])
 
     @staticmethod
     def _backfill_runs(db: sqlite3.Connection) -> int:
@@ -515,12 +533,12 @@ class SqliteJournal:
             ).rowcount != 1:
                 return False
             db.execute(
-                "INSERT INTO sched (actor, last_n, due_at, ready_n) VALUES (?1, 1, ?2, ?3) "
-                "ON CONFLICT (actor) DO UPDATE SET last_n = last_n + 1, "
+                "INSERT INTO sched (actor, last_n, due_at, ready_n, hash_hi, hash_lo) VALUES "
+                "(?1, 1, ?2, ?3, ?4, ?5) ON CONFLICT (actor) DO UPDATE SET last_n = last_n + 1, "
                 "ready_n = CASE WHEN ?2 = 0 AND (due_at IS NULL OR due_at > 0) THEN ?3 "
                 "ELSE ready_n END, "
                 "due_at = CASE WHEN due_at IS NULL OR ?2 < due_at THEN ?2 ELSE due_at END",
-                (actor, deliver_at, time.time_ns()))
+                (actor, deliver_at, time.time_ns(), *key_hash(actor)))
             return True
 
         kind = envelope.get("kind") or "call"
@@ -565,10 +583,16 @@ class SqliteJournal:
         return f" AND (ver IS NULL OR ver IN ({marks}))", tuple(versions)
 
     async def due_actors(self, now: float, limit: int = 256, *, owner: str | None = None,
-                         versions: Collection[str] | None = None) -> list[str]:
+                         versions: Collection[str] | None = None,
+                         scope: Scope | None = None) -> list[str]:
         free = "" if owner is None else " AND (owner IS NULL OR owner=? OR lease_until<?)"
         pin, vers = self._pin(versions)
         args: tuple[Any, ...] = (() if owner is None else (owner, now)) + vers
+        if scope is not None:  # the hash's partition, from its halves (see keyhash.py)
+            pin += (" AND (hash_hi IS NULL OR ((hash_hi % ?) * ? + hash_lo % ?) % ? IN "
+                    "(SELECT value FROM json_each(?)))")
+            p = scope.partitions
+            args += (p, (1 << 32) % p, p, p, to_json(sorted(scope.held)).decode())
         ready = self._query(f"SELECT actor FROM sched WHERE due_at = 0{free}{pin} "
                             "ORDER BY due_at, ready_n LIMIT ?", (*args, limit))
         timed = self._query(f"SELECT actor FROM sched WHERE due_at > 0 AND due_at <= ?{free}"
@@ -599,12 +623,12 @@ class SqliteJournal:
             before = db.execute("SELECT owner, lease_until FROM sched WHERE actor=?",
                                 (actor,)).fetchone()
             row = db.execute(
-                "INSERT INTO sched (actor, owner, lease_until, epoch) VALUES (?1, ?2, ?3, 1) "
-                "ON CONFLICT (actor) DO UPDATE SET "
+                "INSERT INTO sched (actor, owner, lease_until, epoch, hash_hi, hash_lo) VALUES "
+                "(?1, ?2, ?3, 1, ?5, ?6) ON CONFLICT (actor) DO UPDATE SET "
                 "epoch = CASE WHEN owner IS ?2 THEN epoch ELSE epoch + 1 END, "
                 "owner = ?2, lease_until = ?3 "
                 "WHERE owner IS NULL OR owner = ?2 OR lease_until < ?4 RETURNING epoch",
-                (actor, owner, now + ttl, now)).fetchone()
+                (actor, owner, now + ttl, now, *key_hash(actor))).fetchone()
             if row is None:
                 return None
             taken = before is not None and (before[0] not in (None, owner) or (

@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from runtime.journal.keyhash import key_hash
+
 CHUNK = 400  # rows per statement (SQLite allows 32,766 parameters)
 
 # (actor, seq, has_state, doc, done_msg, epoch or None)
@@ -104,11 +106,12 @@ def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[boo
             f"v.column1), 0) + v.column6, v.column4, v.column5 FROM (VALUES "
             f"{_values(6, len(part))}) AS v", _flat(part))
     now_ns = time.time_ns()
-    sched = [(actor, len(at), min(at), now_ns) for actor, at in per_actor.items()]
+    sched = [(actor, len(at), min(at), now_ns, *key_hash(actor))
+             for actor, at in per_actor.items()]
     for part in _chunks(sched):
         db.execute(
-            "INSERT INTO sched (actor, last_n, due_at, ready_n) VALUES "
-            f"{_values(4, len(part))} ON CONFLICT (actor) DO UPDATE SET "
+            "INSERT INTO sched (actor, last_n, due_at, ready_n, hash_hi, hash_lo) VALUES "
+            f"{_values(6, len(part))} ON CONFLICT (actor) DO UPDATE SET "
             "last_n = last_n + excluded.last_n, "
             "ready_n = CASE WHEN excluded.due_at = 0 AND (due_at IS NULL OR due_at > 0) "
             "THEN excluded.ready_n ELSE ready_n END, "

@@ -29,10 +29,11 @@ from types import EllipsisType
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from runtime.errors import JournalConflict
+from runtime.journal.keyhash import Scope
 
 Commit = dict[str, Any]
 Envelope = dict[str, Any]
-__all__ = ["ActorLease", "Commit", "Envelope", "JournalConflict", "JournalStore"]
+__all__ = ["ActorLease", "Commit", "Envelope", "JournalConflict", "JournalStore", "Scope"]
 CRASHED = -1.0
 """`lease_until` of a lease ended by `expire_owner` (its holder is known dead), as opposed to
 0.0 for one released cleanly: the next holder knows the last activation was cut off."""
@@ -94,13 +95,16 @@ class JournalStore(Protocol):
 
     # -- schedule and ownership --------------------------------------------------------------
     async def due_actors(self, now: float, limit: int = 256, *, owner: str | None = None,
-                         versions: Collection[str] | None = None) -> list[str]:
+                         versions: Collection[str] | None = None,
+                         scope: Scope | None = None) -> list[str]:
         """Actors due at `now` that `owner` may take (free, expired or its own lease).
 
         Up to `limit` actors with new messages, in arrival order, and up to `limit` actors
         with a due timer, earliest first; neither kind can starve the other. With
         `versions`, an actor whose run in flight is pinned to another code version is left
-        out (the caller could not resume it).
+        out (the caller could not resume it). With `scope`, only actors of those partitions
+        (and rows written without a key hash, by older versions: the caller filters those),
+        so that a backlog in partitions held elsewhere cannot fill the page.
         """
         ...
 
