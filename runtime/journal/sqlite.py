@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import threading
@@ -26,7 +27,7 @@ from pydantic_core import from_json, to_json
 
 from runtime.futures import Outcome, resolve_all
 from runtime.journal import runs as run_index
-from runtime.journal import sqlite_bulk
+from runtime.journal import sqlite_bulk, sqlite_compact
 from runtime.journal.keyhash import Scope, key_hash
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     deliver_at REAL NOT NULL, consumed_at REAL, doc BLOB NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS inbox_key ON inbox (actor, id);
 CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (actor, n) WHERE consumed_at IS NULL;
+CREATE INDEX IF NOT EXISTS inbox_consumed ON inbox (consumed_at) WHERE consumed_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS sched (
     actor TEXT PRIMARY KEY, last_n INTEGER NOT NULL DEFAULT 0, due_at REAL,
     ready_n INTEGER NOT NULL DEFAULT 0, owner TEXT, lease_until REAL NOT NULL DEFAULT 0,
@@ -84,7 +86,8 @@ VERSION = 7  # 4: the run index (tables runs, run_activities), backfilled from t
 # 5: the index is brought up to date in batches, behind a watermark (meta 'runs_indexed');
 # 6: no index of the commits that carry state (read_tail walks back from the newest commit:
 # a B-tree fewer to write in every transaction); 7: schedule rows carry their actor's
-# partition hash (keyhash.py), so a worker's due poll asks for its own partitions only
+# partition hash (keyhash.py), so a worker's due poll asks for its own partitions only;
+# tombstones are indexed by when they were consumed, for compaction (sqlite_compact.py)
 INDEX_EVERY = 256  # commits between two catch-ups of the run index (or INDEX_EVERY_S)
 INDEX_EVERY_S = 1.0
 INDEX_BATCH = 1024  # commits folded per catch-up transaction (bounds its latency)
@@ -107,7 +110,14 @@ def _log_failure(fut: asyncio.Future[Any]) -> None:
 
 
 class SqliteJournal:
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    """The embedded journal: one SQLite file (WAL), writes in group commits on one writer
+    connection. It compacts itself under the Cosmos journal's rule (sqlite_compact.py):
+    a step at most every `compact_every_s` while commits are appended (None: never; or
+    call `compact()`)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL",
+                 tombstone_ttl_s: float = 7 * 86400.0, commit_margin_s: float = 3600.0,
+                 compact_every_s: float | None = 60.0) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA (OFF is not durable)")
         self.path = Path(path)
@@ -131,6 +141,11 @@ class SqliteJournal:
         # not folded yet: it takes them from here instead of decoding their rows again
         # (rows written elsewhere it decodes; see _landed)
         self._unfolded: dict[tuple[str, int], Commit] = {}
+        self.tombstone_ttl_s = tombstone_ttl_s
+        self.commit_margin_s = commit_margin_s
+        self.compact_every_s = compact_every_s
+        self._compact_at = time.monotonic() + (compact_every_s or 0.0)
+        self._compacting = self._closing = False
 
     def _setup(self) -> None:
         db = self._db
@@ -394,11 +409,51 @@ class SqliteJournal:
             with contextlib.suppress(Exception):  # an odd commit: the catch-up decodes it
                 part = run_index.foldable(commit)
         await self._submit(write, ("append", ((*row, epoch or None), tombstones, part)))
+        if self.compact_every_s is not None and not self._compacting and \
+                time.monotonic() >= self._compact_at:
+            self._compacting = True
+            self._spawn_compaction()
         if run_msg is not None:
             self._unindexed += 1
             if self._unindexed >= INDEX_EVERY or \
                     time.monotonic() - self._indexed_at >= INDEX_EVERY_S:
                 self._queue_catch_up()
+
+    # -- compaction ------------------------------------------------------------------------
+    def _compact_step(self, db: sqlite3.Connection) -> sqlite_compact.Step:
+        return sqlite_compact.step(db, time.time(), self.tombstone_ttl_s, self.commit_margin_s)
+
+    def _spawn_compaction(self) -> None:
+        """Steps one after another (a pause between them: messages go first) until nothing
+        old enough is left; the next round after `compact_every_s`."""
+        if self._closing:
+            return
+
+        def done(fut: asyncio.Future[sqlite_compact.Step]) -> None:
+            step = None if fut.cancelled() or fut.exception() is not None else fut.result()
+            if step is None:
+                log.warning("journal compaction step failed (tried again later): %s",
+                            None if fut.cancelled() else fut.exception())
+            if step is not None and step.more and self._loop is not None:
+                self._loop.call_later(0.05, self._spawn_compaction)
+                return
+            self._compact_at = time.monotonic() + (self.compact_every_s or 0.0)
+            self._compacting = False
+
+        self._submit(self._compact_step).add_done_callback(done)
+
+    async def compact(self, *, now: float | None = None) -> tuple[int, int]:
+        """Compact the whole journal now; (commits, tombstones) deleted."""
+        while await self._submit(self._catch_up) == INDEX_BATCH:  # what it may delete
+            pass
+        commits = tombstones = 0
+        while True:
+            step: sqlite_compact.Step = await self._submit(functools.partial(
+                sqlite_compact.step, now=time.time() if now is None else now,
+                tombstone_ttl_s=self.tombstone_ttl_s, commit_margin_s=self.commit_margin_s))
+            commits, tombstones = commits + step.commits, tombstones + step.tombstones
+            if not step.more:
+                return commits, tombstones
 
     # -- the run index ---------------------------------------------------------------------
     # Folded from the commits in batches, on the writer thread, in the same group-commit
@@ -741,13 +796,13 @@ class SqliteJournal:
 
     async def purge_tombstones(self, older_than: float) -> int:
         def write(db: sqlite3.Connection) -> int:
-            return db.execute("DELETE FROM inbox WHERE consumed_at IS NOT NULL AND "
-                              "consumed_at < ?", (older_than,)).rowcount
+            return sqlite_compact.purge_tombstones(db, older_than, -1)  # all of them
 
         purged: int = await self._submit(write)
         return purged
 
     async def close(self) -> None:
+        self._closing = True
         while self._flushing or self._batch:
             await asyncio.sleep(0.001)
         self._thread.shutdown(wait=True)
