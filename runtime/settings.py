@@ -31,6 +31,10 @@ class LoomSettings(BaseSettings):
         default="", description="sqlite:///<path> (default <home>/loom.db), memory://, "
         "or cosmos://<host>:<port> (HTTPS).")
     sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL|EXTRA)$")
+    tombstone_ttl_s: float = Field(default=7 * 86400.0, ge=60, description="How long a "
+                                   "consumed message id is refused as a duplicate; compaction "
+                                   "deletes its tombstone after it, and old commits an hour "
+                                   "later.")
     cosmos_key: SecretStr | None = None
     cosmos_database: str = "loom"
     cosmos_container: str = "journal"

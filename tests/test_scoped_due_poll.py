@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,18 @@ def test_a_journal_of_schema_6_gets_its_schedule_hashes_and_the_poll_still_finds
             with con:  # a row as an old worker writes it
                 con.execute("INSERT INTO sched (actor, last_n, due_at, ready_n) VALUES "
                             "('counter/unhashed', 1, 0, 1)")
+                con.execute("INSERT INTO sched (actor, last_n, due_at, ready_n) VALUES "
+                            "('counter/later', 0, NULL, 0)")
+        finally:
+            con.close()
+        # a row without a hash gets one the next time it is written
+        await journal.enqueue({"id": "b", "target": "counter/later", "kind": "call",
+                               "handler": "inc", "payload": None, "deliver_at": 5.0})
+        await journal.acquire("counter/later", "w", 0.0, 1.0)
+        con = sqlite3.connect(path)
+        try:
+            assert con.execute("SELECT hash_hi, hash_lo FROM sched WHERE actor = "
+                               "'counter/later'").fetchone() == key_hash("counter/later")
         finally:
             con.close()
         part = partition_of("counter/old", PARTITIONS)
@@ -120,3 +133,68 @@ def test_a_journal_of_schema_6_gets_its_schedule_hashes_and_the_poll_still_finds
         await journal.close()
 
     asyncio.run(reopen())
+
+
+def _open_at_once(path: Path, barrier: threading.Barrier, errors: list[BaseException]
+                  ) -> None:
+    barrier.wait()
+    try:
+        asyncio.run(SqliteJournal(path).close())
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_two_processes_opening_a_schema_6_journal_at_once_both_start(tmp_path: Path) -> None:
+    """The migration checks the columns again under the write lock: the second process
+    finds them added and does nothing (it failed with "duplicate column name")."""
+    for trial in range(5):
+        path = tmp_path / f"j{trial}.db"
+        asyncio.run(SqliteJournal(path).close())
+        con = sqlite3.connect(path)
+        with con:
+            con.execute("INSERT INTO sched (actor, last_n) VALUES ('counter/a', 0)")
+            con.execute("ALTER TABLE sched DROP COLUMN hash_hi")
+            con.execute("ALTER TABLE sched DROP COLUMN hash_lo")
+            con.execute("PRAGMA user_version=6")
+        con.close()
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        threads = [threading.Thread(target=_open_at_once, args=(path, barrier, errors))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        con = sqlite3.connect(path)
+        assert con.execute("SELECT hash_hi, hash_lo FROM sched").fetchone() == \
+            key_hash("counter/a")
+        con.close()
+
+
+def test_a_guest_run_is_polled_although_its_partition_is_held_elsewhere(
+        tmp_path: Path) -> None:
+    """A run this worker hosts as a guest (pinned to a version only it can resume) lies in
+    a partition another worker holds: the poll's scope takes its partition too."""
+    path = tmp_path / "j.db"
+
+    async def main() -> None:
+        sender = SqliteJournal(path)
+        guest, = keys_in(1, 1)
+        rt = ActorRuntime(SqliteJournal(path), activities=StubActivities(), lint=False,
+                          poll_interval_s=0.01, ownership=HoldsPartitionZero())
+        rt.register(Counter)
+        async with rt:
+            rt._guests.add(guest)
+            await sender.enqueue({"id": "m", "target": guest, "kind": "call",
+                                  "handler": "inc", "payload": None, "deliver_at": 0.0})
+            for _ in range(300):
+                if await rt.state_of(guest) == {"n": 1}:
+                    break
+                await asyncio.sleep(0.01)
+            assert await rt.state_of(guest) == {"n": 1}
+        await rt.journal.close()
+        await sender.close()
+
+    asyncio.run(main())

@@ -630,6 +630,10 @@ class ActorRuntime:
             self._reap_at = now + max(1.0, self.lease_ttl_s / 2)
             await self._reap()
         scope = None if self.ownership is None else self.ownership.scope()
+        if scope is not None and self._guests:  # and the partitions of the runs it hosts
+            assert self.ownership is not None
+            scope = Scope(scope.partitions, {*scope.held, *map(self.ownership.partition,
+                                                               self._guests)})
         for key in await self.journal.due_actors(now, self.due_batch, owner=self.owner,
                                                  versions=self.versions, scope=scope):
             if key.partition("/")[0] in self.types and (

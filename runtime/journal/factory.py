@@ -14,7 +14,8 @@ def open_journal(settings: LoomSettings) -> JournalStore:
         return MemoryJournal()
     if url.startswith("sqlite:///"):
         from runtime.journal.sqlite import SqliteJournal
-        return SqliteJournal(url[len("sqlite:///"):], synchronous=settings.sqlite_synchronous)
+        return SqliteJournal(url[len("sqlite:///"):], synchronous=settings.sqlite_synchronous,
+                             tombstone_ttl_s=settings.tombstone_ttl_s)
     if url.startswith("cosmos://") or url.startswith("https://"):
         key = settings.cosmos_key
         if key is None:
@@ -25,6 +26,7 @@ def open_journal(settings: LoomSettings) -> JournalStore:
         return CosmosJournal(endpoint, key.get_secret_value(), database=settings.cosmos_database,
                              container=settings.cosmos_container,
                              verify_tls=settings.cosmos_verify_tls,
+                             tombstone_ttl_s=settings.tombstone_ttl_s,
                              blob=open_blob_store(settings))
     raise errors.SettingsInvalid(f"LOOM_JOURNAL_URL={url!r}: expected memory://, "
                                  "sqlite:///<path> or cosmos://<host>:<port>")

@@ -90,6 +90,7 @@ VERSION = 7  # 4: the run index (tables runs, run_activities), backfilled from t
 # tombstones are indexed by when they were consumed, for compaction (sqlite_compact.py)
 INDEX_EVERY = 256  # commits between two catch-ups of the run index (or INDEX_EVERY_S)
 INDEX_EVERY_S = 1.0
+COMPACT_PAUSE_S = 0.1  # between two compaction steps while a backlog lasts
 INDEX_BATCH = 1024  # commits folded per catch-up transaction (bounds its latency)
 UNFOLDED_MAX = 4 * INDEX_BATCH  # appended commits kept for the catch-up (beyond: decoded)
 # Rowid tables: new rows append to the same few pages, and the unique indexes carry only
@@ -158,13 +159,11 @@ class SqliteJournal:
         elif sched and "ver" not in sched:  # Loom 0.2: runs are not pinned to code versions
             db.executescript(f"BEGIN IMMEDIATE; {MIGRATE_V2} COMMIT;")
         if sched and "hash_hi" not in sched:  # before schema 7
-            db.executescript(f"BEGIN IMMEDIATE; {MIGRATE_V7} COMMIT;")
+            self._migrate_v7(db)
         if version < VERSION:
             db.execute("DROP INDEX IF EXISTS commits_state")
             if version < 4:
                 self._backfill_runs(db)
-            if version < 7:
-                self._backfill_hashes(db)
             # up to here, every commit is in the index (backfilled, or indexed as written by
             # schema 4; schema 5 already has its own watermark)
             db.execute("INSERT INTO meta (key, value) SELECT 'runs_indexed', COALESCE(MAX("
@@ -174,12 +173,21 @@ class SqliteJournal:
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('runs_indexed', 0)")
 
     @staticmethod
-    def _backfill_hashes(db: sqlite3.Connection) -> None:
-        """Give the schedule rows written before schema 7 their partition hash."""
-        with db:
-            actors = [r[0] for r in db.execute("SELECT actor FROM sched WHERE hash_hi IS NULL")]
-            db.executemany("UPDATE sched SET hash_hi = ?2, hash_lo = ?3 WHERE actor = ?1",
-                           [(a, *key_hash(a)) for a in actors])
+    def _migrate_v7(db: sqlite3.Connection) -> None:
+        """Add the schedule's partition hash and fill it, in one transaction; a process
+        that opened the file at the same moment may have done it first."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if "hash_hi" not in {r[1] for r in db.execute("PRAGMA table_info(sched)")}:
+                for statement in MIGRATE_V7.strip().splitlines():
+                    db.execute(statement)
+                actors = [r[0] for r in db.execute("SELECT actor FROM sched")]
+                db.executemany("UPDATE sched SET hash_hi = ?2, hash_lo = ?3 WHERE actor = ?1",
+                               [(a, *key_hash(a)) for a in actors])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     @staticmethod
     def _backfill_runs(db: sqlite3.Connection) -> int:
@@ -435,7 +443,7 @@ class SqliteJournal:
                 log.warning("journal compaction step failed (tried again later): %s",
                             None if fut.cancelled() else fut.exception())
             if step is not None and step.more and self._loop is not None:
-                self._loop.call_later(0.05, self._spawn_compaction)
+                self._loop.call_later(COMPACT_PAUSE_S, self._spawn_compaction)
                 return
             self._compact_at = time.monotonic() + (self.compact_every_s or 0.0)
             self._compacting = False
@@ -590,6 +598,7 @@ class SqliteJournal:
             db.execute(
                 "INSERT INTO sched (actor, last_n, due_at, ready_n, hash_hi, hash_lo) VALUES "
                 "(?1, 1, ?2, ?3, ?4, ?5) ON CONFLICT (actor) DO UPDATE SET last_n = last_n + 1, "
+                "hash_hi = COALESCE(hash_hi, ?4), hash_lo = COALESCE(hash_lo, ?5), "
                 "ready_n = CASE WHEN ?2 = 0 AND (due_at IS NULL OR due_at > 0) THEN ?3 "
                 "ELSE ready_n END, "
                 "due_at = CASE WHEN due_at IS NULL OR ?2 < due_at THEN ?2 ELSE due_at END",
@@ -680,6 +689,7 @@ class SqliteJournal:
             row = db.execute(
                 "INSERT INTO sched (actor, owner, lease_until, epoch, hash_hi, hash_lo) VALUES "
                 "(?1, ?2, ?3, 1, ?5, ?6) ON CONFLICT (actor) DO UPDATE SET "
+                "hash_hi = COALESCE(hash_hi, ?5), hash_lo = COALESCE(hash_lo, ?6), "
                 "epoch = CASE WHEN owner IS ?2 THEN epoch ELSE epoch + 1 END, "
                 "owner = ?2, lease_until = ?3 "
                 "WHERE owner IS NULL OR owner = ?2 OR lease_until < ?4 RETURNING epoch",

@@ -112,7 +112,8 @@ def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[boo
         db.execute(
             "INSERT INTO sched (actor, last_n, due_at, ready_n, hash_hi, hash_lo) VALUES "
             f"{_values(6, len(part))} ON CONFLICT (actor) DO UPDATE SET "
-            "last_n = last_n + excluded.last_n, "
+            "last_n = last_n + excluded.last_n, hash_hi = COALESCE(hash_hi, excluded.hash_hi), "
+            "hash_lo = COALESCE(hash_lo, excluded.hash_lo), "
             "ready_n = CASE WHEN excluded.due_at = 0 AND (due_at IS NULL OR due_at > 0) "
             "THEN excluded.ready_n ELSE ready_n END, "
             "due_at = CASE WHEN due_at IS NULL OR excluded.due_at < due_at "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 from typing import NamedTuple
 
-STEP_ROWS = 2000  # commits visited, and tombstones deleted, per step at most
+STEP_ROWS = 500  # commits visited, and tombstones deleted, per step at most (on the loop)
 
 
 class Step(NamedTuple):
