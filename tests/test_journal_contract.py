@@ -484,9 +484,11 @@ def test_a_duplicate_enqueue_changes_nothing(journal: JournalStore) -> None:
         assert sorted(results) == [False] * 5 + [True]
         assert await journal.enqueue(env("dup/1", "m3")) is False
         got = await journal.inbox("dup/1", 600.0)
-        assert ids(got) == ["t1", "m3"] and numbers(got) == [3, 4]
+        # (on Cosmos a duplicate that races the first enqueue may number the entry first:
+        # the number it reserved stands and the first's is a gap; see docs/journal.md)
+        assert ids(got) == ["t1", "m3"] and numbers(got)[0] == 3 and numbers(got)[1] >= 4
         assert await journal.due_actors(3.0) == ["dup/1"]  # m3 (new) is due, not t1
-        await journal.settle("dup/1", "w", now=3.0, seen_n=4, busy=True)
+        await journal.settle("dup/1", "w", now=3.0, seen_n=numbers(got)[1], busy=True)
         assert await journal.due_actors(11.0) == []  # busy: the call waits; lease ends at 12
         assert await journal.due_actors(12.0) == ["dup/1"]
 
