@@ -648,6 +648,15 @@ def test_cosmos_polls_again_when_the_partitions_held_change(make_cosmos: Any) ->
         await other.enqueue(env(mine, "m"))
         assert await journal.due_actors(10.0, scope=Scope(4, {0})) == []  # rate-limited
         assert await journal.due_actors(10.0, scope=Scope(4, {0, 1})) == [theirs, mine]
+        # the next due time (its own query when scoped) is of these partitions only
+        later_mine, = _keys_in(0, "timer", 1)
+        later_theirs, = _keys_in(1, "timer", 1)
+        await other.enqueue(env(later_theirs, "t", "timer", deliver_at=20.0))
+        await other.enqueue(env(later_mine, "t", "timer", deliver_at=30.0))
+        assert await journal.due_actors(11.0, scope=Scope(4, {0}), owner="w") == [mine]
+        assert await journal.next_due(11.0) == 30.0
+        assert await journal.due_actors(31.0, scope=Scope(4, {0}), owner="w") == \
+            [mine, later_mine]
 
     run(main())
 

@@ -195,6 +195,44 @@ def test_a_load_switches_the_gc_back_to_how_it_was(was_on: bool) -> None:
     asyncio.run(main())
 
 
+def test_a_long_tail_goes_to_the_oldest_generation_and_nothing_stays_frozen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long tail's objects skip the young generations (gc.freeze then unfreeze): nothing
+    may stay in the permanent generation, where no collection would ever see it."""
+    from runtime.actors import activation
+
+    monkeypatch.setattr(activation, "PROMOTE_TAIL", 1)
+    promoted: list[bool] = []
+    real = activation._pause_gc
+
+    def spy() -> Any:
+        resume = real()
+
+        def wrapped(promote: bool) -> None:
+            promoted.append(promote)
+            resume(promote)
+        return wrapped
+
+    monkeypatch.setattr(activation, "_pause_gc", spy)
+
+    async def main() -> None:
+        journal, _ = await recorded({"wait": True})
+        gc.enable()
+        async with ActorRuntime(journal, activities=stubs(), lint=False) as rt:
+            rt.register(Steps)
+            rt.notify(KEY)
+            for _ in range(300):
+                act = rt.activations.get(KEY)
+                if act is not None and act.run is not None and act.run.waits:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)
+            assert promoted[-1] is True  # the recovery (the recording loaded an empty tail)
+            assert gc.isenabled() and gc.get_freeze_count() == 0
+
+    asyncio.run(main())
+
+
 class Mixed(Actor, type_name="mixed"):
     """A compensation, a branch step and a retried step: the inline replay path takes only
     main-line steps recorded once as done; these go the long way and must still match."""

@@ -141,12 +141,23 @@ def _consumes_with_append(host: Host) -> bool:
     return bool(getattr(host.journal, "consumes_with_append", False))
 
 
-def _pause_gc() -> Callable[[], None]:
-    """Switch the cyclic GC off; returns what switches it back on (if it was on)."""
+PROMOTE_TAIL = 1000  # commits read at activation from which their objects skip the young GC
+
+
+def _pause_gc() -> Callable[[bool], None]:
+    """Switch the cyclic GC off; returns what switches it back on (if it was on): with
+    True, after moving every object allocated meanwhile to the oldest generation."""
     if not gc.isenabled():
-        return lambda: None
+        return lambda promote: None
+
+    def resume(promote: bool) -> None:
+        if promote:  # O(1): the permanent generation merges into the oldest one
+            gc.freeze()
+            gc.unfreeze()
+        gc.enable()
+
     gc.disable()
-    return gc.enable
+    return resume
 
 
 def _json_copy(value: Any) -> Any:
@@ -200,6 +211,7 @@ class Activation:
         # cyclic GC passes in the middle would double the activation time and find nothing
         # to collect. The GC is off from the read until the replay first waits (below).
         resume_gc = _pause_gc()
+        tail: list[Commit] = []
         try:
             tail = await self.host.journal.read_tail(self.key)
             # the snapshot with the deltas after it applied, and the unfinished run's commits
@@ -226,7 +238,11 @@ class Activation:
                 self._resume(in_flight)
         finally:
             # The replay runs in the run task's first step: it ends before this callback.
-            asyncio.get_running_loop().call_soon(resume_gc)
+            # What a long tail's replay allocated lives as long as the run: the young
+            # generations would scan it all once more (~1 µs a step) to find nothing, so it
+            # goes straight to the oldest. Rare (long tails only): a cycle that became
+            # garbage meanwhile waits for the next full collection.
+            asyncio.get_running_loop().call_soon(resume_gc, len(tail) >= PROMOTE_TAIL)
 
     async def _pending(self, ids: list[str]) -> bool:
         """Whether any of these inbox entries is still unconsumed."""
