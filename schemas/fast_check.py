@@ -116,6 +116,24 @@ def _compiled(key: str, parsed_json: bool) -> Check | None:
         return None
 
 
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether lists and dicts in `value` nest more than `limit` levels deep."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        t = type(item)
+        children = item.values() if t is dict else item if t is list or t is tuple else None
+        if children is None:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if type(c) in _NESTED)
+    return False
+
+
+_NESTED = (dict, list, tuple)
+
+
 def is_json(value: Any, depth: int = 0) -> bool:
     """Whether `value` is made only of JSON's exact types (strict JsonValue accepts these,
     and subclasses too) and nests less than `MAX_DEPTH` deep (JsonValue's own limit is

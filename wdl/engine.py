@@ -13,9 +13,13 @@ import logging
 from collections import ChainMap
 from typing import Any
 
+from pydantic import ValidationError
+
 from runtime import errors
 from runtime.actors import Actor, ActorContext, ActorRef, handler
+from runtime.actors.actor import TENANT_SEP as ACTOR_SEP
 from runtime.actors.context import Saga
+from schemas.json_schema import compile_schema
 from schemas.wdl import (
     ActivityStep,
     AgentStep,
@@ -36,6 +40,38 @@ class _Aborted(Exception):
     """A parallel branch stopped because a sibling failed."""
 
 
+def _conforms(schema: dict[str, Any] | None, value: Any, what: str) -> None:
+    if schema is None:
+        return
+    try:
+        compile_schema(schema).validate_python(value)
+    except (ValidationError, ValueError, RecursionError) as exc:
+        problems = exc.errors() if isinstance(exc, ValidationError) else [
+            {"loc": (), "msg": "nests too deeply" if isinstance(exc, RecursionError)
+             else str(exc)}]
+        shown = "; ".join(f"{'/'.join(map(str, p['loc'])) or '(root)'}: {p['msg']}"
+                          for p in problems[:5])
+        raise errors.WorkflowFailed(f"the workflow's {what} does not match its {what}_schema: "
+                                    f"{shown}") from None
+
+
+def _confined(own: ActorRef, type_: str, actor_id: str) -> ActorRef:
+    """The actor an agent step addresses. An instance of a tenant (`<tenant>~<id>`, see
+    runtime/service/tenancy.py) reaches that tenant's actors only; no step asks its own
+    instance (it would wait for itself for ever)."""
+    tenant, sep, _ = own.id.partition(ACTOR_SEP)
+    if sep:
+        if ACTOR_SEP in actor_id:
+            raise errors.WorkflowFailed(f"agent actor id {actor_id!r} may not contain "
+                                        f"{ACTOR_SEP!r}")
+        actor_id = f"{tenant}{ACTOR_SEP}{actor_id}"
+    ref = ActorRef(type_, actor_id)
+    if ref == own:
+        raise errors.WorkflowFailed(f"an agent step of {own} asks {own} itself: it would "
+                                    "wait for itself for ever")
+    return ref
+
+
 class WorkflowActor(Actor, type_name="workflow"):
     """state: workflow ref, status, the variables so far, and the finished step ids."""
 
@@ -47,21 +83,27 @@ class WorkflowActor(Actor, type_name="workflow"):
         wf = Workflow.model_validate(payload["workflow"])
         # A variable set only on some paths (one branch of a condition) reads as null.
         self._unset = {var: None for var in declared_vars(wf.steps)}
+        self._uncompensated: list[str] = []
         self.state.update(workflow=wf.ref, status="running", vars={"input": payload.get("input")})
         saga = ctx.saga()
         try:
+            _conforms(wf.input_schema, payload.get("input"), "input")  # before any effect
             await self._steps(ctx, wf.steps, self.state["vars"], saga)
             output = interpolate(wf.output, self._view(self.state["vars"])) \
                 if wf.output is not None \
                 else {k: v for k, v in self.state["vars"].items() if k != "input"}
+            _conforms(wf.output_schema, output, "output")
         except (errors.NonDeterminismError, errors.JournalConflict):
             raise  # the runtime stops this actor; compensating now would act on a guess
-        except (errors.LoomError, ExpressionError) as exc:
+        except Exception as exc:  # whatever stopped it, what was done is undone
             undone = [activity for activity, _, _ in reversed(saga.steps)]
             await saga.compensate()
-            message = exc.message if isinstance(exc, errors.LoomError) else str(exc)
-            self.state.update(status="failed", error={
-                "type": type(exc).__name__, "message": message, "compensated": undone})
+            message = exc.message if isinstance(exc, errors.LoomError) else \
+                str(exc) if isinstance(exc, ExpressionError) else f"{type(exc).__name__}: {exc}"
+            error = {"type": type(exc).__name__, "message": message, "compensated": undone}
+            if self._uncompensated:  # done, but their compensation's input failed to build
+                error["uncompensated"] = list(self._uncompensated)
+            self.state.update(status="failed", error=error)
             log.info("workflow %s failed: %s", ctx.actor, message)
             return {"status": "failed", "error": self.state["error"]}
         self.state.update(status="completed", output=output)
@@ -84,8 +126,12 @@ class WorkflowActor(Actor, type_name="workflow"):
             log.info("workflow %s: step %s (%s) done", ctx.actor, step.id, step.kind)
             if step.compensation is not None:
                 comp = step.compensation
-                saga.add(comp.activity, interpolate(comp.input, self._view(scope)),
-                         version=comp.version)
+                try:
+                    comp_input = interpolate(comp.input, self._view(scope))
+                except ExpressionError:
+                    self._uncompensated.append(step.id)  # the failure report names it
+                    raise
+                saga.add(comp.activity, comp_input, version=comp.version)
         return last
 
     async def _step(self, ctx: ActorContext, step: Step, scope: dict[str, Any],
@@ -96,7 +142,7 @@ class WorkflowActor(Actor, type_name="workflow"):
                                            version=step.version, retry=step.retry,
                                            timeout_ms=step.timeout_ms)
         if isinstance(step, AgentStep):
-            ref = ActorRef(step.type, str(interpolate(step.actor_id, view)))
+            ref = _confined(ctx.actor, step.type, str(interpolate(step.actor_id, view)))
             return await ctx.ask(ref, step.handler, interpolate(step.input, view),
                                  timeout=step.timeout_s)
         if isinstance(step, ParallelStep):

@@ -383,7 +383,12 @@ class Activation:
     async def _complete(self, run: Run, before: Any, result: Any,
                         failure: errors.LoomError | None) -> None:
         host = self.host
-        after = None if failure else _json_copy(self.actor.dump_state())
+        try:
+            after = None if failure else _json_copy(self.actor.dump_state())
+        except (ValueError, RecursionError) as exc:  # a state the journal cannot hold
+            failure, after = errors.HandlerFailed(
+                f"{self.key}: its state cannot be stored ({type(exc).__name__}: {exc})",
+                error_type=type(exc).__name__), None
         kind = "failed" if failure else "completed"
         if isinstance(failure, errors.InvariantViolated):
             kind = "rejected"

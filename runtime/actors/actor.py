@@ -20,6 +20,11 @@ from pydantic import BaseModel
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+TENANT_SEP = "~"
+"""Between a tenant and its own id in an actor id (`<type>/<tenant>~<id>`, the service's
+naming: runtime/service/tenancy.py)."""
+
+
 class ActorRef(NamedTuple):
     type: str
     id: str

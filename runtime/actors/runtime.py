@@ -32,6 +32,7 @@ from runtime.actors.resilience import Breakers
 from runtime.executor import Executor
 from runtime.journal.store import Envelope, JournalStore, Scope
 from runtime.limits.base import Grant, Limiter
+from schemas.fast_check import nests_deeper
 from schemas.manifest import RetryPolicy
 
 __all__ = ["ActivityRunner", "ActorRuntime", "Hooks", "Ownership"]
@@ -53,6 +54,7 @@ def _host_id() -> str:
 
 HOST_ID = _host_id()  # the first part of an owner id (host:pid:nonce)
 _ID_BASE = [uuid.uuid4().int, 0]  # message ids: a random 128-bit base plus a counter
+MAX_PAYLOAD_DEPTH = 128  # levels of nesting in a message payload (the journal reads ~200)
 
 
 def _new_id_base() -> None:
@@ -249,6 +251,11 @@ class ActorRuntime:
                  msg_id: str | None = None, kind: str = "call", name: str | None = None,
                  reply_to: str | None = None, sender: str | None = None,
                  deliver_at: float = 0.0, key: str | None = None) -> Envelope:
+        if type(payload) in (dict, list) and nests_deeper(payload, MAX_PAYLOAD_DEPTH):
+            # the journal's reader stops at ~200 levels: deeper, the message would be
+            # written and then never read (its actor failing to load for ever)
+            raise errors.InputInvalid(f"the payload of a message to {target} nests deeper "
+                                      f"than {MAX_PAYLOAD_DEPTH} levels")
         env: Envelope = {"id": msg_id or message_id(), "target": str(target), "kind": kind,
                          "payload": payload, "deliver_at": deliver_at}
         if handler is not None:

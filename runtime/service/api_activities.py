@@ -61,7 +61,7 @@ async def upload(request: Request, who: Principal = WRITE) -> dict[str, Any]:
     wasm, raw_manifest = await _bytes(wasm_part), await _bytes(manifest_part)
     try:
         manifest = json.loads(raw_manifest)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise Problem(400, "malformed_json", "Malformed JSON", f"manifest: {exc}",
                       errors_=[{"in": "form", "pointer": "/manifest", "message": str(exc)}]
                       ) from None

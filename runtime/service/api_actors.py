@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Query, Request
 
 from runtime import errors
 from runtime.actors.delta import after_last_state, current_state
+from runtime.actors.runtime import MAX_PAYLOAD_DEPTH
 from runtime.service import tenancy
 from runtime.service.auth import INVOKE, READ, WRITE
 from runtime.service.keys import Principal
@@ -26,6 +27,7 @@ from runtime.service.models import (
     SignalRequest,
 )
 from runtime.service.problems import Problem, not_found
+from schemas.fast_check import nests_deeper
 
 router = APIRouter(tags=["actors"])
 OUTCOMES = ("completed", "failed", "rejected", "cancelled", "dead_lettered")
@@ -45,6 +47,9 @@ def message_id(tenant: str, idempotency_key: str | None, msg_id: str | None) -> 
 
 def envelope(target: str, kind: str, name: str | None, payload: Any, msg_id: str,
              key: str | None = None) -> dict[str, Any]:
+    if nests_deeper(payload, MAX_PAYLOAD_DEPTH):  # it could be written, never read back
+        raise Problem(422, "request_invalid", "Request invalid",
+                      f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels")
     env: dict[str, Any] = {"id": msg_id, "target": target, "kind": kind, "payload": payload,
                            "deliver_at": 0.0}
     if kind == "call":
@@ -96,7 +101,7 @@ async def trigger(type: str, id: str, handler: str, request: Request,
 
         try:
             payload = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise Problem(400, "malformed_json", "Malformed JSON", str(exc)) from None
     msg_id = message_id(who.tenant, idempotency_key, None)
     created = await enqueue(svc, envelope(tenancy.actor(who.tenant, type, id), "call", handler,
@@ -223,7 +228,7 @@ async def show(type: str, id: str, request: Request, who: Principal = READ,
 @router.get("/v1/actors/{type}/{id}/journal", summary="Every commit, with each activity "
                                                        "step's resources")
 async def journal(type: str, id: str, request: Request, who: Principal = READ,
-                  after_seq: int = Query(default=-1, ge=-1),
+                  after_seq: int = Query(default=-1, ge=-1, le=2**63 - 1),
                   limit: int = Query(default=500, ge=1, le=5000)) -> dict[str, Any]:
     svc = _svc(request)
     key = tenancy.actor(who.tenant, type, id)

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from runtime.actors.runtime import MAX_PAYLOAD_DEPTH
 from runtime.service import tenancy
 from runtime.service.auth import ADMIN, READ, WRITE
 from runtime.service.cron import Cron, CronInvalid
@@ -16,6 +17,7 @@ from runtime.service.keys import Principal
 from runtime.service.models import ScheduleRequest
 from runtime.service.problems import Problem, not_found
 from runtime.service.store import Schedule
+from schemas.fast_check import nests_deeper
 
 router = APIRouter(tags=["operations"])
 
@@ -110,6 +112,11 @@ async def add_schedule(body: ScheduleRequest, request: Request,
         raise Problem(422, "request_invalid", "Request invalid", str(exc),
                       errors_=[{"in": "body", "pointer": "/cron", "message": str(exc)}]
                       ) from None
+    if nests_deeper(body.payload, MAX_PAYLOAD_DEPTH):  # its ticks could never be journaled
+        raise Problem(422, "request_invalid", "Request invalid",
+                      f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels",
+                      errors_=[{"in": "body", "pointer": "/payload",
+                                "message": f"nests deeper than {MAX_PAYLOAD_DEPTH} levels"}])
     now = time.time()
     s = Schedule(who.tenant, body.name, body.cron, body.target, body.handler, body.payload,
                  body.missed, now, now)

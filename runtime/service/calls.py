@@ -38,9 +38,13 @@ class Calls:
         self._lock = threading.Lock()
 
     def resolve(self, tenant: str, name: str) -> str:
-        """The registry name a tenant's `name` means: its own, else a shared one."""
+        """The registry name a tenant's `name` means: its own, else a shared one. A name
+        holding the tenant separator is never shared: `acme--echo` is acme's own `echo`,
+        which another tenant's workflow must not reach by spelling it out."""
         if tenant:
             own = tenancy.activity(tenant, name)
+            if tenancy.ACTIVITY_SEP in name:
+                return own  # (absent: NotFound, as for any name the tenant lacks)
             try:
                 self.executor.registry.get(own)
                 return own

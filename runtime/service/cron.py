@@ -135,18 +135,27 @@ class Scheduler:
         fired = 0
         now = self.clock()
         for s in await asyncio.to_thread(svc.store.schedules):
-            ticks = Cron(s.cron).ticks(s.cursor, now, svc.config.max_catch_up
-                                       if s.missed == "catch-up" else 1_000_000)
-            if not ticks:
-                continue
-            if s.missed == "skip":
-                ticks = ticks[-1:]
-            for tick in ticks:
-                if await svc.journal.enqueue(tick_message(s, tick)):
-                    fired += 1
-                    svc.metrics.cron_ticks.inc()
-            await asyncio.to_thread(svc.store.advance, s.tenant, s.name, s.cursor, ticks[-1],
-                                    len(ticks))
-            if svc.runtime is not None:
-                svc.runtime.notify(tick_message(s, ticks[-1])["target"])
+            try:
+                fired += await self._fire(s, now)
+            except Exception as exc:  # one schedule's failure must not stop the others'
+                log.warning("cron schedule %s of %s failed: %s", s.name, s.tenant, exc)
+        return fired
+
+    async def _fire(self, s: Schedule, now: float) -> int:
+        svc = self.service
+        fired = 0
+        ticks = Cron(s.cron).ticks(s.cursor, now, svc.config.max_catch_up
+                                   if s.missed == "catch-up" else 1_000_000)
+        if not ticks:
+            return 0
+        if s.missed == "skip":
+            ticks = ticks[-1:]
+        for tick in ticks:
+            if await svc.journal.enqueue(tick_message(s, tick)):
+                fired += 1
+                svc.metrics.cron_ticks.inc()
+        await asyncio.to_thread(svc.store.advance, s.tenant, s.name, s.cursor, ticks[-1],
+                                len(ticks))
+        if svc.runtime is not None:
+            svc.runtime.notify(tick_message(s, ticks[-1])["target"])
         return fired

@@ -72,7 +72,10 @@ class KeyRing:
         hit = self._cache.get(key_id)
         if hit is None or hit[0] < now:
             record = self.store.key(key_id)
-            self._cache[key_id] = (now + self.ttl_s, record)
+            if record is not None:  # misses are not kept: anyone can present new ids
+                self._cache[key_id] = (now + self.ttl_s, record)
+            else:
+                self._cache.pop(key_id, None)
         else:
             record = hit[1]
         if record is None or record.revoked_at is not None:

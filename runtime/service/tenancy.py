@@ -13,10 +13,11 @@ shared one.
 
 from __future__ import annotations
 
+from runtime.actors.actor import TENANT_SEP
 from schemas.manifest import NAME_PATTERN
 
 ACTIVITY_SEP = "--"
-ACTOR_SEP = "~"
+ACTOR_SEP = TENANT_SEP
 MAX_NAME = 63
 _ = NAME_PATTERN
 

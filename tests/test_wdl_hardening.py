@@ -1,0 +1,212 @@
+"""WDL engine hardening (review findings): any failure compensates, input/output schemas are
+enforced, an unbuildable compensation input is reported, agent steps stay inside their
+tenant and never ask their own instance, and over-deep payloads or states fail instead of
+wedging the actor. Each test runs on a MemoryJournal with StubActivities and a timeout, so a
+regression fails quickly instead of hanging."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from wdl_fixtures.agents import Scorer
+
+from runtime import errors
+from runtime.actors import Actor, ActorContext, ActorRuntime, handler
+from runtime.journal import MemoryJournal
+from runtime.testing import StubActivities
+from wdl import run_workflow, validate
+
+TIMEOUT = 5.0
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None
+
+
+class DeepState(Actor, type_name="deepstate"):
+    """Builds a state nested `depth` levels deep from a flat payload."""
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"tree": None}
+
+    @handler
+    async def grow(self, ctx: ActorContext, payload: dict[str, Any]) -> str:
+        tree: dict[str, Any] = {}
+        for _ in range(payload["depth"]):
+            tree = {"a": tree}
+        self.state["tree"] = tree
+        return "grown"
+
+
+def _stubs() -> StubActivities:
+    stubs = StubActivities()
+    for name in ("a", "b", "undo"):
+        stubs.add(name)
+    return stubs
+
+
+def _called(stubs: StubActivities) -> list[str]:
+    return [activity for activity, _key, _tenant in stubs.calls]
+
+
+def _run(doc: dict[str, Any], input: Any, *, instance: str = "w1",
+         stubs: StubActivities | None = None,
+         agents: tuple[type[Actor], ...] = ()) -> dict[str, Any]:
+    wf = validate(doc)
+    stubs = stubs if stubs is not None else _stubs()
+
+    async def main() -> dict[str, Any]:
+        async with ActorRuntime(MemoryJournal(), activities=stubs, poll_interval_s=0.01,
+                                sleep=_no_sleep) as rt:
+            for cls in agents:
+                rt.register(cls)
+            return await run_workflow(rt, wf, input, instance=instance, timeout=TIMEOUT)
+
+    return asyncio.run(main())
+
+
+def _wf(*steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": "hardening", "version": "1.0.0", "steps": list(steps), **extra}
+
+
+BOOK = {"id": "s0", "kind": "activity", "activity": "a", "input": {},
+        "compensation": {"activity": "undo", "input": {"what": "s0"}}}
+
+
+# -- 1. any exception compensates ----------------------------------------------------------------
+
+def test_a_non_loom_exception_still_runs_the_compensations() -> None:
+    """A NaN in the input makes the next activity's arguments un-journalable (TypeError):
+    the old engine let it escape the handler and never undid s0."""
+    stubs = _stubs()
+    out = _run(_wf(BOOK, {"id": "s1", "kind": "activity", "activity": "b",
+                          "input": {"v": "{{ input.x }}"}}),
+               {"x": float("nan")}, stubs=stubs)
+    assert out["status"] == "failed", out
+    assert out["error"]["type"] == "TypeError"
+    assert out["error"]["message"].startswith("TypeError: ")
+    assert out["error"]["compensated"] == ["undo"]
+    assert _called(stubs) == ["a", "undo"]  # b never ran; undo did
+    assert [e.input for e in stubs.receiver.of("undo")] == [{"what": "s0"}]
+
+
+# -- 2. input_schema / output_schema -------------------------------------------------------------
+
+def test_input_and_output_schemas_are_enforced() -> None:
+    schemas = {"input_schema": {"type": "object", "properties": {"n": {"type": "integer"}},
+                                "required": ["n"]},
+               "output_schema": {"type": "object", "properties": {"n": {"type": "integer"}},
+                                 "required": ["n"]}}
+    # a bad input fails before any effect
+    stubs = _stubs()
+    out = _run(_wf(BOOK, output={"n": "{{ input.n }}"}, **schemas), {"n": "seven"},
+               stubs=stubs)
+    assert out["status"] == "failed", out
+    assert out["error"]["type"] == "WorkflowFailed"
+    assert "input_schema" in out["error"]["message"]
+    assert stubs.calls == []
+    assert out["error"]["compensated"] == []
+
+    # a bad output fails the run, and what was done is undone
+    stubs = _stubs()
+    out = _run(_wf(BOOK, output={"n": "{{ s0 }}"}, **schemas), {"n": 7}, stubs=stubs)
+    assert out["status"] == "failed", out
+    assert out["error"]["type"] == "WorkflowFailed"
+    assert "output_schema" in out["error"]["message"]
+    assert _called(stubs) == ["a", "undo"]
+    assert out["error"]["compensated"] == ["undo"]
+
+    # a conforming run completes
+    stubs = _stubs()
+    out = _run(_wf(BOOK, output={"n": "{{ input.n }}"}, **schemas), {"n": 7}, stubs=stubs)
+    assert out == {"status": "completed", "output": {"n": 7}}
+    assert _called(stubs) == ["a"]
+
+
+# -- 3. a compensation input that cannot be built ------------------------------------------------
+
+def test_an_unbuildable_compensation_input_is_reported_as_uncompensated() -> None:
+    stubs = _stubs()
+    out = _run(_wf(BOOK,
+                   {"id": "s1", "kind": "activity", "activity": "a", "input": {},
+                    "compensation": {"activity": "undo",
+                                     "input": {"booking": "{{ s1.body.id }}"}}},
+                   {"id": "s2", "kind": "activity", "activity": "b", "input": {}}),
+               {}, stubs=stubs)
+    assert out["status"] == "failed", out
+    assert out["error"]["type"] == "ExpressionError"
+    assert out["error"]["uncompensated"] == ["s1"]
+    assert out["error"]["compensated"] == ["undo"]  # s0's, still run
+    assert _called(stubs) == ["a", "a", "undo"]  # s2 never started
+    assert [e.input for e in stubs.receiver.of("undo")] == [{"what": "s0"}]
+
+
+# -- 4. agent steps: tenant confinement and no self-ask ------------------------------------------
+
+def test_an_agent_step_of_a_tenant_instance_stays_in_that_tenant() -> None:
+    scorer = {"id": "ask", "kind": "agent", "type": "scorer", "actor_id": "{{ input.who }}",
+              "handler": "score", "input": {"amount": 5}, "timeout_s": 3}
+    out = _run(_wf(scorer), {"who": "x"}, instance="acme~w1", agents=(Scorer,))
+    assert out["status"] == "completed", out
+    assert out["output"]["ask"]["actor"] == "acme~x"  # scorer/acme~x, not scorer/x
+
+    # an id naming another tenant is refused before anything is asked (and s0 is undone)
+    stubs = _stubs()
+    out = _run(_wf(BOOK, scorer), {"who": "other~x"}, instance="acme~w2", stubs=stubs,
+               agents=(Scorer,))
+    assert out["status"] == "failed", out
+    assert out["error"]["type"] == "WorkflowFailed"
+    assert "other~x" in out["error"]["message"]
+    assert _called(stubs) == ["a", "undo"]
+
+
+def test_an_agent_step_asking_its_own_instance_fails_at_once() -> None:
+    started = time.monotonic()
+    out = _run(_wf(BOOK, {"id": "me", "kind": "agent", "type": "workflow", "actor_id": "w1",
+                          "handler": "start", "input": {}}), {}, instance="w1")
+    assert time.monotonic() - started < TIMEOUT
+    assert out["status"] == "failed", out
+    assert out["error"]["type"] == "WorkflowFailed"
+    assert "itself" in out["error"]["message"]
+    assert out["error"]["compensated"] == ["undo"]
+
+
+# -- 5. over-deep payloads and states ------------------------------------------------------------
+
+def test_over_deep_payloads_and_states_fail_instead_of_wedging() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    stubs = _stubs()
+    with pytest.raises(errors.InputInvalid) as info:
+        _run(_wf(BOOK, {"id": "s1", "kind": "activity", "activity": "b",
+                        "input": "{{ input }}"}), deep, stubs=stubs)
+    assert "nests deeper than 128" in info.value.message
+    assert stubs.calls == []  # refused at the door: nothing ran
+
+    async def outcome(rt: ActorRuntime, depth: int) -> str:
+        try:
+            return repr(await rt.ask("deepstate/d1", "grow", {"depth": depth},
+                                     timeout=TIMEOUT))
+        except errors.HandlerFailed as exc:
+            return f"HandlerFailed: {exc.message}"
+        except TimeoutError:  # the old runtime: the run died in _complete, never answered
+            return "timed out"
+
+    async def grow_too_deep() -> tuple[str, str]:
+        # lint=False: the linter reads this whole module, whose tests use the clock
+        async with ActorRuntime(MemoryJournal(), activities=_stubs(), poll_interval_s=0.01,
+                                sleep=_no_sleep, lint=False) as rt:
+            rt.register(DeepState)
+            # then the actor is not wedged: it still answers, from its last stored state
+            return await outcome(rt, 300), await outcome(rt, 3)
+
+    first, again = asyncio.run(grow_too_deep())
+    if not (first.startswith("HandlerFailed: ") and "cannot be stored" in first
+            and again == "'grown'"):
+        # pytrace=False: after a failed deep serialization, Python 3.11's ast.parse (which
+        # pytest uses to show a traceback) may raise SystemError and hide the outcome
+        pytest.fail(f"state too deep: {first!r}; next call: {again!r}", pytrace=False)
