@@ -93,5 +93,5 @@ def secret_from_environment(name: str, secrets_dir: Path | None) -> str | None:
     if secrets_dir is not None:
         path = secrets_dir / name
         if path.is_file():
-            return path.read_text().rstrip("\n")
+            return path.read_text().rstrip("\r\n")  # a file saved with CRLF too
     return None

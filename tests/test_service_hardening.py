@@ -127,6 +127,25 @@ def test_one_failing_schedule_does_not_stop_the_others(tmp_path: Path) -> None:
         svc.store.close()
 
 
+def test_a_schedule_that_never_matches_moves_its_cursor_on(tmp_path: Path) -> None:
+    """30 February never comes: its cursor, a year old, moves on without a tick, so the
+    next passes do not scan the same year minute by minute again."""
+    now = [2_000_000_000.0]
+    svc = SimpleNamespace(store=ServiceStore(tmp_path / "s.db"), journal=MemoryJournal(),
+                          config=ServiceConfig(), metrics=Metrics(), runtime=None)
+    sched = Scheduler(svc, clock=lambda: now[0])  # type: ignore[arg-type]
+    try:
+        old = now[0] - 365 * 86400
+        svc.store.add_schedule(Schedule("acme", "never", "0 0 30 2 *", "counter/x", "tick",
+                                        None, "catch-up", old, old))
+        assert asyncio.run(sched.fire_due()) == 0
+        (cursor,) = [s.cursor for s in svc.store.schedules()]
+        assert now[0] - 60 < cursor <= now[0]
+        assert asyncio.run(svc.journal.inbox("counter/acme~x", float("inf"))) == []
+    finally:
+        svc.store.close()
+
+
 @pytest.mark.integration
 def test_a_schedule_payload_nested_too_deep_is_refused(served: Served) -> None:
     acme = served.client("acme")

@@ -210,3 +210,18 @@ def test_over_deep_payloads_and_states_fail_instead_of_wedging() -> None:
         # pytrace=False: after a failed deep serialization, Python 3.11's ast.parse (which
         # pytest uses to show a traceback) may raise SystemError and hide the outcome
         pytest.fail(f"state too deep: {first!r}; next call: {again!r}", pytrace=False)
+
+
+@pytest.mark.parametrize("name", ["true", "null", "None", "False"])
+def test_a_step_output_named_like_a_literal_is_refused(name: str) -> None:
+    """`{{ true.x }}` reads the literal, never the step: such names are refused."""
+    from runtime import errors
+    from wdl.validate import validate
+
+    wf = {"name": "w", "version": "1.0.0",
+          "steps": [{"id": name, "kind": "activity", "activity": "echo", "input": {}}]}
+    with pytest.raises(errors.WorkflowInvalid, match="literal"):
+        validate(wf)
+    renamed = {**wf, "steps": [{**wf["steps"][0], "id": "s0", "output": name}]}
+    with pytest.raises(errors.WorkflowInvalid, match="/steps/0/output"):
+        validate(renamed)

@@ -21,7 +21,14 @@ from schemas.wdl import (
     WaitStep,
     Workflow,
 )
-from wdl.expressions import ExpressionError, compile_expression, compile_path, references, roots
+from wdl.expressions import (
+    LITERALS,
+    ExpressionError,
+    compile_expression,
+    compile_path,
+    references,
+    roots,
+)
 
 ActivityCheck = Callable[[str, str | None], bool]
 """known(name, version) -> whether the registry has that activity."""
@@ -108,6 +115,10 @@ class _Checker:
             if var is not None:
                 if var == "input":
                     self.problem(f"{here}/output", "'input' is reserved for the workflow input")
+                elif var in LITERALS:  # `{{ true.x }}` would read the literal, not the step
+                    where = "output" if getattr(step, "output", None) else "id"
+                    self.problem(f"{here}/{where}", f"{var!r} is a literal in expressions; "
+                                 "name the step's output otherwise")
                 self.all_vars.setdefault(var, here)
             for sub, key in _children(step):
                 self._collect(sub, f"{here}/{key}")

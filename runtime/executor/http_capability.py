@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import io
 import ipaddress
+import re
 import socket
 import ssl
 import threading
@@ -39,10 +40,29 @@ keeps the executor free of any tracing code."""
 
 
 def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local:  # fec0::/10, deprecated but routed by some networks
+            return False
+        embedded = ip.ipv4_mapped or ip.sixtofour  # 2002:a9fe:a9fe:: is 169.254.169.254
+        if embedded is not None:
+            ip = embedded
+    if any(ip in net for net in _NOT_PUBLIC):
+        return False
     return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
                 or ip.is_reserved or ip.is_unspecified or not ip.is_global)
+
+
+# what some Python versions' `is_global` misses (192.0.0.0/24: CVE-2024-4032)
+_NOT_PUBLIC = [ipaddress.ip_network("192.0.0.0/24")]
+# header names: RFC 9110 tokens (no whitespace, so none slips past DROPPED_HEADERS); values:
+# no CR, LF or NUL (no injected or folded lines)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+MAX_RESPONSE_HEADER_BYTES = 64 * 1024
+# lookups running at once, process-wide: one given up on at its deadline keeps its thread
+# (getaddrinfo cannot be cancelled) until the resolver answers; beyond this, refused
+MAX_LOOKUPS = 32
+_lookups = threading.BoundedSemaphore(MAX_LOOKUPS)
 
 
 def check_url(url: str, cap: HttpCapability) -> tuple[str, str, int, str]:
@@ -82,9 +102,17 @@ def _getaddrinfo(host: str, port: int, deadline: float) -> list[Any]:
         except OSError as exc:
             box["error"] = exc
         finally:
+            _lookups.release()
             done.set()
 
-    threading.Thread(target=lookup, name="loom-resolve", daemon=True).start()
+    if not _lookups.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise OSError(f"cannot resolve {host}: {MAX_LOOKUPS} lookups are already running "
+                      "(a resolver that does not answer?)")
+    try:
+        threading.Thread(target=lookup, name="loom-resolve", daemon=True).start()
+    except BaseException:
+        _lookups.release()
+        raise
     if not done.wait(max(0.0, deadline - time.monotonic())):
         raise TimeoutError(f"resolving {host} did not finish before the deadline")
     if "error" in box:
@@ -219,6 +247,11 @@ def perform(request: dict[str, Any], cap: HttpCapability, *, idempotency_key: st
         what = "headers must be an object" if not isinstance(given, dict) else \
             "body must be a string (encode JSON yourself)"
         return {"ok": False, "error": {"code": "bad_request", "message": what}}
+    for k, v in given.items():  # the value is never echoed: it may hold a secret
+        if not _TOKEN.fullmatch(str(k)) or _BAD_VALUE.search(str(v)) or not _latin1(str(v)):
+            return {"ok": False, "error": {"code": "bad_request", "message": (
+                f"header {str(k)[:64]!r}: names are tokens, and values hold no CR, LF or NUL "
+                "and only Latin-1 characters")}}
     headers = {str(k): str(v) for k, v in given.items()
                if str(k).lower() not in DROPPED_HEADERS}
     headers.setdefault("User-Agent", "loom-activity")
@@ -248,6 +281,10 @@ def _exchange(method: str, scheme: str, host: str, port: int, path: str,
     try:
         conn.request(method, path, body=payload, headers=headers)
         resp = conn.getresponse()
+        if sum(len(k) + len(v) + 4 for k, v in resp.getheaders()) > MAX_RESPONSE_HEADER_BYTES:
+            return {"ok": False, "error": {
+                "code": "response_too_large",
+                "message": f"response headers exceed {MAX_RESPONSE_HEADER_BYTES} bytes"}}
         data = resp.read(cap.max_response_bytes + 1)
         if len(data) > cap.max_response_bytes:
             return {"ok": False, "error": {
@@ -262,6 +299,14 @@ def _exchange(method: str, scheme: str, host: str, port: int, path: str,
         if resp is not None:
             resp.close()
         conn.close()
+
+
+def _latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _failed(exc: BaseException, started: float, timeout_s: float) -> dict[str, Any]:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from runtime.service.service import Service
 
 log = logging.getLogger("loom.cron")
+IDLE_ADVANCE_S = 3600.0  # a schedule's cursor moves on without a tick once it is this old
 MISSED = ("catch-up", "skip")
 _EVERY = re.compile(r"^@every\s+(\d+)(s|m|h)$")
 _RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
@@ -63,6 +64,8 @@ def _field(text: str, lo: int, hi: int, what: str) -> frozenset[int]:
 
 
 class Cron:
+    SCAN_MINUTES = 600_000  # minutes `ticks` looks through at most (~14 months)
+
     def __init__(self, expr: str) -> None:
         self.expr = expr.strip()
         m = _EVERY.match(self.expr)
@@ -97,7 +100,7 @@ class Cron:
         t = dt.datetime.fromtimestamp(after - after % 60 + 60, dt.UTC)
         end = dt.datetime.fromtimestamp(until, dt.UTC)
         scanned = 0
-        while t <= end and len(out) < limit and scanned < 600_000:  # ~14 months of minutes
+        while t <= end and len(out) < limit and scanned < self.SCAN_MINUTES:
             if self.matches(t):
                 out.append(t.timestamp())
             t += dt.timedelta(minutes=1)
@@ -147,6 +150,12 @@ class Scheduler:
         ticks = Cron(s.cron).ticks(s.cursor, now, svc.config.max_catch_up
                                    if s.missed == "catch-up" else 1_000_000)
         if not ticks:
+            if now - s.cursor > IDLE_ADVANCE_S:  # scanned up to now, or the scan's limit:
+                # move past it, so a schedule that seldom or never matches (30 February)
+                # is not scanned from the same old cursor minute by minute on every pass
+                seen = min(now, s.cursor - s.cursor % 60 + 60 * Cron.SCAN_MINUTES)
+                await asyncio.to_thread(svc.store.advance, s.tenant, s.name, s.cursor,
+                                        seen - seen % 60, 0)
             return 0
         if s.missed == "skip":
             ticks = ticks[-1:]
