@@ -8,6 +8,7 @@ and a digest of its arguments) at the same position.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
@@ -284,31 +285,35 @@ class ActorContext:
             self._run.inflight += 1
             tenant = rt.tenant_of(self._act.key)
             release = await rt.admit(name, tenant, key)  # fleet-wide limits: wait, not fail
+            failure: errors.LoomError | None = None
             try:
                 result = await rt.run_activity(name, input, version=version,
                                                idempotency_key=key, timeout_ms=timeout_ms,
                                                tenant=tenant)
             except errors.LoomError as exc:
-                await release()
+                failure = exc
+            finally:  # whatever ends the call (a cancellation too) frees its slot
+                if release is not None:
+                    await asyncio.shield(release())
+            if failure is not None:
                 self._run.inflight -= 1
-                if not plan.should_retry(exc, attempts):
+                if not plan.should_retry(failure, attempts):
                     self._record(step, f"{kind}.failed", name, fp,
-                                 error=error_record(exc), attempts=attempts,
+                                 error=error_record(failure), attempts=attempts,
                                  **_used(rt, key))
-                    raise activity_failed(name, attempts, exc.message, exc.code.value,
-                                          **where) from exc
+                    raise activity_failed(name, attempts, failure.message, failure.code.value,
+                                          **where) from failure
                 delay = plan.delay(attempts)
                 if delay <= rt.durable_retry_threshold_s:
                     await rt.sleep(delay)
                     continue
                 timer = f"timer:{self._run.msg_id}:{step}:{attempts}"
                 self._record(step, f"{kind}.retry", name, fp,
-                             attempt=attempts, error=error_record(exc), timer=timer,
+                             attempt=attempts, error=error_record(failure), timer=timer,
                              fire_at=rt.clock() + delay, **_used(rt, key))
                 await self._act.start_timer(self._run, timer, rt.clock() + delay)
                 await self._act.wait_timer(self._run, timer, step)
                 continue
-            await release()
             self._run.inflight -= 1
             rt.hooks.fire("after_activity", self._act.key)
             self._record(step, f"{kind}.done", name, fp,

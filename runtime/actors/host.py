@@ -91,5 +91,7 @@ class Host(Protocol):
 
     def take_resources(self, key: str) -> list[dict[str, Any]] | None: ...
 
-    async def admit(self, name: str, tenant: str, key: str) -> Callable[[], Awaitable[None]]:
+    async def admit(self, name: str, tenant: str, key: str
+                    ) -> Callable[[], Awaitable[None]] | None:
+        """Wait until the limits admit the call; what frees its slot (None: no limit)."""
         ...

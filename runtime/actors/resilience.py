@@ -166,6 +166,8 @@ class Breakers:
             try:
                 return breaker.call(outcome)
             except pybreaker.CircuitBreakerError:
+                if error is None:  # it ran and succeeded; another worker opened the breaker
+                    return value   # meanwhile: its effect happened, so must its result
                 cause = f" (tripped by: {error.message})" if isinstance(
                     error, errors.LoomError) else ""
                 raise errors.CircuitOpen(

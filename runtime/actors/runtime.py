@@ -87,13 +87,32 @@ def _reply_of(commit: dict[str, Any]) -> Any:
                                error_type=err.get("type", "Error"), error_code=err.get("code"))
 
 
-async def _nothing() -> None:
-    return None
+def _releaser(limiter: Limiter, grant: Grant, lease_s: float
+              ) -> Callable[[], Awaitable[None]] | None:
+    """What frees the grant's slot; meanwhile its lease is renewed every third of it, so
+    a call longer than the lease keeps its slot (without, the limit was exceeded)."""
+    if not grant.limited:
+        return None
 
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                if not await asyncio.to_thread(limiter.refresh, grant):
+                    return  # expired meanwhile: the slot may be another call's now
+            except Exception as exc:  # the store is away: try again at the next beat
+                log.warning("limits: renewing the lease of %s failed: %s", grant.activity, exc)
 
-def _releaser(limiter: Limiter, grant: Grant) -> Callable[[], Awaitable[None]]:
+    renewing = asyncio.get_running_loop().create_task(renew()) if lease_s > 0 else None
+
     async def release() -> None:
-        await asyncio.to_thread(limiter.release, grant)
+        if renewing is not None:
+            renewing.cancel()
+        try:
+            await asyncio.to_thread(limiter.release, grant)
+        except Exception as exc:  # never the call's outcome: the lease runs out instead
+            log.warning("limits: releasing %s failed (its lease runs out): %s",
+                        grant.activity, exc)
 
     return release
 
@@ -798,18 +817,27 @@ class ActorRuntime:
         event): duration, fuel, memory, warm instance, outcome."""
         return self._resources.pop(key, None)
 
-    async def admit(self, name: str, tenant: str, key: str) -> Callable[[], Awaitable[None]]:
+    async def admit(self, name: str, tenant: str, key: str
+                    ) -> Callable[[], Awaitable[None]] | None:
         """Wait (never fail) until the activity's concurrency and rate limits admit this
         call; returns what frees its slot. A crash while waiting loses nothing: the step is
         not recorded, so the run asks again on replay, under the same key (which the
         limiter recognises, so a re-run never takes a second slot)."""
         limiter = self.limiter
         if limiter is None:
-            return _nothing
+            return None
+        backoff = 0.05
         while True:
-            verdict = await asyncio.to_thread(limiter.try_acquire, name, tenant, key)
+            try:
+                verdict = await asyncio.to_thread(limiter.try_acquire, name, tenant, key)
+            except Exception as exc:  # the limits' store is away: wait as for a full limit
+                log.warning("limits: admitting %s failed (waiting %.2f s): %s", name, backoff,
+                            exc)
+                await asyncio.sleep(backoff)
+                backoff = min(1.0, backoff * 2)
+                continue
             if isinstance(verdict, Grant):
-                return _releaser(limiter, verdict)
+                return _releaser(limiter, verdict, limiter.lease_s(name))
             await asyncio.sleep(max(0.005, min(verdict.retry_after_s, 0.25)))
 
     async def retry_policy_for(self, name: str, version: str | None,

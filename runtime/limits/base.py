@@ -47,6 +47,10 @@ class Limiter(Protocol):
         Rate tokens are not given back (they count starts)."""
         ...
 
+    def lease_s(self, activity: str) -> float:
+        """How long a grant of `activity` holds its slot unless refreshed (0: no limit)."""
+        ...
+
     def refresh(self, grant: Grant) -> bool:
         """Extend the grant's lease by the activity's `lease_s` (for calls that run long).
         False if the lease already expired: the slot may be someone else's now."""

@@ -33,7 +33,7 @@ class MemoryLimiter:
         scopes = self.config.scopes(activity, tenant)
         if scopes is None:
             return unlimited(activity, tenant, token)
-        lease = self._lease(activity)
+        lease = self.lease_s(activity)
         with self._lock:
             now = self.clock()
             holders = [self._purge(s, now) for s in scopes]
@@ -75,7 +75,7 @@ class MemoryLimiter:
             grants[token] = nonce
             return Grant(activity, tenant, token, nonce)
 
-    def _lease(self, activity: str) -> float:
+    def lease_s(self, activity: str) -> float:
         limits = self.config.get(activity)
         return limits.lease_s if limits is not None else 0.0
 
@@ -110,5 +110,5 @@ class MemoryLimiter:
             for s in scopes:
                 h = self._holders.get(s.key, {})
                 if grant.token in h:
-                    h[grant.token] = now + self._lease(grant.activity)
+                    h[grant.token] = now + self.lease_s(grant.activity)
             return True

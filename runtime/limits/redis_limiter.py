@@ -167,9 +167,12 @@ class RedisLimiter:
                              "in_use": int(self.client.zcount(holders, now, "+inf"))}
         return out
 
-    def _lease_us(self, activity: str) -> int:
+    def lease_s(self, activity: str) -> float:
         limits = self.config.get(activity)
-        return math.ceil((limits.lease_s if limits else 0.0) * 1_000_000)
+        return limits.lease_s if limits else 0.0
+
+    def _lease_us(self, activity: str) -> int:
+        return math.ceil(self.lease_s(activity) * 1_000_000)
 
     # -- the contract
     def try_acquire(self, activity: str, tenant: str, token: str) -> Grant | Wait:
