@@ -56,3 +56,43 @@ def test_settings_choose_the_storage() -> None:
     assert breakers_from_settings("memory://", fail_max=3, reset_timeout=1).fail_max == 3
     with pytest.raises(errors.SettingsInvalid, match="LOOM_BREAKER_URL"):
         breakers_from_settings("mysql://x", fail_max=3, reset_timeout=1)
+
+
+def test_the_half_open_trial_is_one_for_the_fleet(redis_server: Any) -> None:
+    """Eight workers find the breaker half-open at once: one of them sends the trial, the
+    others fail fast (each used to send its own: eight calls to a service just failing)."""
+    import threading
+
+    from runtime.actors.resilience import RedisTrials
+
+    prefix = f"test:{uuid.uuid4().hex}"
+    workers = [Breakers(fail_max=1, reset_timeout=1,
+                        storage=redis_breaker_storage(redis_server.url, prefix=prefix),
+                        trials=RedisTrials(redis_server.url, 30, prefix=prefix))
+               for _ in range(8)]
+    with pytest.raises(errors.CircuitOpen):
+        workers[0].call("svc", failing)  # trips it
+    time.sleep(1.2)
+    calls: list[int] = []
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def trial() -> str:
+        calls.append(1)
+        time.sleep(0.3)  # still running while the others look
+        return "ok"
+
+    def go(w: Breakers) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(w.call("svc", trial))
+        except errors.CircuitOpen:
+            outcomes.append("open")
+
+    threads = [threading.Thread(target=go, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 1 and sorted(outcomes) == ["ok"] + ["open"] * 7, outcomes
+    assert workers[3].call("svc", lambda: "closed now") == "closed now"  # the trial closed it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -77,11 +78,36 @@ def redis_breaker_storage(url: str, *, prefix: str = "loom:breaker",
     return storage
 
 
+class RedisTrials:
+    """The half-open trial claimed fleet-wide (`SET NX PX`): one worker of the fleet sends
+    it, not one per worker. The claim lapses by itself after `ttl_s` (a worker killed
+    mid-trial); a Redis error counts as taken (fail closed: the breaker stays shut)."""
+
+    def __init__(self, url: str, ttl_s: float, *, prefix: str = "loom:breaker") -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.prefix = prefix
+
+    def claim(self, activity: str) -> bool:
+        try:
+            return bool(self.client.set(f"{self.prefix}:{activity}:trial", "1", nx=True,
+                                        px=self.ttl_ms))
+        except Exception:
+            return False
+
+    def end(self, activity: str) -> None:
+        with contextlib.suppress(Exception):  # it lapses anyway
+            self.client.delete(f"{self.prefix}:{activity}:trial")
+
+
 def breakers_from_settings(url: str, *, fail_max: int, reset_timeout: float) -> Breakers:
     """`memory://` (one process) or `redis://host:port/db` (shared by all workers)."""
     if url.startswith(("redis://", "rediss://")):
         return Breakers(fail_max=fail_max, reset_timeout=reset_timeout,
-                        storage=redis_breaker_storage(url))
+                        storage=redis_breaker_storage(url),
+                        trials=RedisTrials(url, ttl_s=max(reset_timeout, 30.0)))
     if url != "memory://":
         raise errors.SettingsInvalid(f"LOOM_BREAKER_URL={url!r}: expected memory:// or "
                                      "redis://host:port/db")
@@ -103,10 +129,12 @@ class Breakers:
     """
 
     def __init__(self, *, fail_max: int = 5, reset_timeout: float = 30.0,
-                 storage: Callable[[str], pybreaker.CircuitBreakerStorage] | None = None) -> None:
+                 storage: Callable[[str], pybreaker.CircuitBreakerStorage] | None = None,
+                 trials: RedisTrials | None = None) -> None:
         self.fail_max = fail_max
         self.reset_timeout = reset_timeout
         self._storage = storage
+        self.trials = trials
         self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
         self._stores: dict[str, pybreaker.CircuitBreakerStorage] = {}
         self._trials: set[str] = set()
@@ -141,7 +169,8 @@ class Breakers:
             raise errors.CircuitOpen(f"circuit breaker for {activity!r} is open",
                                      activity=activity, details={"state": state})
         with self._lock:
-            if activity in self._trials:
+            if activity in self._trials or (self.trials is not None and
+                                             not self.trials.claim(activity)):
                 raise errors.CircuitOpen(f"circuit breaker for {activity!r} is half-open and "
                                          "its trial call is in flight", activity=activity,
                                          details={"state": "half-open"})
@@ -177,3 +206,5 @@ class Breakers:
             if trial:
                 with self._lock:
                     self._trials.discard(activity)
+                if self.trials is not None:
+                    self.trials.end(activity)
