@@ -124,6 +124,10 @@ def cmd_upload(ex: Executor, args: argparse.Namespace) -> int:
     for wasm_path, manifest_path in pairs:
         wasm = _read_file(str(wasm_path), "wasm file")
         raw = _load_manifest(str(manifest_path))
+        if isinstance(raw, dict) and "--" in str(raw.get("name", "")):  # tenancy.ACTIVITY_SEP
+            raise errors.ManifestInvalid(
+                f"{manifest_path}: name {raw['name']!r}: '--' is reserved (the service stores "
+                "a tenant's own activities as <tenant>--<name>)")
         progress = _progress if len(wasm) >= PROGRESS_THRESHOLD else None
         result = ex.upload(wasm, raw, progress=progress, on_stage=None if progress is None
                            else lambda line: print(f"  {line}", file=sys.stderr, flush=True))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from pydantic import StringConstraints, TypeAdapter, ValidationError
@@ -117,21 +117,24 @@ def _compiled(key: str, parsed_json: bool) -> Check | None:
 
 
 def nests_deeper(value: Any, limit: int) -> bool:
-    """Whether lists and dicts in `value` nest more than `limit` levels deep."""
+    """Whether mappings, lists and tuples in `value` nest more than `limit` levels deep."""
     stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         t = type(item)
-        children = item.values() if t is dict else item if t is list or t is tuple else None
-        if children is None:
+        if t is dict or (t is not list and t is not tuple and isinstance(item, Mapping)):
+            children: Any = item.values()
+        elif t is list or t is tuple or isinstance(item, list | tuple):
+            children = item
+        else:
             continue
         if depth >= limit:
             return True
-        stack.extend((c, depth + 1) for c in children if type(c) in _NESTED)
+        stack.extend((c, depth + 1) for c in children if not isinstance(c, _SCALAR))
     return False
 
 
-_NESTED = (dict, list, tuple)
+_SCALAR = (str, int, float, bool, type(None))
 
 
 def is_json(value: Any, depth: int = 0) -> bool:

@@ -96,3 +96,20 @@ def test_the_half_open_trial_is_one_for_the_fleet(redis_server: Any) -> None:
         t.join(10)
     assert len(calls) == 1 and sorted(outcomes) == ["ok"] + ["open"] * 7, outcomes
     assert workers[3].call("svc", lambda: "closed now") == "closed now"  # the trial closed it
+
+
+def test_a_trial_ends_only_its_own_claim(redis_server: Any) -> None:
+    """A trial that outlived its claim (the claim lapsed, another worker claimed it) must
+    not delete the other worker's claim when it ends."""
+    from runtime.actors.resilience import RedisTrials
+
+    prefix = f"test:{uuid.uuid4().hex}"
+    a = RedisTrials(redis_server.url, 0.2, prefix=prefix)
+    b = RedisTrials(redis_server.url, 30, prefix=prefix)
+    assert a.claim("svc") and not b.claim("svc")
+    time.sleep(0.3)  # a's claim lapses while its trial still runs
+    assert b.claim("svc")
+    a.end("svc")
+    assert not a.claim("svc")  # b's claim still stands
+    b.end("svc")
+    assert a.claim("svc")

@@ -326,3 +326,32 @@ def test_arguments_that_are_not_json_are_refused_by_name_live_and_on_replay() ->
         assert "step arguments must be JSON" in report.runs[0].detail, report.runs[0].detail
 
     asyncio.run(main())
+
+
+def test_objects_the_application_froze_stay_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedding application that froze its objects (to share pages across forked
+    workers) keeps them frozen: the promotion after a long replay is skipped."""
+    from runtime.actors import activation
+
+    monkeypatch.setattr(activation, "PROMOTE_TAIL", 1)
+
+    async def main() -> None:
+        journal, _ = await recorded({"wait": True})
+        gc.freeze()
+        try:
+            frozen = gc.get_freeze_count()
+            assert frozen > 0
+            async with ActorRuntime(journal, activities=stubs(), lint=False) as rt:
+                rt.register(Steps)
+                rt.notify(KEY)
+                for _ in range(300):
+                    act = rt.activations.get(KEY)
+                    if act is not None and act.run is not None and act.run.waits:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0)
+                assert gc.get_freeze_count() > frozen * 0.9  # (some were freed since)
+        finally:
+            gc.unfreeze()
+
+    asyncio.run(main())

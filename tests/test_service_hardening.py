@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from service_harness import free_port, upload
 
+from runtime import errors
 from runtime.journal.memory import MemoryJournal
 from runtime.service import Service, ServiceConfig, create_app, create_key
 from runtime.service.cron import Scheduler
@@ -105,8 +106,9 @@ def test_a_workflows_agent_steps_reach_only_its_tenants_actors(served: Served) -
          "handler": "add", "input": {"n": 1000}}]}
     r = evil.post("/v1/workflows", json={"workflow": wf, "instance": "poke-1"})
     assert r.status_code == 202, r.text
-    assert _settled(evil, "poke-1")["status"] == "failed"
+    _settled(evil, "poke-1")  # it asked evil's own counter "acme~xt-c1", not acme's
     assert acme.get("/v1/actors/counter/xt-c1").json()["state"]["total"] == 41
+    assert evil.get("/v1/actors/counter/acme~xt-c1").json()["state"]["total"] == 1000
 
 
 def test_one_failing_schedule_does_not_stop_the_others(tmp_path: Path) -> None:
@@ -200,3 +202,30 @@ def test_unknown_keys_are_not_cached(tmp_path: Path) -> None:
         assert ring.check(full) is not None
     finally:
         store.close()
+
+
+@pytest.mark.integration
+def test_an_activity_name_holding_the_tenant_separator_is_refused(served: Served) -> None:
+    """`--` separates a tenant from its own names in the registry: a name holding it would
+    be ambiguous with another tenant's private activity, so uploads refuse it."""
+    r = upload(served.client("acme"), "echo", "img--resize")
+    assert r.status_code == 422 and r.json()["code"] == "manifest_invalid", r.text
+    assert "reserved" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("shape", ["tuple", "ordered"])
+def test_nesting_hidden_in_a_tuple_or_a_mapping_subclass_is_refused(shape: str) -> None:
+    """The runtime's own check (any caller of send, not only the API) looks through tuples
+    at the top and through dict subclasses."""
+    from collections import OrderedDict
+
+    from runtime.actors import ActorRef, ActorRuntime
+
+    inner: Any = 1
+    for _ in range(220):
+        inner = OrderedDict(k=inner) if shape == "ordered" else [inner]
+    payload = (inner,) if shape == "tuple" else inner
+    rt = ActorRuntime(MemoryJournal(), lint=False)
+    with pytest.raises(errors.InputInvalid, match="nests deeper"):
+        rt.envelope(ActorRef("counter", "acme~deep"), "add", payload)
+    assert rt.envelope(ActorRef("counter", "ok"), "add", {"a": [1, (2, 3)]})["payload"]

@@ -261,3 +261,23 @@ def test_a_failed_compaction_step_undoes_itself_and_fails_nothing_else(
         await journal.close()
 
     asyncio.run(main())
+
+
+def test_a_document_deeper_than_the_fast_reader_goes_is_still_read(tmp_path: Path) -> None:
+    """pydantic-core writes 254 levels but reads ~200: a row written deeper by any path
+    that did not refuse it (an older Loom, a direct journal write) is read with `json`,
+    so its actor is not left failing its load for ever."""
+    path = tmp_path / "j.db"
+
+    async def main() -> None:
+        journal = SqliteJournal(path, compact_every_s=None)
+        deep: Any = 1
+        for _ in range(240):
+            deep = [deep]
+        assert await journal.enqueue({"id": "m", "target": "tally/deep", "kind": "call",
+                                      "handler": "add", "payload": deep, "deliver_at": 0.0})
+        (entry,) = await journal.inbox("tally/deep", 1.0)
+        assert entry["payload"] == deep
+        await journal.close()
+
+    asyncio.run(main())

@@ -60,10 +60,7 @@ def _confined(own: ActorRef, type_: str, actor_id: str) -> ActorRef:
     runtime/service/tenancy.py) reaches that tenant's actors only; no step asks its own
     instance (it would wait for itself for ever)."""
     tenant, sep, _ = own.id.partition(ACTOR_SEP)
-    if sep:
-        if ACTOR_SEP in actor_id:
-            raise errors.WorkflowFailed(f"agent actor id {actor_id!r} may not contain "
-                                        f"{ACTOR_SEP!r}")
+    if sep:  # (an id holding the separator itself stays inside: acme~x~y is acme's)
         actor_id = f"{tenant}{ACTOR_SEP}{actor_id}"
     ref = ActorRef(type_, actor_id)
     if ref == own:
@@ -87,7 +84,8 @@ class WorkflowActor(Actor, type_name="workflow"):
         self.state.update(workflow=wf.ref, status="running", vars={"input": payload.get("input")})
         saga = ctx.saga()
         try:
-            _conforms(wf.input_schema, payload.get("input"), "input")  # before any effect
+            if not ctx.next_step_recorded():  # a fresh run (not one started before this
+                _conforms(wf.input_schema, payload.get("input"), "input")  # check existed)
             await self._steps(ctx, wf.steps, self.state["vars"], saga)
             output = interpolate(wf.output, self._view(self.state["vars"])) \
                 if wf.output is not None \
@@ -142,7 +140,10 @@ class WorkflowActor(Actor, type_name="workflow"):
                                            version=step.version, retry=step.retry,
                                            timeout_ms=step.timeout_ms)
         if isinstance(step, AgentStep):
-            ref = _confined(ctx.actor, step.type, str(interpolate(step.actor_id, view)))
+            actor_id = str(interpolate(step.actor_id, view))
+            # a step already recorded replays as it ran (before confinement existed)
+            ref = ActorRef(step.type, actor_id) if ctx.next_step_recorded() else \
+                _confined(ctx.actor, step.type, actor_id)
             return await ctx.ask(ref, step.handler, interpolate(step.input, view),
                                  timeout=step.timeout_s)
         if isinstance(step, ParallelStep):

@@ -149,9 +149,10 @@ def _pause_gc() -> Callable[[bool], None]:
     True, after moving every object allocated meanwhile to the oldest generation."""
     if not gc.isenabled():
         return lambda promote: None
+    frozen = gc.get_freeze_count() > 0  # the application froze objects: leave them be
 
     def resume(promote: bool) -> None:
-        if promote:  # O(1): the permanent generation merges into the oldest one
+        if promote and not frozen:  # O(1): the permanent generation merges into the oldest
             gc.freeze()
             gc.unfreeze()
         gc.enable()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,17 +90,29 @@ class RedisTrials:
         self.client = redis.Redis.from_url(url)
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.prefix = prefix
+        self._mine: dict[str, str] = {}  # activity -> the token of the claim held here
 
     def claim(self, activity: str) -> bool:
+        token = uuid.uuid4().hex
         try:
-            return bool(self.client.set(f"{self.prefix}:{activity}:trial", "1", nx=True,
-                                        px=self.ttl_ms))
+            taken = bool(self.client.set(f"{self.prefix}:{activity}:trial", token, nx=True,
+                                         px=self.ttl_ms))
         except Exception:
             return False
+        if taken:
+            self._mine[activity] = token
+        return taken
 
     def end(self, activity: str) -> None:
-        with contextlib.suppress(Exception):  # it lapses anyway
-            self.client.delete(f"{self.prefix}:{activity}:trial")
+        token = self._mine.pop(activity, None)
+        if token is None:
+            return
+        with contextlib.suppress(Exception):  # it lapses anyway; only ours is deleted
+            self.client.eval(_END_TRIAL, 1, f"{self.prefix}:{activity}:trial", token)
+
+
+_END_TRIAL = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+              "return redis.call('del', KEYS[1]) end return 0")
 
 
 def breakers_from_settings(url: str, *, fail_max: int, reset_timeout: float) -> Breakers:

@@ -270,7 +270,7 @@ class ActorRuntime:
                  msg_id: str | None = None, kind: str = "call", name: str | None = None,
                  reply_to: str | None = None, sender: str | None = None,
                  deliver_at: float = 0.0, key: str | None = None) -> Envelope:
-        if type(payload) in (dict, list) and nests_deeper(payload, MAX_PAYLOAD_DEPTH):
+        if nests_deeper(payload, MAX_PAYLOAD_DEPTH):
             # the journal's reader stops at ~200 levels: deeper, the message would be
             # written and then never read (its actor failing to load for ever)
             raise errors.InputInvalid(f"the payload of a message to {target} nests deeper "
@@ -655,7 +655,8 @@ class ActorRuntime:
         if now >= self._reap_at:
             self._reap_at = now + max(1.0, self.lease_ttl_s / 2)
             await self._reap()
-        scope = None if self.ownership is None else self.ownership.scope()
+        scope = None if self.ownership is None else \
+            getattr(self.ownership, "scope", lambda: None)()  # (an older Ownership: poll all)
         if scope is not None and self._guests:  # and the partitions of the runs it hosts
             assert self.ownership is not None
             scope = Scope(scope.partitions, {*scope.held, *map(self.ownership.partition,
@@ -830,7 +831,8 @@ class ActorRuntime:
         while True:
             try:
                 verdict = await asyncio.to_thread(limiter.try_acquire, name, tenant, key)
-            except Exception as exc:  # the limits' store is away: wait as for a full limit
+            except (errors.StorageError, OSError) as exc:  # the limits' store is away: wait
+                # as for a full limit (a programming error still fails the call)
                 log.warning("limits: admitting %s failed (waiting %.2f s): %s", name, backoff,
                             exc)
                 await asyncio.sleep(backoff)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import sqlite3
 import threading
@@ -103,6 +104,18 @@ Bulk = tuple[str, Any] | None
 Pending = tuple[Write, "asyncio.Future[Any]", Bulk]
 Result = Outcome
 log = logging.getLogger("loom.journal")
+
+
+def _decode(doc: bytes | str) -> Any:
+    """A stored document. pydantic-core reads ~200 levels of nesting but writes 254, so a
+    deeper document, written by a path that did not refuse it, falls back to `json`
+    (Python's recursion limit): never a row that can be written but not read back."""
+    try:
+        return from_json(doc)
+    except ValueError as exc:
+        if "recursion limit" not in str(exc):
+            raise
+        return json.loads(doc)
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:
@@ -199,7 +212,7 @@ class SqliteJournal:
             db.execute("DELETE FROM run_activities")
             rows: dict[tuple[str, str], run_index.Run] = {}
             for (doc,) in db.execute("SELECT doc FROM commits ORDER BY actor, seq"):
-                commit = from_json(doc)
+                commit = _decode(doc)
                 run = commit.get("run")
                 if not isinstance(run, dict):
                     continue
@@ -489,7 +502,7 @@ class SqliteJournal:
         for (rowid, actor, seq), known in zip(rows, have, strict=True):
             mark = rowid
             try:
-                commit = known if known is not None else from_json(docs[rowid])
+                commit = known if known is not None else _decode(docs[rowid])
             except ValueError:  # one odd commit must not stop the index for good
                 log.exception("run index: commit %s#%s skipped", actor, seq)
                 continue
@@ -526,7 +539,7 @@ class SqliteJournal:
     async def read(self, actor: str, after_seq: int = -1) -> list[Commit]:
         rows = self._query("SELECT doc FROM commits WHERE actor=? AND seq>? ORDER BY seq",
                            (actor, after_seq))
-        return [from_json(r[0]) for r in rows]
+        return [_decode(r[0]) for r in rows]
 
     async def read_tail(self, actor: str) -> list[Commit]:
         # the newest snapshot: found walking back along (actor, seq), inside SQLite
@@ -534,12 +547,12 @@ class SqliteJournal:
             "SELECT doc FROM commits WHERE actor=?1 AND seq >= COALESCE((SELECT seq FROM "
             "commits WHERE actor=?1 AND has_state=1 ORDER BY seq DESC LIMIT 1), 0) "
             "ORDER BY seq", (actor,))
-        return [from_json(r[0]) for r in rows]
+        return [_decode(r[0]) for r in rows]
 
     async def outcome(self, actor: str, msg_id: str) -> Commit | None:
         rows = self._query("SELECT doc FROM commits WHERE actor=? AND done_msg=? "
                            "ORDER BY seq DESC LIMIT 1", (actor, msg_id))
-        return from_json(rows[0][0]) if rows else None
+        return _decode(rows[0][0]) if rows else None
 
     async def runs(self, *, type: str | None = None, status: str | None = None,
                    activity: str | None = None, id_prefix: str | None = None,
@@ -575,7 +588,7 @@ class SqliteJournal:
                "ORDER BY r.started DESC, r.actor DESC, r.msg DESC LIMIT ?")
         out = []
         for doc, last_seq in self._query(sql, (*args, limit)):
-            row = from_json(doc)
+            row = _decode(doc)
             if last_seq is not None:
                 row["last_seq"] = last_seq
             out.append(run_index.shown(row))
@@ -622,7 +635,7 @@ class SqliteJournal:
                 "ORDER BY part, n", (actor, now, calls))
         out = []
         for n, doc, *_ in rows:
-            env = from_json(doc)
+            env = _decode(doc)
             env["n"] = n
             out.append(env)
         return out
@@ -789,7 +802,7 @@ class SqliteJournal:
     async def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._query("SELECT doc FROM dead_letters ORDER BY at, actor, id LIMIT ?",
                            (limit,))
-        return [from_json(r[0]) for r in rows]
+        return [_decode(r[0]) for r in rows]
 
     async def drop_dead_letter(self, actor: str, msg_id: str) -> bool:
         def write(db: sqlite3.Connection) -> bool:
@@ -860,7 +873,7 @@ def _stored_runs(db: sqlite3.Connection, keys: set[tuple[str, str]]
         for actor, msg, doc in db.execute(
                 f"SELECT r.actor, r.msg, r.doc FROM runs r JOIN (VALUES {values}) AS v ON "
                 "r.actor = v.column1 AND r.msg = v.column2", [x for k in part for x in k]):
-            row = from_json(doc)
+            row = _decode(doc)
             row["last_seq"] = -1
             found[(actor, msg)] = row
     return found

@@ -70,6 +70,11 @@ async def upload(request: Request, who: Principal = WRITE) -> dict[str, Any]:
                       errors_=[{"in": "form", "pointer": "/manifest/name",
                                 "message": "required"}])
     name = manifest["name"]
+    if tenancy.ACTIVITY_SEP in name:
+        raise Problem(422, "manifest_invalid", "Manifest invalid",
+                      f"name: '{tenancy.ACTIVITY_SEP}' is reserved",
+                      errors_=[{"in": "form", "pointer": "/manifest/name",
+                                "message": f"'{tenancy.ACTIVITY_SEP}' is reserved"}])
     internal = tenancy.activity(who.tenant, name)
     if len(internal) > tenancy.MAX_NAME:
         raise Problem(422, "manifest_invalid", "Manifest invalid",
