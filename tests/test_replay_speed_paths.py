@@ -5,7 +5,9 @@ formats replay, and the cyclic GC paused for a load is always switched back on."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -173,21 +175,28 @@ def test_the_canonical_digest_is_computed_only_when_the_bytes_differ(
     asyncio.run(main())
 
 
+@contextlib.asynccontextmanager
+async def recovering(journal: Any) -> AsyncIterator[ActorRuntime]:
+    """A new runtime recovers KEY and replays until its run waits."""
+    async with ActorRuntime(journal, activities=stubs(), lint=False) as rt:
+        rt.register(Steps)
+        rt.notify(KEY)
+        for _ in range(300):
+            act = rt.activations.get(KEY)
+            if act is not None and act.run is not None and act.run.waits:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        yield rt
+
+
 @pytest.mark.parametrize("was_on", [True, False])
 def test_a_load_switches_the_gc_back_to_how_it_was(was_on: bool) -> None:
     async def main() -> None:
         journal, _ = await recorded({"wait": True})
         (gc.enable if was_on else gc.disable)()
         try:
-            async with ActorRuntime(journal, activities=stubs(), lint=False) as rt:
-                rt.register(Steps)
-                rt.notify(KEY)
-                for _ in range(300):
-                    act = rt.activations.get(KEY)
-                    if act is not None and act.run is not None and act.run.waits:
-                        break
-                    await asyncio.sleep(0.01)
-                await asyncio.sleep(0)
+            async with recovering(journal):
                 assert gc.isenabled() is was_on
         finally:
             gc.enable()
@@ -218,15 +227,7 @@ def test_a_long_tail_goes_to_the_oldest_generation_and_nothing_stays_frozen(
     async def main() -> None:
         journal, _ = await recorded({"wait": True})
         gc.enable()
-        async with ActorRuntime(journal, activities=stubs(), lint=False) as rt:
-            rt.register(Steps)
-            rt.notify(KEY)
-            for _ in range(300):
-                act = rt.activations.get(KEY)
-                if act is not None and act.run is not None and act.run.waits:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0)
+        async with recovering(journal):
             assert promoted[-1] is True  # the recovery (the recording loaded an empty tail)
             assert gc.isenabled() and gc.get_freeze_count() == 0
 
@@ -341,15 +342,7 @@ def test_objects_the_application_froze_stay_frozen(monkeypatch: pytest.MonkeyPat
         try:
             frozen = gc.get_freeze_count()
             assert frozen > 0
-            async with ActorRuntime(journal, activities=stubs(), lint=False) as rt:
-                rt.register(Steps)
-                rt.notify(KEY)
-                for _ in range(300):
-                    act = rt.activations.get(KEY)
-                    if act is not None and act.run is not None and act.run.waits:
-                        break
-                    await asyncio.sleep(0.01)
-                await asyncio.sleep(0)
+            async with recovering(journal):
                 assert gc.get_freeze_count() > frozen * 0.9  # (some were freed since)
         finally:
             gc.unfreeze()
