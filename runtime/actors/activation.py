@@ -37,6 +37,7 @@ class Wait:
     timer: str | None
     future: asyncio.Future[Any]
     key: str | None = None
+    cancellable: bool = True  # not a compensation's retry backoff: a cancel must not stop it
 
 
 @dataclass
@@ -543,10 +544,13 @@ class Activation:
         if run.cancelled is not None:
             raise errors.RunCancelled(f"{self.key}: run {run.msg_id} cancelled: {run.cancelled}")
 
-    async def wait_timer(self, run: Run, timer: str, step: Any) -> None:
-        self.check_cancelled(run)
+    async def wait_timer(self, run: Run, timer: str, step: Any, *,
+                         cancellable: bool = True) -> None:
+        if cancellable:
+            self.check_cancelled(run)
         fut = asyncio.get_running_loop().create_future()
-        run.waits.append(Wait(step=step, op="timer.fired", event=None, timer=timer, future=fut))
+        run.waits.append(Wait(step=step, op="timer.fired", event=None, timer=timer, future=fut,
+                              cancellable=cancellable))
         self.host.notify(self.key)
         await fut
 
@@ -655,9 +659,10 @@ class Activation:
             return False
         if wait.key is not None:  # a correlated wait takes only its own events
             return bool(env.get("key") == wait.key)
-        # Otherwise only events sent after this run's message: a later run never sees an
+        # Otherwise only events sent without a key (a keyed one is some correlated wait's,
+        # maybe of a later run), and after this run's message: a later run never sees an
         # earlier run's leftovers.
-        return int(env.get("n", 0)) > run.msg_n
+        return env.get("key") is None and int(env.get("n", 0)) > run.msg_n
 
     async def _deliver(self, run: Run, env: Envelope) -> None:
         kind, name = env.get("kind"), env.get("name")
@@ -705,6 +710,8 @@ class Activation:
         await self.commit(run, consumed=[env["id"]])
         run.cancelled, run.cancel_at = reason, at
         for wait in list(run.waits):
+            if not wait.cancellable:  # a compensation's retry backoff: undoing goes on
+                continue
             if not wait.future.done():
                 wait.future.set_exception(errors.RunCancelled(
                     f"{self.key}: run {run.msg_id} cancelled: {reason}"))

@@ -110,9 +110,21 @@ class Saga:
         self.steps.append((activity, input, version))
 
     async def compensate(self) -> None:
+        """Every compensation runs, in reverse order, even after one fails (its failure is
+        raised once all have been tried): one undo that cannot be done must not leave the
+        others' effects in place."""
+        failed: Exception | None = None
         while self.steps:
             activity, input, version = self.steps.pop()
-            await self.ctx.call_activity(activity, input, version=version, compensation=True)
+            try:
+                await self.ctx.call_activity(activity, input, version=version,
+                                             compensation=True)
+            except errors.NonDeterminismError:
+                raise  # the replay diverged: nothing more may run live on a guess
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     async def __aenter__(self) -> Saga:
         return self
@@ -271,7 +283,8 @@ class ActorContext:
                 attempts = record["attempt"]
                 if not any(r["op"] == "timer.fired" and r.get("timer") == record["timer"]
                            for r in recorded):
-                    await self._act.wait_timer(self._run, record["timer"], step)
+                    await self._act.wait_timer(self._run, record["timer"], step,
+                                               cancellable=not compensation)
         rt = self._act.host
         policy = RetryPolicy.model_validate(retry) if isinstance(retry, dict) else retry
         if policy is None:
@@ -312,7 +325,7 @@ class ActorContext:
                              attempt=attempts, error=error_record(failure), timer=timer,
                              fire_at=rt.clock() + delay, **_used(rt, key))
                 await self._act.start_timer(self._run, timer, rt.clock() + delay)
-                await self._act.wait_timer(self._run, timer, step)
+                await self._act.wait_timer(self._run, timer, step, cancellable=not compensation)
                 continue
             self._run.inflight -= 1
             rt.hooks.fire("after_activity", self._act.key)
@@ -395,6 +408,10 @@ class ActorContext:
         """Request/response: send, then wait durably for the handler's result."""
         ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
         step, recorded, fp = self._begin("ask", f"{ref}.{handler}", payload)
+        if not recorded and str(ref) == self._act.key:  # its reply would wait for this run
+            raise errors.HandlerFailed(f"{ref} asks itself ({handler}): the ask would wait "
+                                       "for the run that makes it, for ever",
+                                       error_type="SelfAsk")
         msg_id = f"{self._act.key}:{self._run.base}:{step}"
         reply = f"reply:{msg_id}"
         for r in recorded:

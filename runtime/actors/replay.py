@@ -124,8 +124,10 @@ class _ReplayActivation(Activation):
     async def start_timer(self, run: Run, timer: str, fire_at: float) -> None:
         raise _NeedsLiveStep("a timer that the journal did not record")
 
-    async def wait_timer(self, run: Run, timer: str, step: Any) -> None:
-        self.check_cancelled(run)
+    async def wait_timer(self, run: Run, timer: str, step: Any, *,
+                         cancellable: bool = True) -> None:
+        if cancellable:
+            self.check_cancelled(run)
         raise _NeedsLiveStep(f"timer {timer} had not fired when the journal ends")
 
     async def wait_event(self, run: Run, step: Any, event: str, timer: str | None,

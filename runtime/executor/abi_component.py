@@ -35,9 +35,11 @@ from runtime.executor.session import SESSIONS, GuestSession, context_address
 from schemas.manifest import AbiKind, ActivityManifest
 
 PAGE = 65536
-MAX_INSTANCES, MAX_TABLES, MAX_MEMORIES = 64, 64, 16
-"""Store limits: a component is several core instances (Python: ~10) with a few memories;
-`limits.memory_bytes` caps each linear memory."""
+MAX_INSTANCES, MAX_TABLES, MAX_MEMORIES = 64, 64, 1
+"""Store limits: a component is several core instances (Python: ~10) sharing one memory
+(componentize-py and componentize-js both build so). `limits.memory_bytes` caps each linear
+memory, so one memory makes it the component's whole budget: with 16, a component could
+hold 16 times it."""
 COMPONENT_LAYER = b"\0asm\x0d\x00\x01\x00"
 """The preamble of a component binary (a core module's is \\0asm\\x01\\0\\0\\0)."""
 
@@ -149,8 +151,10 @@ def _reason(text: str) -> str:
     return text.splitlines()[0] if text else "unknown failure"
 
 
-def _string(vec: Any) -> bytes:
-    return ctypes.string_at(vec.data, vec.size) if vec.size else b""
+def _string(vec: Any, cap: int | None = None) -> bytes:
+    """The bytes of a guest string, at most `cap` of them (the rest is never copied)."""
+    size = vec.size if cap is None else min(vec.size, cap)
+    return ctypes.string_at(vec.data, size) if size else b""
 
 
 class ComponentInstance:
@@ -245,19 +249,23 @@ class ComponentInstance:
                 raise errors.OutputTooLarge(f"output of {vec.size} bytes exceeds "
                                             f"max_output_bytes={cap}", **self.where())
             return False, _string(vec)
+        # the error record counts against max_output_bytes too: each of its strings is cut
+        # there (a guest's 64 MiB message went into errors, logs and API answers)
+        cap = self.manifest.limits.max_output_bytes
         fields: dict[str, Any] = {}
         if inner and inner.contents.kind == host.K_RECORD:
             rec = inner.contents.of.record
-            for i in range(rec.size):
+            for i in range(min(rec.size, 16)):
                 entry = rec.data[i]
-                name = _string(entry.name).decode()
+                name = _string(entry.name, 64).decode("utf-8", "replace")
                 v = entry.val
                 if v.kind == host.K_STRING:
-                    fields[name] = _string(v.of.string).decode("utf-8", "replace")
+                    fields[name] = _string(v.of.string, cap).decode("utf-8", "replace")
                 elif v.kind == host.K_BOOL:
                     fields[name] = bool(v.of.boolean)
-                elif v.kind == host.K_OPTION and v.of.option:
-                    fields[name] = _string(v.of.option.contents.of.string).decode(
+                elif v.kind == host.K_OPTION and v.of.option and \
+                        v.of.option.contents.kind == host.K_STRING:
+                    fields[name] = _string(v.of.option.contents.of.string, cap).decode(
                         "utf-8", "replace")
         return True, fields
 

@@ -150,9 +150,15 @@ def _error(message: str) -> int:
     return ctypes.cast(err, c_void_p).value or 0
 
 
-def _callback(fn: HostFn) -> Any:
-    def callback(_env: Any, ctx: Any, _ty: Any, args: Any, _nargs: int, results: Any,
-                 _nresults: int) -> int:
+def _callback(fn: HostFn, nargs: int, nresults: int) -> Any:
+    """`fn` as a wasmtime callback for a function of `nargs` parameters and `nresults`
+    results. The linker takes any signature for a name, so a component importing it with
+    another (an upload's own WIT) would have `fn` read or write past the arrays: refused."""
+    def callback(_env: Any, ctx: Any, _ty: Any, args: Any, given_args: int, results: Any,
+                 given_results: int) -> int:
+        if given_args != nargs or given_results != nresults:
+            return _error(f"host function imported with {given_args} parameter(s) and "
+                          f"{given_results} result(s); it has {nargs} and {nresults}")
         session: GuestSession | None = None
         try:
             session = SESSIONS.get(ctypes.cast(ctx, c_void_p).value or 0)
@@ -217,6 +223,8 @@ def _wall_resolution(session: GuestSession, args: Any, results: Any) -> None:
 
 
 def _random_bytes(session: GuestSession, args: Any, results: Any) -> None:
+    if args[0].kind != K_U64:
+        raise errors.Trap("get-random-bytes expects a u64 length")
     n = args[0].of.u64
     if n > MAX_RANDOM_BYTES:
         raise errors.Trap(f"asked for {n} random bytes (at most {MAX_RANDOM_BYTES})")
@@ -240,25 +248,25 @@ def _denied(reason: str) -> HostFn:
 
 
 HOST_FUNCS: dict[str, Any] = {
-    "log": _callback(_log),
-    "http": _callback(_http),
-    "secret": _callback(_named("secret")),
-    "env": _callback(_named("env")),
-    "idempotency-key": _callback(_idempotency_key),
+    "log": _callback(_log, 3, 0),
+    "http": _callback(_http, 1, 1),
+    "secret": _callback(_named("secret"), 1, 1),
+    "env": _callback(_named("env"), 1, 1),
+    "idempotency-key": _callback(_idempotency_key, 0, 1),
 }
 DETERMINISTIC: dict[str, dict[str, Any]] = {
-    "wasi:clocks/wall-clock": {"now": _callback(_wall_now),
-                               "resolution": _callback(_wall_resolution)},
-    "wasi:random/random": {"get-random-bytes": _callback(_random_bytes),
-                           "get-random-u64": _callback(_random_u64)},
-    "wasi:random/insecure": {"get-insecure-random-bytes": _callback(_random_bytes),
-                             "get-insecure-random-u64": _callback(_random_u64)},
-    "wasi:random/insecure-seed": {"insecure-seed": _callback(_random_seed)},
+    "wasi:clocks/wall-clock": {"now": _callback(_wall_now, 0, 1),
+                               "resolution": _callback(_wall_resolution, 0, 1)},
+    "wasi:random/random": {"get-random-bytes": _callback(_random_bytes, 1, 1),
+                           "get-random-u64": _callback(_random_u64, 0, 1)},
+    "wasi:random/insecure": {"get-insecure-random-bytes": _callback(_random_bytes, 1, 1),
+                             "get-insecure-random-u64": _callback(_random_u64, 0, 1)},
+    "wasi:random/insecure-seed": {"insecure-seed": _callback(_random_seed, 0, 1)},
 }
 ALWAYS_DENIED: dict[str, dict[str, Any]] = {
     "wasi:sockets/instance-network": {"instance-network": _callback(_denied(
         "sockets are not available to activities (use loom.http with the 'http' "
-        "capability)"))},
+        "capability)"), 0, 1)},
 }
 
 _VERSIONED = re.compile(r"^(?P<base>[a-z0-9-]+:[a-z0-9-]+/[a-z0-9-]+)(?:@(?P<version>.+))?$")

@@ -159,7 +159,9 @@ class GuestSession:
         return answer
 
     def _log(self, level: str, message: str, fields: dict[str, Any]) -> None:
-        size = len(message) + len(json.dumps(fields, default=str))
+        if level not in LEVELS:  # the guest's own word: counted and kept only if known
+            level = "info"
+        size = len(level) + len(message) + len(json.dumps(fields, default=str))
         if self.log_bytes + size > self.limits.max_log_bytes:
             self.logs_dropped += 1
             return
