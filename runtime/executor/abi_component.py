@@ -341,6 +341,12 @@ class ComponentAbi:
                                       manifest, session,
                                       self.s.engines.ticks_for(manifest.limits.timeout_ms))
         except errors.MemoryLimitExceeded as exc:
+            if "memory count" in exc.message:  # not a size: a second linear memory
+                message = (f"this component defines more than {MAX_MEMORIES} linear memory; "
+                           "limits.memory_bytes is a component's whole budget, so only one "
+                           "is allowed (componentize-py and componentize-js build one)")
+                raise errors.ManifestInvalid(message, details=[{"loc": [], "msg": message}],
+                                             **where) from None
             need = exc.details.get("memory_bytes_needed") if isinstance(exc.details,
                                                                         dict) else None
             why = (f"it needs {need // PAGE} pages ({need:,} bytes) to start; set "
