@@ -118,6 +118,15 @@ def _decode(doc: bytes | str) -> Any:
         return json.loads(doc)
 
 
+def _decode_rows(rows: list[Any]) -> list[Any]:
+    """The first column of each row, decoded: in one pass of `from_json` (replay reads
+    thousands), one by one through `_decode` only if a document is too deep for it."""
+    try:
+        return [from_json(r[0]) for r in rows]
+    except ValueError:
+        return _decode_rows(rows)
+
+
 def _log_failure(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.warning("run index catch-up failed (retried later): %s", fut.exception())
@@ -539,7 +548,7 @@ class SqliteJournal:
     async def read(self, actor: str, after_seq: int = -1) -> list[Commit]:
         rows = self._query("SELECT doc FROM commits WHERE actor=? AND seq>? ORDER BY seq",
                            (actor, after_seq))
-        return [_decode(r[0]) for r in rows]
+        return _decode_rows(rows)
 
     async def read_tail(self, actor: str) -> list[Commit]:
         # the newest snapshot: found walking back along (actor, seq), inside SQLite
@@ -547,7 +556,7 @@ class SqliteJournal:
             "SELECT doc FROM commits WHERE actor=?1 AND seq >= COALESCE((SELECT seq FROM "
             "commits WHERE actor=?1 AND has_state=1 ORDER BY seq DESC LIMIT 1), 0) "
             "ORDER BY seq", (actor,))
-        return [_decode(r[0]) for r in rows]
+        return _decode_rows(rows)
 
     async def outcome(self, actor: str, msg_id: str) -> Commit | None:
         rows = self._query("SELECT doc FROM commits WHERE actor=? AND done_msg=? "
@@ -802,7 +811,7 @@ class SqliteJournal:
     async def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._query("SELECT doc FROM dead_letters ORDER BY at, actor, id LIMIT ?",
                            (limit,))
-        return [_decode(r[0]) for r in rows]
+        return _decode_rows(rows)
 
     async def drop_dead_letter(self, actor: str, msg_id: str) -> bool:
         def write(db: sqlite3.Connection) -> bool:
