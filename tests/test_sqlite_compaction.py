@@ -278,6 +278,12 @@ def test_a_document_deeper_than_the_fast_reader_goes_is_still_read(tmp_path: Pat
                                       "handler": "add", "payload": deep, "deliver_at": 0.0})
         (entry,) = await journal.inbox("tally/deep", 1.0)
         assert entry["payload"] == deep
+        # commits too, read one at a time and in bulk (the replay's path)
+        await journal.append({"actor": "tally/deep", "seq": 0, "ts": 1.0, "state": {"d": 0}})
+        await journal.append({"actor": "tally/deep", "seq": 1, "ts": 1.0, "state": {"d": deep}})
+        assert [c["seq"] for c in await journal.read("tally/deep")] == [0, 1]
+        (tail,) = await journal.read_tail("tally/deep")
+        assert tail["state"]["d"] == deep
         await journal.close()
 
     asyncio.run(main())

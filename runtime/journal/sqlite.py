@@ -124,7 +124,7 @@ def _decode_rows(rows: list[Any]) -> list[Any]:
     try:
         return [from_json(r[0]) for r in rows]
     except ValueError:
-        return _decode_rows(rows)
+        return [_decode(r[0]) for r in rows]
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:
