@@ -203,6 +203,13 @@ class TimedSqliteJournal(SqliteJournal):
         finally:
             self.loop_s += time.perf_counter() - t0
 
+    def _answered(self, *args: Any, **kw: Any) -> None:  # the writer process's answer
+        t0 = time.perf_counter()
+        try:
+            super()._answered(*args, **kw)
+        finally:
+            self.loop_s += time.perf_counter() - t0
+
     def _commit(self, batch: Any, results: Any) -> Any:
         t0 = time.perf_counter()
         try:
@@ -240,15 +247,21 @@ def make_executor(home: Path) -> Executor:
     return ex
 
 
-def disk_written() -> int | None:
-    """Bytes this process caused to be written to storage so far (Linux /proc/self/io)."""
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+def disk_written(journal: Any = None) -> int | None:
+    """Bytes this process (and the journal's writer process, if it runs one) caused to be
+    written to storage so far (Linux /proc/<pid>/io)."""
+    total = 0
+    for pid in ("self", getattr(journal, "writer_pid", None)):
+        if pid is None:
+            continue
+        try:
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("write_bytes:"):
+                    total += int(line.split()[1])
+        except OSError:
+            if pid == "self":
+                return None
+    return total
 
 
 def per(total: float | None, n: int) -> float | None:
@@ -330,11 +343,11 @@ class LoomSide:
     def round(self, n: int, conc: int) -> dict[str, Any]:
         j = self.journal
         tx0, w0 = getattr(j, "transactions", 0), getattr(j, "writes", 0)
-        f0, d0, l0 = getattr(j, "flush_s", 0.0), disk_written(), getattr(j, "loop_s", 0.0)
+        f0, d0, l0 = getattr(j, "flush_s", 0.0), disk_written(j), getattr(j, "loop_s", 0.0)
         c0 = time.thread_time()  # CPU of this thread, which runs the event loop
         dt = self.loop.run_until_complete(loom_round(self.rt, n, conc, "a"))
         loop_cpu = time.thread_time() - c0
-        d1 = disk_written()
+        d1 = disk_written(j)
         sent = n // conc * conc
         rec = {"msgs_per_s": sent / dt, "seconds": dt, "messages": sent,
                "transactions": getattr(j, "transactions", 0) - tx0,
@@ -788,10 +801,10 @@ async def bench_commit_size(ex: Executor, home: Path, messages: int, samples: in
         rt.register(FieldActor)
         async with rt:
             state_bytes = len(to_json(FieldActor().initial_state()))
-            d0 = disk_written()
+            d0 = disk_written(journal)
             for i in range(messages):
                 await rt.ask(key, "bump", i)
-            d1 = disk_written()
+            d1 = disk_written(journal)
         sized = [c for c in journal.sized if c["kind"]]
         await journal.close()
         cold, warm, tails = [], [], []

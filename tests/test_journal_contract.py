@@ -26,7 +26,8 @@ from runtime.journal.store import JournalConflict, JournalStore
 
 T = TypeVar("T")
 COSMOS_DB = "loom-contract"
-STORES = ("memory", "sqlite", "cosmos")
+STORES = ("memory", "sqlite", "sqlite-process", "cosmos")  # sqlite-process: the SQLite
+# journal's bulk writes through its writer process (sqlite_writer.py) from the first one
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::urllib3.exceptions.InsecureRequestWarning")  # the emulator's self-signed cert
@@ -95,9 +96,10 @@ def _open(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> JournalS
     if kind == "memory":
         from runtime.journal.memory import MemoryJournal
         return MemoryJournal()
-    if kind == "sqlite":
+    if kind in ("sqlite", "sqlite-process"):
         from runtime.journal.sqlite import SqliteJournal
-        return SqliteJournal(tmp_path / "journal.db")
+        return SqliteJournal(tmp_path / "journal.db",
+                             writer_process_after=0 if kind == "sqlite-process" else None)
     journal: JournalStore = request.getfixturevalue("make_cosmos")()
     return journal
 

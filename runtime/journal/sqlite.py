@@ -1,8 +1,9 @@
 """The journal on SQLite (WAL, synchronous=FULL by default): the embedded default.
 
-Writes use group commit on a writer thread with its own connection: every write issued
-while the previous transaction is being written joins the next one, so many actors share
-one fsync and the event loop never waits for the disk. Each write still succeeds or fails
+Writes use group commit with their own connection: every write issued while the previous
+transaction is being written joins the next one, so many actors share one fsync and the
+event loop never waits for the disk (the COMMIT runs on a writer thread; under load, whole
+batches of bulk writes run in a writer process, sqlite_writer.py). Each write still succeeds or fails
 on its own (a conflicting append fails only its caller), and no caller resumes before the
 transaction holding its write is durable. Reads use a second connection (WAL readers do
 not block on the writer).
@@ -28,7 +29,7 @@ from pydantic_core import from_json, to_json
 
 from runtime.futures import Outcome, resolve_all
 from runtime.journal import runs as run_index
-from runtime.journal import sqlite_bulk, sqlite_compact
+from runtime.journal import sqlite_bulk, sqlite_compact, sqlite_writer
 from runtime.journal.keyhash import Scope, key_hash
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
@@ -94,6 +95,9 @@ INDEX_EVERY_S = 1.0
 COMPACT_PAUSE_S = 0.1  # between two compaction steps while a backlog lasts
 INDEX_BATCH = 1024  # commits folded per catch-up transaction (bounds its latency)
 UNFOLDED_MAX = 4 * INDEX_BATCH  # appended commits kept for the catch-up (beyond: decoded)
+PIPELINE = 2  # batches the writer process holds at once: it starts the next on its COMMIT
+PROCESS_AFTER = 64  # transactions before the writer process starts (short-lived journals
+# never pay for one)
 # Rowid tables: new rows append to the same few pages, and the unique indexes carry only
 # the short keys, so one group commit touches far fewer pages than keyed tables would.
 Write = Callable[[sqlite3.Connection], Any]
@@ -140,7 +144,8 @@ class SqliteJournal:
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL",
                  tombstone_ttl_s: float = 7 * 86400.0, commit_margin_s: float = 3600.0,
-                 compact_every_s: float | None = 60.0) -> None:
+                 compact_every_s: float | None = 60.0,
+                 writer_process_after: int | None = PROCESS_AFTER) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA (OFF is not durable)")
         self.path = Path(path)
@@ -169,6 +174,14 @@ class SqliteJournal:
         self.compact_every_s = compact_every_s
         self._compact_at = time.monotonic() + (compact_every_s or 0.0)
         self._compacting = self._closing = False
+        # the writer process (sqlite_writer.py): started once `writer_process_after`
+        # transactions went through here (None: never); given up for good if it dies
+        self._process_after = writer_process_after
+        self._want_process = writer_process_after is not None and str(path) != ":memory:"
+        self._process: sqlite_writer.WriterProcess | None = None
+        self._process_loop: asyncio.AbstractEventLoop | None = None
+        self._sent: list[list[Pending]] = []  # batches the process is writing, in order
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _setup(self) -> None:
         db = self._db
@@ -237,13 +250,8 @@ class SqliteJournal:
         return len(rows)
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                             timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        db.execute("PRAGMA wal_autocheckpoint=8192")
-        db.execute("PRAGMA cache_size=-65536")
-        return db
+        self._synchronous = synchronous
+        return sqlite_writer.connect(str(self.path), synchronous)
 
     # -- group commit ----------------------------------------------------------------------
     # Writes queue up while a transaction is being committed; the next transaction takes all
@@ -262,10 +270,25 @@ class SqliteJournal:
         return fut
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self._batch = self._batch, []
+        batch = self._batch
         if not batch:
             self._flushing = False
             return
+        if self._want_process and self.transactions >= (self._process_after or 0):
+            self._start_process(loop)
+        elif self._process is not None and self._process_loop is not loop:
+            self._move_process(loop)
+        process = self._process
+        if self._sent or (process is not None and
+                          all(bulk is not None for _, _, bulk in batch)):
+            if process is None or len(self._sent) >= PIPELINE or \
+                    any(bulk is None for _, _, bulk in batch):
+                return  # an answer flushes again (the batch waits, _flushing stays set)
+            self._batch = []
+            self._send(loop, process, batch)
+            self._flushing = False  # the next write may go while this batch is written
+            return
+        self._batch = []
         db = self._writer
         try:
             db.execute("BEGIN IMMEDIATE")  # no wait (busy_timeout 0): see above
@@ -285,6 +308,95 @@ class SqliteJournal:
             else:
                 done = loop.run_in_executor(self._thread, self._commit, batch, results)
         done.add_done_callback(lambda f: self._finish(loop, f))
+
+    # -- the writer process (sqlite_writer.py) -------------------------------------------------
+    # A batch of bulk writes only goes to the process as one message, sent from the loop;
+    # the loop reads the answer when its pipe is readable (no thread in between: a thread
+    # would wait for the GIL twice a batch). Anything else runs here, as above.
+    def _start_process(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._want_process = False  # one start only
+        if self._closing:
+            return
+        try:
+            process = sqlite_writer.WriterProcess(str(self.path), self._synchronous)
+        except Exception as exc:  # the writes go on here
+            log.warning("journal writer process did not start (writes stay in process): %s",
+                        exc)
+            return
+        self._process = process
+        self._process_loop = loop
+        loop.add_reader(process.fileno(), self._answered, loop, process)
+
+    def _move_process(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The journal is used from another event loop (the last one ended): answers are
+        read there from now on. Batches sent from the old loop cannot be answered to it, so
+        a process still holding some is let go (it finishes them and exits)."""
+        process, old = self._process, self._process_loop
+        assert process is not None and old is not None
+        if self._sent:
+            self._sent = []
+            self._drop_process(old)
+            self._want_process = True
+            return
+        if not old.is_closed():
+            old.remove_reader(process.fileno())
+        self._process_loop = loop
+        loop.add_reader(process.fileno(), self._answered, loop, process)
+
+    def _send(self, loop: asyncio.AbstractEventLoop, process: sqlite_writer.WriterProcess,
+              batch: list[Pending]) -> None:
+        ops: list[sqlite_writer.Op] = []
+        for _, _, bulk in batch:
+            assert bulk is not None
+            kind, data = bulk
+            ops.append((kind, (data[0], data[1]) if kind == "append" else data))
+        self._sent.append(batch)
+        try:
+            process.send(ops)
+        except sqlite_writer.WriterGone as exc:
+            self._answered(loop, process, gone=exc)
+
+    def _answered(self, loop: asyncio.AbstractEventLoop,
+                  process: sqlite_writer.WriterProcess, *,
+                  gone: sqlite_writer.WriterGone | None = None) -> None:
+        try:
+            if gone is not None:
+                raise gone
+            answers = process.receive()
+        except sqlite_writer.WriterGone as exc:  # landed or not, as a failed COMMIT
+            log.warning("%s; writes stay in process from now on", exc)
+            self._drop_process(loop)
+            lost, self._sent = [item for sent in self._sent for item in sent], []
+            resolve_all([(fut, None, exc) for _, fut, _ in lost])
+            self._flush(loop)
+            return
+        batch = self._sent.pop(0) if self._sent else []
+        if isinstance(answers, Exception):  # rolled back as a whole: again, each on its own
+            done = loop.run_in_executor(self._thread, self._write_batch, batch)
+            done.add_done_callback(lambda f: self._finish(loop, f))
+            return
+        results: list[Result] = [
+            (fut, value, None) if kind == "ok" else (fut, None, JournalConflict(value))
+            for (_, fut, _), (kind, value) in zip(batch, answers, strict=True)]
+        self.transactions += 1
+        self.writes += len(batch)
+        self._landed(batch, results)
+        resolve_all(results)
+        self._flush(loop)
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid while one runs."""
+        return self._process.pid if self._process is not None else None
+
+    def _drop_process(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        loop = self._process_loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(process.fileno())
+        process.close(timeout=1.0)
 
     def _commit(self, batch: list[Pending], results: list[Result]) -> list[Result]:
         db = self._writer
@@ -417,23 +529,10 @@ class SqliteJournal:
                       for i in commit.get("consumed") or ()] if not commit.get("outbox") else []
 
         def write(db: sqlite3.Connection) -> None:
-            try:  # only while the writer's lease is the newest: a stale holder is fenced
-                written = db.execute(
-                    "INSERT INTO commits (actor, seq, has_state, doc, done_msg) SELECT ?1, ?2, "
-                    "?3, ?4, ?5 WHERE ?6 IS NULL OR NOT EXISTS (SELECT 1 FROM sched WHERE "
-                    "actor = ?1 AND epoch != ?6)", (*row, epoch or None)).rowcount
-            except sqlite3.IntegrityError:
-                raise JournalConflict(
-                    f"commit {commit['actor']}#{commit['seq']} already exists") from None
-            if not written:
-                found = db.execute("SELECT epoch FROM sched WHERE actor=?",
-                                   (commit["actor"],)).fetchone()
-                raise JournalConflict(
-                    f"commit {commit['actor']}#{commit['seq']} of lease epoch {epoch} is "
-                    f"fenced out by epoch {found[0] if found else None}")
-            if tombstones:
-                db.executemany("UPDATE inbox SET consumed_at=? WHERE actor=? AND id=? AND "
-                               "consumed_at IS NULL", tombstones)
+            try:
+                sqlite_bulk.append_one(db, (*row, epoch or None), tombstones)
+            except sqlite_bulk.Conflict as exc:
+                raise JournalConflict(str(exc)) from None
         part = None
         if run_msg is not None:
             with contextlib.suppress(Exception):  # an odd commit: the catch-up decodes it
@@ -535,7 +634,7 @@ class SqliteJournal:
         _write_runs(db, stored, folded)
         db.execute("UPDATE meta SET value = ? WHERE key = 'runs_indexed'", (mark,))
         if len(rows) == INDEX_BATCH:  # more to fold: the next transaction goes on
-            asyncio.run_coroutine_threadsafe(self._again(), self._loop)
+            asyncio.run_coroutine_threadsafe(self._again(), self._loop)  # type: ignore[arg-type]
         return len(rows)
 
     async def _again(self) -> None:
@@ -835,29 +934,16 @@ class SqliteJournal:
 
     async def close(self) -> None:
         self._closing = True
-        while self._flushing or self._batch:
+        while self._flushing or self._batch or self._sent:
             await asyncio.sleep(0.001)
         self._thread.shutdown(wait=True)
+        self._drop_process(self._loop)
         with self._lock:
             self._db.close()
         self._writer.close()
 
 
-def _begin_waiting(db: sqlite3.Connection, timeout: float = 30.0) -> None:
-    """BEGIN IMMEDIATE on the writer connection (busy timeout 0), waiting up to `timeout`
-    for another process's write lock, as a busy timeout would (on the writer thread)."""
-    deadline = time.monotonic() + timeout
-    pause = 0.001
-    while True:
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or \
-                    time.monotonic() > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+_begin_waiting = sqlite_writer.begin_waiting
 
 
 def _docs(db: sqlite3.Connection, rowids: list[int]) -> dict[int, bytes]:

@@ -74,6 +74,27 @@ def append_many(db: sqlite3.Connection, rows: Sequence[AppendRow],
     return True
 
 
+def append_one(db: sqlite3.Connection, row: AppendRow, tombstones: Sequence[Tombstone]) -> None:
+    """Insert one commit if its (actor, seq) is free and its lease epoch (if any) is the
+    actor's current one, and mark what it consumes; else raise Conflict, having changed
+    nothing (the failed INSERT is undone by SQLite)."""
+    actor, seq, epoch = row[0], row[1], row[5]
+    try:
+        written = db.execute(
+            "INSERT INTO commits (actor, seq, has_state, doc, done_msg) SELECT ?1, ?2, "
+            "?3, ?4, ?5 WHERE ?6 IS NULL OR NOT EXISTS (SELECT 1 FROM sched WHERE "
+            "actor = ?1 AND epoch != ?6)", row).rowcount
+    except sqlite3.IntegrityError:
+        raise Conflict(f"commit {actor}#{seq} already exists") from None
+    if not written:
+        found = db.execute("SELECT epoch FROM sched WHERE actor=?", (actor,)).fetchone()
+        raise Conflict(f"commit {actor}#{seq} of lease epoch {epoch} is fenced out by "
+                       f"epoch {found[0] if found else None}")
+    if tombstones:
+        db.executemany("UPDATE inbox SET consumed_at=? WHERE actor=? AND id=? AND "
+                       "consumed_at IS NULL", tombstones)
+
+
 def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[bool]:
     """Create each entry unless its (actor, id) is already in the inbox or earlier in
     `rows`, numbered in order after its actor's last, and bring the actors' schedule rows
@@ -144,6 +165,10 @@ def settle_many(db: sqlite3.Connection, rows: Sequence[SettleRow]) -> bool:
             "AS v) AS d WHERE sched.actor = d.actor AND sched.owner = d.owner",
             _flat([(*row, now_ns) for row in part]))
     return True
+
+
+class Conflict(Exception):
+    """A commit's (actor, seq) is taken, or its lease epoch is fenced out."""
 
 
 class _Refused(Exception):

@@ -1,0 +1,208 @@
+"""The SQLite journal's writer process: the group commits' bulk writes, off the GIL.
+
+Each statement of a transaction lets the GIL go and must win it back. Run on a writer thread
+that wait was most of a transaction's time (the event loop holds the GIL); run on the loop,
+the statements cost the loop ~a quarter of its time under load. A child process has its own
+GIL: the loop hands it a whole batch of appends, enqueues and settles as data (one pickled
+message), the child runs them in one transaction with the same statements (`sqlite_bulk`)
+and answers once the COMMIT is durable. Every other write (leases, the run index, compaction)
+still runs in the parent; batches never overlap, so the two connections take turns.
+
+The child knows nothing of Loom beyond `sqlite_bulk` and `keyhash`: it starts in ~30 ms, and
+it exits when the parent's end of its pipe closes (the parent exited, or died).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+Op = tuple[str, Any]  # ("enqueue", EnqueueRow) | ("settle", SettleRow) |
+# ("append", (AppendRow, [Tombstone]))
+Answer = tuple[str, Any]  # ("ok", value) | ("conflict", message)
+LOCK_WAIT_S = 30.0  # for another process's write lock, then the batch fails (as in process)
+
+
+class WriterGone(sqlite3.OperationalError):
+    """The writer process died or could not be reached: the batch it held may or may not
+    have landed (as with a COMMIT that failed)."""
+
+
+def connect(path: str, synchronous: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    db.execute("PRAGMA wal_autocheckpoint=8192")
+    db.execute("PRAGMA cache_size=-65536")
+    return db
+
+
+def begin_waiting(db: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """BEGIN IMMEDIATE on a connection with busy timeout 0, waiting up to `timeout` for
+    another process's write lock, as a busy timeout would."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or \
+                    time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def run_batch(db: sqlite3.Connection, ops: list[Op], lock_wait_s: float = LOCK_WAIT_S
+              ) -> list[Answer]:
+    """One transaction: the enqueues, then the settles, then the appends (sqlite_bulk says
+    why any order of one batch is valid), each kind in bulk, one by one where the bulk
+    statement cannot vouch for every item. Answers in the order of `ops`. Any other failure
+    rolls everything back and raises: the batch failed as a whole."""
+    from runtime.journal import sqlite_bulk
+
+    answers: list[Answer] = [("ok", None)] * len(ops)
+    kinds: dict[str, list[int]] = {"enqueue": [], "settle": [], "append": []}
+    for i, (kind, _) in enumerate(ops):
+        kinds[kind].append(i)
+    begin_waiting(db, lock_wait_s)
+    try:
+        enqueues = kinds["enqueue"]
+        if enqueues:
+            made = sqlite_bulk.enqueue_many(db, [ops[i][1] for i in enqueues])
+            for i, created in zip(enqueues, made, strict=True):
+                answers[i] = ("ok", created)
+        settles = kinds["settle"]
+        if settles and not sqlite_bulk.settle_many(db, [ops[i][1] for i in settles]):
+            for i in settles:  # an actor settled twice: in order, the later reads the earlier
+                sqlite_bulk.settle_many(db, [ops[i][1]])
+        appends = kinds["append"]
+        if appends and not sqlite_bulk.append_many(
+                db, [ops[i][1][0] for i in appends],
+                [t for i in appends for t in ops[i][1][1]]):
+            for i in appends:
+                row, tombstones = ops[i][1]
+                try:
+                    sqlite_bulk.append_one(db, row, tombstones)
+                except sqlite_bulk.Conflict as exc:
+                    answers[i] = ("conflict", str(exc))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return answers
+
+
+# -- the parent's side ---------------------------------------------------------------------
+class WriterProcess:
+    """A running writer child for one journal file. One batch at a time: `send` it, then
+    `receive` the answers once `fileno` is readable (the event loop watches it)."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-S", "-c", _BOOT, str(Path(__file__).resolve().parent),
+                 path, synchronous, str(LOCK_WAIT_S), str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
+                close_fds=True)
+        except BaseException:
+            for fd in (to_child_w, from_child_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self._out = Connection(to_child_w, readable=False)
+        self._in = Connection(from_child_r, writable=False)
+        self.pid = self._proc.pid
+
+    def fileno(self) -> int:
+        return self._in.fileno()
+
+    def send(self, ops: list[Op]) -> None:
+        try:
+            self._out.send_bytes(pickle.dumps(ops, pickle.HIGHEST_PROTOCOL))
+        except OSError as exc:
+            raise WriterGone(f"the journal's writer process is gone ({exc})") from None
+
+    def receive(self) -> list[Answer] | sqlite3.Error:
+        """The answers to the oldest batch sent, or the error that rolled it back (as the
+        SQLite error type it was); raises WriterGone."""
+        try:
+            kind, value = pickle.loads(self._in.recv_bytes())
+        except (OSError, EOFError) as exc:
+            raise WriterGone(f"the journal's writer process is gone ({exc or 'EOF'})") \
+                from None
+        if kind == "failed":
+            name, message, code = value
+            error = (sqlite3.IntegrityError if name == "IntegrityError"
+                     else sqlite3.OperationalError)(message)
+            error.sqlite_errorcode = code
+            return error
+        answers: list[Answer] = value
+        return answers
+
+    def close(self, timeout: float = 5.0) -> None:
+        for end in (self._out, self._in):
+            with contextlib.suppress(OSError):
+                end.close()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+# -- the child's side ----------------------------------------------------------------------
+def serve(path: str, synchronous: str, lock_wait_s: float, inbound: Connection,
+          outbound: Connection) -> None:
+    db = connect(path, synchronous)
+    db.execute("PRAGMA busy_timeout=0")
+    while True:
+        try:
+            ops = pickle.loads(inbound.recv_bytes())
+        except (EOFError, OSError):
+            break  # the parent closed its end, or died
+        try:
+            reply: tuple[str, Any] = ("ok", run_batch(db, ops, lock_wait_s))
+        except Exception as exc:
+            reply = ("failed", (type(exc).__name__, f"{type(exc).__name__}: {exc}",
+                                getattr(exc, "sqlite_errorcode", None)))
+        try:
+            outbound.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            break
+    db.close()
+
+
+# The child's entry. `runtime` and `runtime.journal` are registered as bare packages, so
+# that importing this module and `sqlite_bulk` runs neither package's `__init__` (the
+# executor, wasmtime, pydantic: a third of a second); `-S`: no site-packages either.
+_BOOT = """
+import sys, types
+here = sys.argv[1]
+for name, where in (("runtime", here + "/.."), ("runtime.journal", here)):
+    module = types.ModuleType(name)
+    module.__path__ = [where]
+    sys.modules[name] = module
+from runtime.journal.sqlite_writer import boot_main
+boot_main(sys.argv[2:])
+"""
+
+
+def boot_main(argv: list[str]) -> None:
+    path, synchronous, lock_wait_s, rfd, wfd = argv
+    serve(path, synchronous, float(lock_wait_s), Connection(int(rfd), writable=False),
+          Connection(int(wfd), readable=False))

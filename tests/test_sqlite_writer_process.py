@@ -1,0 +1,214 @@
+"""The SQLite journal's writer process (runtime/journal/sqlite_writer.py), under attack: the
+child killed while idle or while it holds a batch, its parent killed, the journal moved to
+another event loop, a whole batch refused. Nothing accepted may be lost, nothing may hang,
+and a failure reaches only the writes it may have touched, typed as SQLite's own errors.
+(The journal contract suite runs every store test through the process too: `sqlite-process`.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.journal import sqlite as journal_sqlite
+from runtime.journal import sqlite_writer
+from runtime.journal.sqlite import SqliteJournal
+from runtime.journal.sqlite_writer import WriterGone
+from runtime.journal.store import JournalConflict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env(target: str, mid: str) -> dict[str, Any]:
+    return {"id": mid, "target": target, "kind": "call", "payload": {"mid": mid},
+            "deliver_at": 0.0}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead: reap it if it is ours
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return Path(f"/proc/{pid}").exists() and \
+            "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+async def started(journal: SqliteJournal) -> int:
+    """Write until the journal runs its writer process; its pid."""
+    for i in range(3):
+        await journal.enqueue(env("warm/a", f"w{i}"))
+    pid = journal.writer_pid
+    assert pid is not None, "the writer process did not start"
+    return pid
+
+
+def test_bulk_writes_go_through_the_process_and_answer_like_in_process(tmp_path: Path) -> None:
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db", writer_process_after=0)
+        await started(journal)
+        tx0 = journal.transactions
+        made = await asyncio.gather(*(journal.enqueue(env("t/a", f"m{i % 5}"))
+                                      for i in range(10)))
+        assert made == [True] * 5 + [False] * 5  # the duplicates, in the same batch
+        await journal.append({"actor": "t/a", "seq": 0, "ts": 1.0, "state": {"n": 0}})
+        outcomes = await asyncio.gather(
+            journal.append({"actor": "t/a", "seq": 1, "ts": 1.0, "state": {"n": 1}}),
+            journal.append({"actor": "t/a", "seq": 1, "ts": 1.0, "state": {"n": 2}}),
+            journal.append({"actor": "t/b", "seq": 0, "ts": 1.0, "state": {}}),
+            return_exceptions=True)
+        assert sum(isinstance(o, JournalConflict) for o in outcomes) == 1
+        assert outcomes[2] is None
+        assert journal.transactions > tx0
+        assert [e["id"] for e in await journal.inbox("t/a", 2.0)] == [f"m{i}" for i in range(5)]
+        assert [c["seq"] for c in await journal.read("t/a")] == [0, 1]
+        pid = journal.writer_pid
+        assert pid is not None
+        await journal.close()
+        assert journal.writer_pid is None
+        assert wait_gone(pid), "close() left the writer process running"
+
+    asyncio.run(main())
+
+
+def test_a_child_killed_while_idle_costs_no_write(tmp_path: Path) -> None:
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db", writer_process_after=0)
+        pid = await started(journal)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_gone(pid)
+        await asyncio.sleep(0.05)  # its end of the pipe closes: the loop notices
+        made = await asyncio.gather(*(journal.enqueue(env("t/a", f"m{i}")) for i in range(20)))
+        assert made == [True] * 20
+        assert journal.writer_pid is None  # given up: the writes run in process now
+        assert len(await journal.inbox("t/a", 2.0)) == 20
+        await journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_child_killed_holding_a_batch_fails_that_batch_only(tmp_path: Path) -> None:
+    """The batch may or may not have landed (as with a failed COMMIT): its writers get
+    a SQLite OperationalError; what the journal holds afterwards is whole, and the
+    writes after it land in process."""
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db", writer_process_after=0)
+        pid = await started(journal)
+        os.kill(pid, signal.SIGSTOP)  # it takes the batch but never answers
+        pending = [asyncio.ensure_future(journal.enqueue(env("t/a", f"m{i}")))
+                   for i in range(10)]
+        await asyncio.sleep(0.2)
+        assert not any(p.done() for p in pending)
+        os.kill(pid, signal.SIGKILL)
+        outcomes = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
+        assert all(isinstance(o, sqlite3.OperationalError) for o in outcomes), outcomes
+        assert all(isinstance(o, WriterGone) for o in outcomes)
+        assert journal.writer_pid is None
+        # the callers retry (a message id makes that safe): each lands exactly once
+        again = await asyncio.gather(*(journal.enqueue(env("t/a", f"m{i}")) for i in range(10)))
+        assert again == [True] * 10  # the stopped child never ran the batch
+        assert sorted(e["id"] for e in await journal.inbox("t/a", 2.0)) == \
+            sorted(f"m{i}" for i in range(10))
+        await journal.close()
+
+    asyncio.run(main())
+    db = sqlite3.connect(tmp_path / "j.db")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+
+
+def test_the_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import asyncio, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from runtime.journal.sqlite import SqliteJournal
+
+        async def main():
+            journal = SqliteJournal({str(tmp_path / "j.db")!r}, writer_process_after=0)
+            for i in range(3):
+                await journal.enqueue({{"id": f"m{{i}}", "target": "t/a", "kind": "call",
+                                        "deliver_at": 0.0}})
+            print(journal.writer_pid, flush=True)
+            time.sleep(60)
+
+        asyncio.run(main())
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert alive(child)
+        parent.kill()
+        parent.wait(10)
+        assert wait_gone(child), "the writer process outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait()
+    db = sqlite3.connect(tmp_path / "j.db")
+    assert db.execute("SELECT COUNT(*) FROM inbox").fetchone() == (3,)
+    db.close()
+
+
+def test_the_journal_follows_its_caller_to_another_event_loop(tmp_path: Path) -> None:
+    journal = SqliteJournal(tmp_path / "j.db", writer_process_after=0)
+    pid = asyncio.run(started(journal))
+
+    async def some(round_: int) -> list[bool]:
+        return await asyncio.wait_for(asyncio.gather(
+            *(journal.enqueue(env("t/a", f"r{round_}-{i}")) for i in range(5))), 10)
+
+    for round_ in range(3):  # each asyncio.run is a new loop: the answers are read there
+        assert asyncio.run(some(round_)) == [True] * 5
+    assert journal.writer_pid == pid
+    asyncio.run(journal.close())
+    assert wait_gone(pid)
+
+
+def test_a_batch_the_child_rolls_back_is_written_again_in_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure that is not one write's (here the child cannot begin: another process
+    holds the write lock past its wait) rolls the batch back; the journal writes it again
+    itself, one write at a time, and every write lands."""
+    monkeypatch.setattr(sqlite_writer, "LOCK_WAIT_S", 0.1)
+
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db", writer_process_after=0)
+        pid = await started(journal)
+        blocker = sqlite3.connect(tmp_path / "j.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        real = journal_sqlite._begin_waiting
+        monkeypatch.setattr(journal_sqlite, "_begin_waiting",
+                            lambda db, timeout=30.0: real(db, 5.0))
+        pending = asyncio.gather(*(journal.enqueue(env("t/a", f"m{i}")) for i in range(5)))
+        await asyncio.sleep(0.5)
+        blocker.execute("COMMIT")  # within the in-process retry's wait
+        blocker.close()
+        assert await asyncio.wait_for(pending, 60) == [True] * 5
+        assert len(await journal.inbox("t/a", 2.0)) == 5
+        assert journal.writer_pid == pid  # kept: it failed a batch, it did not die
+        assert await journal.enqueue(env("t/a", "after"))
+        await journal.close()
+
+    asyncio.run(main())
