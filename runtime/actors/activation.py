@@ -23,8 +23,9 @@ from runtime import errors
 from runtime.actors import delta
 from runtime.actors.actor import Actor, ActorRef
 from runtime.actors.context import _TIMED_OUT, ActorContext, error_record
-from runtime.actors.host import ActivationLost, Host, RunPinned
+from runtime.actors.host import MAX_PAYLOAD_DEPTH, ActivationLost, Host, RunPinned
 from runtime.journal.store import Commit, Envelope
+from schemas.fast_check import nests_deeper
 
 log = logging.getLogger("loom.actors")
 
@@ -235,6 +236,9 @@ class Activation:
                 if outbox and (not consumed or await self._pending(consumed)):
                     await self.host.dispatch(outbox)
                 await self.host.journal.consume(self.key, consumed, self.host.clock())
+            for done in tail[:len(tail) - len(unfinished)]:  # runs completed: if an ask
+                if "kind" in done:  # still waits here, its answer is in the journal
+                    self.host.answer_from(self.key, done)
             in_flight = [c for c in unfinished if c.get("run")]
             if in_flight:
                 self._resume(in_flight)
@@ -363,6 +367,10 @@ class Activation:
                     actor=self.key, seq=run.start_seq, step=first,
                     recorded=str(run.recorded[first][0]["op"]), requested="return")
             to_json(result)  # a handler must return JSON: fail here, not in the commit
+            if nests_deeper(result, MAX_PAYLOAD_DEPTH - 1):  # its reply: {"result": ...}
+                raise errors.HandlerFailed(
+                    f"{self.key}: its result nests deeper than {MAX_PAYLOAD_DEPTH - 1} levels "
+                    "(a reply could not carry it)", error_type="ResultTooDeep")
         except errors.NonDeterminismError as exc:
             self._break(run, exc)
             return

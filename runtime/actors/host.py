@@ -15,6 +15,9 @@ from runtime.actors.hooks import Hooks
 from runtime.journal.store import Envelope, JournalStore
 from schemas.manifest import RetryPolicy
 
+MAX_PAYLOAD_DEPTH = 128  # levels of nesting in a message payload or a run's result (the
+# journal reads ~200: deeper, it would be written and then never read back)
+
 
 class ActivationLost(BaseException):
     """The activation must stop now: a storage write failed, or another activation of the
@@ -62,6 +65,11 @@ class Host(Protocol):
                 failure: BaseException | None) -> None: ...
 
     def notify(self, key: str) -> None: ...
+
+    def answer_from(self, key: str, commit: dict[str, Any]) -> None:
+        """Answer whoever waits here for the run that `commit` completed (found at load:
+        the append that wrote it may have reported a failure after it landed)."""
+        ...
 
     def reply_ready(self, asker: str, key: str, msg_id: str) -> None:
         """The outcome of a message that `asker` (a runtime's owner id) asks for is durable."""

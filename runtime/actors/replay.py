@@ -74,6 +74,9 @@ class _ReplayRuntime:
     def notify(self, key: str) -> None:
         pass
 
+    def answer_from(self, *_: Any) -> None:
+        pass
+
     def reply_ready(self, *_: Any) -> None:
         pass
 

@@ -26,7 +26,7 @@ from runtime.actors import delta
 from runtime.actors.activation import Activation
 from runtime.actors.actor import Actor, ActorRef
 from runtime.actors.hooks import Hooks
-from runtime.actors.host import ActivationLost, RunPinned
+from runtime.actors.host import MAX_PAYLOAD_DEPTH, ActivationLost, RunPinned
 from runtime.actors.lane import Lane
 from runtime.actors.resilience import Breakers
 from runtime.executor import Executor
@@ -54,7 +54,6 @@ def _host_id() -> str:
 
 HOST_ID = _host_id()  # the first part of an owner id (host:pid:nonce)
 _ID_BASE = [uuid.uuid4().int, 0]  # message ids: a random 128-bit base plus a counter
-MAX_PAYLOAD_DEPTH = 128  # levels of nesting in a message payload (the journal reads ~200)
 
 
 def _new_id_base() -> None:
@@ -167,6 +166,13 @@ class ActivityRunner(Protocol):
                            tenant: str = "") -> RetryPolicy:
         """The retry policy of the activity this tenant's `name` means."""
         ...
+
+
+def _due(now: float, at: float, every: float) -> bool:
+    """Whether a periodic task scheduled for `at` (every `every` s) is due at `now`; also
+    when `at` lies further ahead than one period, i.e. the clock stepped back: waiting for
+    it to catch up would stop lease renewals for the length of the step."""
+    return now >= at or at - now > every
 
 
 class ActorRuntime:
@@ -363,6 +369,16 @@ class ActorRuntime:
                 fut.set_result(result)
             else:
                 fut.set_exception(failure)
+
+    def answer_from(self, key: str, commit: dict[str, Any]) -> None:
+        run = commit.get("run")
+        msg_id = run.get("msg") if isinstance(run, dict) else None
+        if msg_id is None or (key, str(msg_id)) not in self._waiters:
+            return
+        try:
+            self.resolve(key, str(msg_id), _reply_of(commit), None)
+        except errors.LoomError as exc:
+            self.resolve(key, str(msg_id), None, exc)
 
     def reply_ready(self, asker: str, key: str, msg_id: str) -> None:
         if asker != self.owner and self.replies is not None:
@@ -649,10 +665,10 @@ class ActorRuntime:
         """One round of the scheduling loop (the loop calls it; tests may too)."""
         await self._settle_all()
         now = self.clock()
-        if now >= self._renew_at:
+        if _due(now, self._renew_at, self.lease_ttl_s / 3):
             self._renew_at = now + self.lease_ttl_s / 3
             await self._renew(now)
-        if now >= self._reap_at:
+        if _due(now, self._reap_at, max(1.0, self.lease_ttl_s / 2)):
             self._reap_at = now + max(1.0, self.lease_ttl_s / 2)
             await self._reap()
         scope = None if self.ownership is None else \
@@ -667,7 +683,7 @@ class ActorRuntime:
                     self.ownership is None or self.ownership.owns(key) or key in self._guests):
                 self.notify(key)  # while draining, only actors already active here
         if self.ownership is not None and self.versions is not None and not self.draining \
-                and now >= self._stranded_at:
+                and _due(now, self._stranded_at, max(1.0, self.lease_ttl_s / 4)):
             # rare (a rolling deploy) and a query of its own (cross-partition on Cosmos):
             # looked for about once a second, not every tick
             self._stranded_at = now + max(1.0, self.lease_ttl_s / 4)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Query, Request
 
 from runtime import errors
 from runtime.actors.delta import after_last_state, current_state
-from runtime.actors.runtime import MAX_PAYLOAD_DEPTH
+from runtime.actors.host import MAX_PAYLOAD_DEPTH
 from runtime.service import tenancy
 from runtime.service.auth import INVOKE, READ, WRITE
 from runtime.service.keys import Principal

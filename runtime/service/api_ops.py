@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from runtime.actors.runtime import MAX_PAYLOAD_DEPTH
+from runtime.actors.host import MAX_PAYLOAD_DEPTH
 from runtime.service import tenancy
 from runtime.service.auth import ADMIN, READ, WRITE
 from runtime.service.cron import Cron, CronInvalid
