@@ -120,3 +120,47 @@ def test_a_clock_stepped_back_does_not_stop_lease_renewals() -> None:
             assert "edge_callee/c3" in held
 
     asyncio.run(main())
+
+
+class DownForAWhile(MemoryJournal):
+    """`acquire` and `settle` fail (storage down) while `down` is set; counts the tries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.acquires = 0
+        self.settles = 0
+
+    async def acquire(self, actor: str, owner: str, now: float, ttl: float) -> Any:
+        self.acquires += 1
+        if self.down:
+            raise errors.StorageError("the journal is down")
+        return await super().acquire(actor, owner, now, ttl)
+
+    async def settle(self, *args: Any, **kw: Any) -> None:
+        self.settles += 1
+        if self.down:
+            raise errors.StorageError("the journal is down")
+        await super().settle(*args, **kw)
+
+
+def test_an_outage_is_retried_with_backoff_not_at_every_poll() -> None:
+    """Before: every schedule poll (here every 10 ms) tried each due actor's activation and
+    every failed settle again, each with a warning: thousands of tries and log lines a
+    minute per actor, which also refilled a full disk as soon as space was freed."""
+    async def main() -> None:
+        journal = DownForAWhile()
+        async with ActorRuntime(journal, poll_interval_s=0.01, lint=False) as rt:
+            rt.register(Callee)
+            assert await rt.ask("edge_callee/c4", "bump", None, timeout=5) == 1
+            journal.down = True
+            await rt.send("edge_callee/c5", "bump", None)  # due, cannot be activated
+            await asyncio.sleep(0.05)
+            a0, s0 = journal.acquires, journal.settles
+            await asyncio.sleep(1.0)
+            assert journal.acquires - a0 <= 8, journal.acquires - a0
+            assert journal.settles - s0 <= 8, journal.settles - s0
+            journal.down = False
+            assert await rt.ask("edge_callee/c5", "bump", None, timeout=10) == 2
+
+    asyncio.run(main())

@@ -366,8 +366,11 @@ class Activation:
                 raise errors.NonDeterminismError(
                     actor=self.key, seq=run.start_seq, step=first,
                     recorded=str(run.recorded[first][0]["op"]), requested="return")
-            to_json(result)  # a handler must return JSON: fail here, not in the commit
-            if nests_deeper(result, MAX_PAYLOAD_DEPTH - 1):  # its reply: {"result": ...}
+            data = to_json(result)  # a handler must return JSON: fail here, not in the commit
+            # its reply is {"result": ...}; d levels take 2d bytes at least, so most results
+            # need no walk
+            if len(data) > 2 * (MAX_PAYLOAD_DEPTH - 1) and \
+                    nests_deeper(result, MAX_PAYLOAD_DEPTH - 1):
                 raise errors.HandlerFailed(
                     f"{self.key}: its result nests deeper than {MAX_PAYLOAD_DEPTH - 1} levels "
                     "(a reply could not carry it)", error_type="ResultTooDeep")

@@ -180,6 +180,12 @@ class ActorContext:
         return step in self._run.recorded
 
     @property
+    def recorded_steps(self) -> bool:
+        """Whether the journal holds any step of this run (main line or branch): False for
+        a run starting fresh, True for one resumed after it did something."""
+        return bool(self._run.recorded)
+
+    @property
     def replaying(self) -> bool:
         return self._run.step < self._run.replay_until
 

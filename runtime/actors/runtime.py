@@ -234,6 +234,9 @@ class ActorRuntime:
         self._dirty: set[str] = set()
         self._unsettled: dict[str, tuple[float, int, bool]] = {}
         self._backoff: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}  # actor -> loop time before which a poll skips it
+        self._settle_failures = 0  # consecutive passes in which a settle failed
+        self._settle_at = 0.0  # loop time of the next settle pass after failures
         self._waiters: dict[tuple[str, str], list[asyncio.Future[Any]]] = {}
         self._remote_polls: dict[tuple[str, str], tuple[float, float]] = {}
         self._unknown: set[str] = set()
@@ -485,6 +488,7 @@ class ActorRuntime:
 
     def committed(self, key: str) -> None:
         self._backoff.pop(key, None)
+        self._retry_at.pop(key, None)
         self._infra_losses.pop(key, None)
 
     def counts_delivery(self, key: str) -> bool:
@@ -512,7 +516,9 @@ class ActorRuntime:
         log.log(level, "%s: activation dropped (%s: %s); retrying in %.2f s", key,
                 type(cause).__name__, cause, delay)
         if not self._closing:
-            asyncio.get_running_loop().call_later(delay, self.notify, key)
+            loop = asyncio.get_running_loop()
+            self._retry_at[key] = loop.time() + delay  # the schedule poll waits too
+            loop.call_later(delay, self.notify, key)
 
     def _evictable(self, key: str, act: Activation) -> bool:
         """Idle, or parked on a durable wait (a run waiting for days costs no memory)."""
@@ -562,6 +568,10 @@ class ActorRuntime:
                 await self._drop(key, act)
 
     async def _settle_all(self) -> None:
+        """Settle what runs left to settle. After a pass in which a settle failed (the
+        journal is down), the next waits 50 ms doubling to 5 s, with one log line each."""
+        if not self._unsettled or asyncio.get_running_loop().time() < self._settle_at:
+            return
         pending, self._unsettled = self._unsettled, {}
         keys, jobs = [], []
         for key, (now, seen_n, busy) in pending.items():
@@ -573,13 +583,21 @@ class ActorRuntime:
             jobs.append(self.journal.settle(key, self.owner, now=now, seen_n=seen_n,
                                             busy=busy or run is not None,
                                             version=run.pin if run is not None else None))
-        failed = set()
+        failed: dict[str, BaseException] = {}
         for key, outcome in zip(keys, await asyncio.gather(*jobs, return_exceptions=True),
                                 strict=True):
             if isinstance(outcome, BaseException):  # kept for the next pass; a newer wins
-                failed.add(key)
+                failed[key] = outcome
                 self._unsettled.setdefault(key, pending[key])
-                log.warning("settling %s failed (retried): %s", key, outcome)
+        if failed:
+            self._settle_failures += 1
+            delay = min(5.0, 0.05 * 2 ** min(self._settle_failures - 1, 7))
+            self._settle_at = asyncio.get_running_loop().time() + delay
+            key, cause = next(iter(failed.items()))
+            log.warning("settling %d actor(s) failed (%s: %s, ...): retried in %.2f s",
+                        len(failed), key, cause, delay)
+        else:
+            self._settle_failures = 0
         if self.delivery is not None:
             for key in pending:
                 if key not in failed:
@@ -677,8 +695,15 @@ class ActorRuntime:
             assert self.ownership is not None
             scope = Scope(scope.partitions, {*scope.held, *map(self.ownership.partition,
                                                                self._guests)})
+        backing_off = self._retry_at
+        if backing_off:  # actors whose activation failed wait for their retry
+            mono = asyncio.get_running_loop().time()
+            for key in [k for k, at in backing_off.items() if at <= mono]:
+                del backing_off[key]
         for key in await self.journal.due_actors(now, self.due_batch, owner=self.owner,
                                                  versions=self.versions, scope=scope):
+            if key in backing_off:
+                continue
             if key.partition("/")[0] in self.types and (
                     self.ownership is None or self.ownership.owns(key) or key in self._guests):
                 self.notify(key)  # while draining, only actors already active here
