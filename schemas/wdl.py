@@ -8,13 +8,34 @@ language: comparisons, `and`/`or`/`not`, `in`, literals and paths.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
 from schemas.manifest import NAME_PATTERN, RetryPolicy, SemVer
 
 STEP_ID = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+ACTOR_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
+"""An actor type name as an agent step may name it: no '/' (it ends the type in an address
+`<type>/<id>`; runtime/actors/actor.py refuses it in a type name) and no '~' (it separates a
+tenant from its own id, `<type>/<tenant>~<id>`: runtime/service/tenancy.py). A `type`
+holding '/' would carry the start of the actor id, ahead of the tenant prefix that keeps a
+tenant's agent steps inside its tenant (wdl/engine.py)."""
+
+
+def _check_actor_type(v: str, info: ValidationInfo) -> str:
+    if not ACTOR_TYPE.fullmatch(v):
+        step = info.data.get("id")  # absent when the step's id was refused itself
+        who = f"agent step {step!r}" if isinstance(step, str) else "agent step"
+        raise ValueError(f"{who}: {v!r} is not an actor type name (1-100 "
+                         "letters, digits, '_' or '-', starting with a letter or '_'; "
+                         "no '/' or '~')")
+    return v
+
+
+ActorType = Annotated[str, AfterValidator(_check_actor_type),
+                      Field(json_schema_extra={"pattern": ACTOR_TYPE.pattern})]
 
 
 class WdlModel(BaseModel):
@@ -49,7 +70,7 @@ class AgentStep(StepBase):
     """Ask a child actor (`type`/`actor_id`) to run `handler` with `input`; returns its result."""
 
     kind: Literal["agent"]
-    type: Annotated[str, Field(min_length=1)]
+    type: ActorType
     actor_id: Annotated[str, Field(min_length=1)]
     handler: str = "run"
     input: Any = None

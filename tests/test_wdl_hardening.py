@@ -1,8 +1,10 @@
 """WDL engine hardening (review findings): any failure compensates, input/output schemas are
 enforced, an unbuildable compensation input is reported, agent steps stay inside their
-tenant and never ask their own instance, and over-deep payloads or states fail instead of
-wedging the actor. Each test runs on a MemoryJournal with StubActivities and a timeout, so a
-regression fails quickly instead of hanging."""
+tenant (whatever their `type`) and never ask their own instance, over-deep payloads or
+states fail instead of wedging the actor, and a resumed run replays what it recorded (a
+tenant's agent step, a parallel first step). Each test runs on a MemoryJournal (a SQLite
+one where it restarts) with StubActivities and a timeout, so a regression fails quickly
+instead of hanging."""
 
 from __future__ import annotations
 
@@ -261,3 +263,170 @@ def test_a_run_started_before_the_input_check_resumes_after_it(
 
     out = asyncio.run(resume())
     assert out["status"] == "completed", out
+
+
+# -- 6. replay: agent steps of a tenant, a parallel first step -----------------------------------
+
+class SlowScorer(Actor, type_name="slowscorer"):
+    """Answers once a `go` event (key "k") arrives: its asker parks on the agent step."""
+
+    def initial_state(self) -> dict[str, Any]:
+        return {}
+
+    @handler
+    async def score(self, ctx: ActorContext, payload: dict[str, Any]) -> dict[str, Any]:
+        await ctx.wait_for_event("go", key="k")
+        return {"actor": ctx.actor.id}
+
+
+def _runtime(path: Any, stubs: StubActivities | None = None) -> ActorRuntime:
+    from runtime.journal.sqlite import SqliteJournal
+    from wdl import engine
+
+    # lint=False: the linter reads this whole module, whose tests use the clock
+    rt = ActorRuntime(SqliteJournal(path), activities=stubs if stubs is not None else _stubs(),
+                      poll_interval_s=0.01, sleep=_no_sleep, lint=False)
+    rt.register(engine.WorkflowActor)
+    rt.register(SlowScorer)
+    return rt
+
+
+def _park(path: Any, doc: dict[str, Any], input: Any, *, instance: str) -> None:
+    """Start `doc` on a SQLite journal, and stop the runtime once the run has parked."""
+    key = f"workflow/{instance}"
+
+    async def start() -> None:
+        async with _runtime(path) as rt:
+            await rt.send(key, "start", {"workflow": doc, "input": input}, msg_id="start")
+            for _ in range(300):
+                act = rt.activations.get(key)
+                if act is not None and act.run is not None and act.run.waits:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError("the run did not park")
+
+    asyncio.run(start())
+
+
+def _resume(path: Any, doc: dict[str, Any], input: Any, *, instance: str,
+            signal: tuple[str, str, str | None],
+            stubs: StubActivities | None = None) -> dict[str, Any]:
+    """In a new runtime, signal (actor, event, key) and wait for the replayed run's outcome."""
+
+    async def resume() -> dict[str, Any]:
+        async with _runtime(path, stubs) as rt:
+            actor, event, key = signal
+            await rt.signal(actor, event, {"ok": True}, key=key)
+            return await run_workflow(rt, validate(doc), input, instance=instance,
+                                      timeout=TIMEOUT)
+
+    return asyncio.run(resume())
+
+
+ASK_SLOW = {"id": "ask", "kind": "agent", "type": "slowscorer", "actor_id": "x",
+            "handler": "score", "input": {}, "timeout_s": 60}
+
+
+@pytest.mark.parametrize("where", ["main line", "parallel branch"])
+def test_a_tenant_workflow_parked_on_an_agent_step_replays_it(tmp_path: Any,
+                                                              where: str) -> None:
+    """The step was recorded asking the confined actor (slowscorer/acme~x); the old engine
+    replayed a recorded step with the unconfined one (slowscorer/x): NonDeterminismError on
+    every reload of the parked instance."""
+    step = ASK_SLOW if where == "main line" else \
+        {"id": "p", "kind": "parallel", "branches": [[ASK_SLOW]]}
+    _park(tmp_path / "j.db", _wf(step), {}, instance="acme~w1")
+    out = _resume(tmp_path / "j.db", _wf(step), {}, instance="acme~w1",
+                  signal=("slowscorer/acme~x", "go", "k"))
+    assert out["status"] == "completed", out
+    assert out["output"]["ask"] == {"actor": "acme~x"}
+
+
+def test_an_agent_step_recorded_before_confinement_replays_as_it_ran(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run recorded by code without confinement asked slowscorer/x: the replay keeps that
+    actor (the journal holds exactly its ask), instead of diverging from its own record."""
+    from runtime.actors import ActorRef
+    from wdl import engine
+
+    with monkeypatch.context() as old_code:  # the engine before confinement
+        old_code.setattr(engine, "_confined",
+                         lambda own, type_, actor_id: ActorRef(type_, actor_id))
+        _park(tmp_path / "j.db", _wf(ASK_SLOW), {}, instance="acme~w1")
+    out = _resume(tmp_path / "j.db", _wf(ASK_SLOW), {}, instance="acme~w1",
+                  signal=("slowscorer/x", "go", "k"))
+    assert out["status"] == "completed", out
+    assert out["output"]["ask"] == {"actor": "x"}  # as it ran; a fresh run asks acme~x
+
+
+@pytest.mark.parametrize("type_", ["spender/other~x", "other~x", "a/b", ""])
+def test_an_agent_steps_type_is_an_actor_type_name(type_: str) -> None:
+    """type "spender/other~x" with actor_id "z" addressed spender/other~x/acme~z from acme's
+    instance: an actor of tenant `other` (tenancy.tenant_of_actor), calling activities as
+    `other`. Such a type is refused before anything runs, naming the step."""
+    doc = _wf({"id": "p", "kind": "parallel", "branches": [[
+        {"id": "spend", "kind": "agent", "type": type_, "actor_id": "z", "handler": "run"}]]})
+    with pytest.raises(errors.WorkflowInvalid) as info:
+        validate(doc)
+    [problem] = info.value.problems
+    assert problem["path"] == "/steps/0/branches/0/0/type"
+    assert "agent step 'spend'" in problem["message"]
+    assert "not an actor type name" in problem["message"]
+    assert f"{type_!r}" in problem["message"]
+    # the engine refuses it too (a start message is not validated by `validate`)
+    stubs = _stubs()
+
+    async def start_unvalidated() -> str:
+        async with ActorRuntime(MemoryJournal(), activities=stubs, poll_interval_s=0.01,
+                                sleep=_no_sleep) as rt:
+            from wdl import WorkflowActor
+
+            rt.register(WorkflowActor)
+            try:
+                return repr(await rt.ask("workflow/acme~w1", "start",
+                                         {"workflow": doc, "input": {}}, timeout=TIMEOUT))
+            except errors.HandlerFailed as exc:
+                return f"HandlerFailed: {exc.message}"
+
+    outcome = asyncio.run(start_unvalidated())
+    assert outcome.startswith("HandlerFailed: ") and "not an actor type name" in outcome
+    assert stubs.calls == []
+
+
+def test_an_agent_step_never_addresses_another_tenant() -> None:
+    """Defence in depth behind the schema: whatever the type, the actor a tenant's agent step
+    addresses is of that tenant, as the service reads an address."""
+    from runtime.actors import ActorRef
+    from runtime.service.tenancy import tenant_of_actor
+    from wdl.engine import _confined
+
+    own = ActorRef("workflow", "acme~w1")
+    for type_, actor_id in (("spender/other~x", "z"), ("a/b~c", "z"), ("a/~c", "z")):
+        with pytest.raises(errors.WorkflowFailed, match="outside its tenant"):
+            _confined(own, type_, actor_id)
+    for actor_id in ("z", "other~x", "x/y", "~z"):
+        ref = _confined(own, "spender", actor_id)
+        assert tenant_of_actor(str(ref)) == "acme", ref
+    assert _confined(ActorRef("workflow", "w1"), "spender", "other~x") == \
+        ActorRef("spender", "other~x")  # an instance of no tenant is not confined
+
+
+def test_a_run_whose_first_step_is_parallel_resumes_after_the_input_check(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As test_a_run_started_before_the_input_check_resumes_after_it, with a parallel first
+    step: it records only branch steps (p.0/0, ...), never main-line step 0, so the old
+    engine took the replay for a fresh run and checked the input again."""
+    from wdl import engine
+
+    doc = _wf({"id": "p", "kind": "parallel", "branches": [[
+        BOOK, {"id": "go", "kind": "wait", "event": "go", "timeout_s": 60}]]},
+        input_schema={"type": "object", "required": ["n"]})
+    with monkeypatch.context() as old_code:  # started by code without the input check
+        old_code.setattr(engine, "_conforms", lambda *args: None)
+        _park(tmp_path / "j.db", doc, {}, instance="w1")
+    stubs = _stubs()
+    out = _resume(tmp_path / "j.db", doc, {}, instance="w1", signal=("workflow/w1", "go", None),
+                  stubs=stubs)
+    assert out["status"] == "completed", out
+    assert out["output"]["go"] == {"ok": True}
+    assert stubs.calls == []  # s0 replayed from the journal; nothing undone

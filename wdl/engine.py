@@ -55,6 +55,14 @@ def _conforms(schema: dict[str, Any] | None, value: Any, what: str) -> None:
                                     f"{shown}") from None
 
 
+def _tenant(key: str) -> str | None:
+    """The tenant of an actor address, read as the service reads it
+    (runtime/service/tenancy.py split_actor): `<type>/<tenant>~<id>`, else None."""
+    _, _, id_ = key.partition("/")
+    tenant, sep, _ = id_.partition(ACTOR_SEP)
+    return tenant if sep and tenant else None
+
+
 def _confined(own: ActorRef, type_: str, actor_id: str) -> ActorRef:
     """The actor an agent step addresses. An instance of a tenant (`<tenant>~<id>`, see
     runtime/service/tenancy.py) reaches that tenant's actors only; no step asks its own
@@ -63,10 +71,26 @@ def _confined(own: ActorRef, type_: str, actor_id: str) -> ActorRef:
     if sep:  # (an id holding the separator itself stays inside: acme~x~y is acme's)
         actor_id = f"{tenant}{ACTOR_SEP}{actor_id}"
     ref = ActorRef(type_, actor_id)
+    # The schema allows no '/' in a type; were one there, the tenant would move with it.
+    if sep and _tenant(str(ref)) != _tenant(str(own)):
+        raise errors.WorkflowFailed(f"an agent step of {own} addresses {ref}, outside its "
+                                    "tenant")
     if ref == own:
         raise errors.WorkflowFailed(f"an agent step of {own} asks {own} itself: it would "
                                     "wait for itself for ever")
     return ref
+
+
+def _agent_target(ctx: ActorContext, type_: str, actor_id: str, handler: str) -> ActorRef:
+    """The actor an agent step asks: confined (`_confined`), except that a step recorded
+    before confinement existed replays with the unconfined actor it asked then, when the
+    journal holds exactly that one (and it is not this instance: a self-ask fails, as it
+    does live). Otherwise the confined ask: if the record differs, the replay's identity
+    check says so."""
+    unconfined = ActorRef(type_, actor_id)
+    if unconfined != ctx.actor and ctx.next_step_name() == f"{unconfined}.{handler}":
+        return unconfined  # what the run asked; replaying it sends nothing new
+    return _confined(ctx.actor, type_, actor_id)
 
 
 class WorkflowActor(Actor, type_name="workflow"):
@@ -84,8 +108,8 @@ class WorkflowActor(Actor, type_name="workflow"):
         self.state.update(workflow=wf.ref, status="running", vars={"input": payload.get("input")})
         saga = ctx.saga()
         try:
-            if not ctx.next_step_recorded():  # a fresh run (not one started before this
-                _conforms(wf.input_schema, payload.get("input"), "input")  # check existed)
+            if not ctx.recorded_steps:  # a fresh run (not one started before this check
+                _conforms(wf.input_schema, payload.get("input"), "input")  # existed)
             await self._steps(ctx, wf.steps, self.state["vars"], saga)
             output = interpolate(wf.output, self._view(self.state["vars"])) \
                 if wf.output is not None \
@@ -141,9 +165,7 @@ class WorkflowActor(Actor, type_name="workflow"):
                                            timeout_ms=step.timeout_ms)
         if isinstance(step, AgentStep):
             actor_id = str(interpolate(step.actor_id, view))
-            # a step already recorded replays as it ran (before confinement existed)
-            ref = ActorRef(step.type, actor_id) if ctx.next_step_recorded() else \
-                _confined(ctx.actor, step.type, actor_id)
+            ref = _agent_target(ctx, step.type, actor_id, step.handler)
             return await ctx.ask(ref, step.handler, interpolate(step.input, view),
                                  timeout=step.timeout_s)
         if isinstance(step, ParallelStep):

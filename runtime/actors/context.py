@@ -175,9 +175,17 @@ class ActorContext:
 
     def next_step_recorded(self) -> bool:
         """Whether the journal already holds the step this context will allocate next."""
-        step: Any = (self._run.step if self._prefix is None
-                     else f"{self._prefix}{self._run.counters.get(self._prefix, 0)}")
-        return step in self._run.recorded
+        return self._next_step() in self._run.recorded
+
+    def next_step_name(self) -> str | None:
+        """The name the journal recorded for the step this context will allocate next (an
+        activity's, or "<actor>.<handler>" of an ask or send); None if it holds none."""
+        recorded = self._run.recorded.get(self._next_step())
+        return str(recorded[0]["name"]) if recorded else None
+
+    def _next_step(self) -> Any:
+        return (self._run.step if self._prefix is None
+                else f"{self._prefix}{self._run.counters.get(self._prefix, 0)}")
 
     @property
     def recorded_steps(self) -> bool:
