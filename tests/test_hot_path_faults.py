@@ -48,7 +48,8 @@ def test_a_failed_commit_fails_its_whole_batch_and_the_journal_goes_on(tmp_path:
                 journal.enqueue(env("a/1", "m1")), journal.enqueue(env("a/2", "m2")),
                 journal.append({"actor": "a/1", "seq": 1, "ts": 1.0, "consumed": ["before"]}),
                 return_exceptions=True)
-            assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+            assert all(isinstance(r, errors.StorageError) and isinstance(
+                r.__cause__, sqlite3.OperationalError) for r in results), results
             # nothing of the batch landed, and what was there before is untouched
             assert [e["id"] for e in await journal.inbox("a/1", 9.0)] == ["before"]
             assert await journal.inbox("a/2", 9.0) == []
@@ -81,12 +82,12 @@ def test_a_begin_that_fails_fails_its_batch_and_the_journal_goes_on(tmp_path: Pa
     async def main() -> None:
         journal = SqliteJournal(tmp_path / "j.db")
         journal._writer = BrokenBegin(journal._writer)  # type: ignore[assignment]
-        with pytest.raises(sqlite3.DatabaseError):
+        with pytest.raises(errors.StorageError, match="malformed"):
             await asyncio.wait_for(journal.enqueue(env("a/1", "m1")), 5)
         assert await asyncio.wait_for(journal.enqueue(env("a/1", "m2")), 5) is True
         assert [e["id"] for e in await journal.inbox("a/1", time.time())] == ["m2"]
         await asyncio.wait_for(journal.close(), 5)
-        with pytest.raises(sqlite3.ProgrammingError):  # closed: an error, not a hang
+        with pytest.raises(errors.StorageError):  # closed: an error, not a hang
             await asyncio.wait_for(journal.enqueue(env("a/1", "m3")), 5)
 
     asyncio.run(main())
@@ -113,7 +114,7 @@ def test_a_write_lock_held_too_long_fails_the_batch_after_one_wait(
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process's write transaction
         try:
-            with pytest.raises(sqlite3.OperationalError):
+            with pytest.raises(errors.StorageError, match="locked"):
                 await asyncio.wait_for(journal.enqueue(env("a/1", "m1")), 10)
             assert len(waits) == 1
         finally:
@@ -258,7 +259,7 @@ def test_a_settle_that_fails_is_tried_again(caplog: pytest.LogCaptureFixture) ->
             await until_outcome(journal, "slow/f1", "second", "a failed settle was dropped")
         finally:
             await rt.stop()
-        assert not journal.armed and "settling slow/f1 failed (retried)" in caplog.text
+        assert not journal.armed and "settling 1 actor(s) failed (slow/f1: " in caplog.text
 
     asyncio.run(main())
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from runtime import errors
 from runtime.actors import Actor, ActorContext, ActorRuntime, handler
 from runtime.journal import sqlite_compact
 from runtime.journal.sqlite import SqliteJournal
@@ -252,7 +253,7 @@ def test_a_failed_compaction_step_undoes_itself_and_fails_nothing_else(
         monkeypatch.setattr(sqlite_compact, "step", failing)
         async with runtime(journal) as rt:
             asked = asyncio.gather(*(rt.ask(f"tally/g{i}", "add", 1) for i in range(4)))
-            with pytest.raises(sqlite3.OperationalError):
+            with pytest.raises(errors.StorageError):
                 await journal.compact(now=time.time() + 30 * DAY)
             assert await asked == [1, 1, 1, 1]
         assert count(path, "SELECT COUNT(*) FROM commits WHERE actor = 'tally/f'") == before

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from runtime import errors
 from runtime.journal import sqlite_bulk
 from runtime.journal.sqlite import Pending, Result, SqliteJournal
 from runtime.journal.store import JournalConflict
@@ -274,12 +275,12 @@ def test_a_failed_batch_leaves_its_commits_to_be_decoded(
                 return real(batch, results)
 
             monkeypatch.setattr(journal, "_commit", failing)
-            with pytest.raises(sqlite3.OperationalError):
+            with pytest.raises(errors.StorageError):
                 await journal.append(_commit("a/1", 0, "m1", "lost"))
             assert journal._unfolded == {}
             await journal.append(_commit("a/1", 0, "m1", "charge"))
             fail["n"] = 1  # the catch-up's own transaction fails after taking from memory
-            with pytest.raises(sqlite3.OperationalError):
+            with pytest.raises(errors.StorageError):
                 await journal.runs()
             assert journal._unfolded == {}
             rows = await journal.runs()

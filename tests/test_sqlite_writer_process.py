@@ -1,7 +1,7 @@
 """The SQLite journal's writer process (runtime/journal/sqlite_writer.py), under attack: the
 child killed while idle or while it holds a batch, its parent killed, the journal moved to
 another event loop, a whole batch refused. Nothing accepted may be lost, nothing may hang,
-and a failure reaches only the writes it may have touched, typed as SQLite's own errors.
+and a failure reaches only the writes it may have touched, as a StorageError.
 (The journal contract suite runs every store test through the process too: `sqlite-process`.)
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from runtime import errors
 from runtime.journal import sqlite as journal_sqlite
 from runtime.journal import sqlite_writer
 from runtime.journal.sqlite import SqliteJournal
@@ -111,8 +112,8 @@ def test_a_child_killed_while_idle_costs_no_write(tmp_path: Path) -> None:
 
 def test_a_child_killed_holding_a_batch_fails_that_batch_only(tmp_path: Path) -> None:
     """The batch may or may not have landed (as with a failed COMMIT): its writers get
-    a SQLite OperationalError; what the journal holds afterwards is whole, and the
-    writes after it land in process."""
+    a retryable StorageError (caused by WriterGone); what the journal holds afterwards is
+    whole, and the writes after it land in process."""
     async def main() -> None:
         journal = SqliteJournal(tmp_path / "j.db", writer_process_after=0)
         pid = await started(journal)
@@ -123,8 +124,8 @@ def test_a_child_killed_holding_a_batch_fails_that_batch_only(tmp_path: Path) ->
         assert not any(p.done() for p in pending)
         os.kill(pid, signal.SIGKILL)
         outcomes = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
-        assert all(isinstance(o, sqlite3.OperationalError) for o in outcomes), outcomes
-        assert all(isinstance(o, WriterGone) for o in outcomes)
+        assert all(isinstance(o, errors.StorageError) for o in outcomes), outcomes
+        assert all(isinstance(o.__cause__, WriterGone) for o in outcomes)
         assert journal.writer_pid is None
         # the callers retry (a message id makes that safe): each lands exactly once
         again = await asyncio.gather(*(journal.enqueue(env("t/a", f"m{i}")) for i in range(10)))

@@ -199,6 +199,8 @@ class ActorRuntime:
         self.journal = journal
         self.executor = executor
         self.clock = clock
+        if clock is not time.time and hasattr(journal, "clock"):
+            journal.clock = clock  # compaction judges ages by the clock times are written with
         self._sleep = sleep
         self.breakers = breakers or Breakers()
         self.hooks = hooks or Hooks.from_env()

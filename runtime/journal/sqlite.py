@@ -3,10 +3,11 @@
 Writes use group commit with their own connection: every write issued while the previous
 transaction is being written joins the next one, so many actors share one fsync and the
 event loop never waits for the disk (the COMMIT runs on a writer thread; under load, whole
-batches of bulk writes run in a writer process, sqlite_writer.py). Each write still succeeds or fails
-on its own (a conflicting append fails only its caller), and no caller resumes before the
-transaction holding its write is durable. Reads use a second connection (WAL readers do
-not block on the writer).
+batches of bulk writes run in a writer process, sqlite_writer.py). Each write still succeeds
+or fails on its own (a conflicting append fails only its caller), and no caller resumes
+before the transaction holding its write is durable. Reads use a second connection (WAL
+readers do not block on the writer). A SQLite failure reaches callers as a retryable
+`errors.StorageError`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
+from runtime import errors
 from runtime.futures import Outcome, resolve_all
 from runtime.journal import runs as run_index
 from runtime.journal import sqlite_bulk, sqlite_compact, sqlite_writer
@@ -92,6 +94,7 @@ VERSION = 7  # 4: the run index (tables runs, run_activities), backfilled from t
 # tombstones are indexed by when they were consumed, for compaction (sqlite_compact.py)
 INDEX_EVERY = 256  # commits between two catch-ups of the run index (or INDEX_EVERY_S)
 INDEX_EVERY_S = 1.0
+INDEX_RETRY_MAX_S = 30.0  # after failed catch-ups, a pause doubling from INDEX_EVERY_S to this
 COMPACT_PAUSE_S = 0.1  # between two compaction steps while a backlog lasts
 INDEX_BATCH = 1024  # commits folded per catch-up transaction (bounds its latency)
 UNFOLDED_MAX = 4 * INDEX_BATCH  # appended commits kept for the catch-up (beyond: decoded)
@@ -131,21 +134,37 @@ def _decode_rows(rows: list[Any]) -> list[Any]:
         return [_decode(r[0]) for r in rows]
 
 
-def _log_failure(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.warning("run index catch-up failed (retried later): %s", fut.exception())
+def _storage_error(path: Path, what: str, exc: BaseException) -> BaseException:
+    """What a caller is handed for a SQLite failure: a retryable StorageError saying what
+    failed, with SQLite's message, error code and name (in `details`; the cause is the
+    SQLite error). Anything else (JournalConflict) as it is."""
+    if not isinstance(exc, sqlite3.Error):
+        return exc
+    name = getattr(exc, "sqlite_errorname", None)
+    why = f"{exc}; the writes it held may or may not have landed" if isinstance(
+        exc, sqlite_writer.WriterGone) else f"{exc}{f' ({name})' if name else ''}"
+    error = errors.StorageError(f"SQLite journal {path}: {what} failed: {why}", details={
+        "sqlite_error": type(exc).__name__, "sqlite_message": str(exc),
+        "sqlite_errorcode": getattr(exc, "sqlite_errorcode", None), "sqlite_errorname": name})
+    error.__cause__ = exc
+    return error
 
 
 class SqliteJournal:
     """The embedded journal: one SQLite file (WAL), writes in group commits on one writer
     connection. It compacts itself under the Cosmos journal's rule (sqlite_compact.py):
     a step at most every `compact_every_s` while commits are appended (None: never; or
-    call `compact()`)."""
+    call `compact()`), judging ages by `clock`: the clock the runtime writes its times with
+    (commit `ts`, tombstones' `consumed_at`).
+
+    Every SQLite failure reaches a caller as a retryable `errors.StorageError` (a write that
+    another one fenced: `JournalConflict`)."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL",
                  tombstone_ttl_s: float = 7 * 86400.0, commit_margin_s: float = 3600.0,
                  compact_every_s: float | None = 60.0,
-                 writer_process_after: int | None = PROCESS_AFTER) -> None:
+                 writer_process_after: int | None = PROCESS_AFTER,
+                 clock: Callable[[], float] = time.time) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA (OFF is not durable)")
         self.path = Path(path)
@@ -153,18 +172,28 @@ class SqliteJournal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.url = f"sqlite:///{self.path}"
         self.consumes_with_append = True
-        self._db = self._connect(synchronous)  # reads, on the event loop
-        self._setup()
-        self._writer = self._connect(synchronous)  # writes (see group commit)
-        self._writer.execute("PRAGMA busy_timeout=0")
+        try:
+            self._db = self._connect(synchronous)  # reads, on the event loop
+            try:
+                self._setup()
+                self._writer = self._connect(synchronous)  # writes (see group commit)
+                self._writer.execute("PRAGMA busy_timeout=0")
+            except BaseException:
+                self._db.close()
+                raise
+        except sqlite3.Error as exc:
+            raise _storage_error(self.path, "opening", exc) from exc
         self._lock = threading.Lock()
         self._batch: list[Pending] = []
         self._flushing = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="loom-journal")
+        self._relief = sqlite_writer.WalRelief()  # the WAL's space after a full disk
         self.transactions = 0
         self.writes = 0
         self._unindexed = 0  # commits appended since the last catch-up was queued
         self._indexed_at = time.monotonic()
+        self._index_failures = 0  # catch-ups failed in a row
+        self._index_paused_until = 0.0  # no catch-up for appends before (after a failure)
         # what the run index needs of the commits this journal landed and the catch-up has
         # not folded yet: it takes them from here instead of decoding their rows again
         # (rows written elsewhere it decodes; see _landed)
@@ -172,6 +201,7 @@ class SqliteJournal:
         self.tombstone_ttl_s = tombstone_ttl_s
         self.commit_margin_s = commit_margin_s
         self.compact_every_s = compact_every_s
+        self.clock = clock
         self._compact_at = time.monotonic() + (compact_every_s or 0.0)
         self._compacting = self._closing = False
         # the writer process (sqlite_writer.py): started once `writer_process_after`
@@ -290,12 +320,16 @@ class SqliteJournal:
             return
         self._batch = []
         db = self._writer
+        if self._relief.due:  # after a full disk the thread checkpoints first (WalRelief)
+            done = loop.run_in_executor(self._thread, self._write_batch, batch)
+            done.add_done_callback(lambda f: self._finish(loop, f))
+            return
         try:
             db.execute("BEGIN IMMEDIATE")  # no wait (busy_timeout 0): see above
         except sqlite3.OperationalError:
             done = loop.run_in_executor(self._thread, self._write_batch, batch)
         except Exception as exc:  # a closed or broken connection: the batch fails with it,
-            resolve_all([(fut, None, exc) for _, fut, _ in batch])  # and the chain goes on
+            self._resolve([(fut, None, exc) for _, fut, _ in batch])  # and the chain goes on
             loop.call_soon(self._flush, loop)
             return
         else:
@@ -323,9 +357,14 @@ class SqliteJournal:
             log.warning("journal writer process did not start (writes stay in process): %s",
                         exc)
             return
+        try:
+            loop.add_reader(process.fileno(), self._answered, loop, process)
+        except Exception as exc:  # a loop that cannot watch a pipe: the writes go on here
+            log.warning("journal writer process unused (%s): writes stay in process", exc)
+            process.close(timeout=1.0)
+            return
         self._process = process
         self._process_loop = loop
-        loop.add_reader(process.fileno(), self._answered, loop, process)
 
     def _move_process(self, loop: asyncio.AbstractEventLoop) -> None:
         """The journal is used from another event loop (the last one ended): answers are
@@ -367,7 +406,7 @@ class SqliteJournal:
             log.warning("%s; writes stay in process from now on", exc)
             self._drop_process(loop)
             lost, self._sent = [item for sent in self._sent for item in sent], []
-            resolve_all([(fut, None, exc) for _, fut, _ in lost])
+            self._resolve([(fut, None, exc) for _, fut, _ in lost])
             self._flush(loop)
             return
         batch = self._sent.pop(0) if self._sent else []
@@ -406,6 +445,7 @@ class SqliteJournal:
             with contextlib.suppress(sqlite3.Error):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+            self._relief.after_failure(db, exc, committing=True)
             return [(fut, None, exc) for _, fut, _ in batch]
         self.transactions += 1
         self.writes += len(batch)
@@ -426,8 +466,14 @@ class SqliteJournal:
 
     def _finish(self, loop: asyncio.AbstractEventLoop,
                 done: asyncio.Future[list[Result]]) -> None:
-        resolve_all(done.result())
+        self._resolve(done.result())
         self._flush(loop)
+
+    def _resolve(self, results: list[Result]) -> None:
+        """Hand each writer its outcome; a SQLite failure as a StorageError."""
+        resolve_all([(fut, value, None if error is None else
+                      _storage_error(self.path, "write", error))
+                     for fut, value, error in results])
 
     def _write_batch(self, batch: list[Pending]) -> list[Result]:
         """One transaction for the whole batch. A write may fail alone only with
@@ -436,6 +482,7 @@ class SqliteJournal:
         write. Appends, enqueues and settles go in bulk (sqlite_bulk). Any other failure rolls the
         batch back and runs it again with a savepoint per write, so that only the failing
         write fails."""
+        self._relief.before_write(self._writer)
         try:
             _begin_waiting(self._writer)
         except Exception as exc:  # the lock never came (or the file is broken): no second wait
@@ -454,15 +501,18 @@ class SqliteJournal:
         db = self._writer
         if not begun:
             _begin_waiting(db)
+        committing = False
         try:
             if savepoints:
                 results = [self._one(db, write, fut, savepoint=True) for write, fut, _ in batch]
             else:
                 results = self._in_bulk(db, batch)
+            committing = True
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            self._relief.after_failure(db, exc, committing=committing)
             raise
         self.transactions += 1
         self.writes += len(batch)
@@ -544,13 +594,15 @@ class SqliteJournal:
             self._spawn_compaction()
         if run_msg is not None:
             self._unindexed += 1
-            if self._unindexed >= INDEX_EVERY or \
-                    time.monotonic() - self._indexed_at >= INDEX_EVERY_S:
+            now = time.monotonic()
+            if now >= self._index_paused_until and (
+                    self._unindexed >= INDEX_EVERY or now - self._indexed_at >= INDEX_EVERY_S):
                 self._queue_catch_up()
 
     # -- compaction ------------------------------------------------------------------------
     def _compact_step(self, db: sqlite3.Connection) -> sqlite_compact.Step:
-        return sqlite_compact.step(db, time.time(), self.tombstone_ttl_s, self.commit_margin_s)
+        return sqlite_compact.step(db, self.clock(), self.tombstone_ttl_s,
+                                   self.commit_margin_s)
 
     def _spawn_compaction(self) -> None:
         """Steps one after another (a pause between them: messages go first) until nothing
@@ -578,7 +630,7 @@ class SqliteJournal:
         commits = tombstones = 0
         while True:
             step: sqlite_compact.Step = await self._submit(functools.partial(
-                sqlite_compact.step, now=time.time() if now is None else now,
+                sqlite_compact.step, now=self.clock() if now is None else now,
                 tombstone_ttl_s=self.tombstone_ttl_s, commit_margin_s=self.commit_margin_s))
             commits, tombstones = commits + step.commits, tombstones + step.tombstones
             if not step.more:
@@ -593,8 +645,24 @@ class SqliteJournal:
     def _queue_catch_up(self) -> None:
         self._unindexed = 0
         self._indexed_at = time.monotonic()
-        fut = self._submit(self._catch_up)
-        fut.add_done_callback(_log_failure)
+        self._submit(self._catch_up).add_done_callback(self._caught_up)
+
+    def _caught_up(self, fut: asyncio.Future[int]) -> None:
+        """After a catch-up's transaction: the next batch of a backlog only once this one
+        committed; after a failure (a full disk), no catch-up for a pause that doubles
+        while they keep failing (a backlog would otherwise be decoded again and again)."""
+        if fut.cancelled():
+            return
+        if fut.exception() is not None:
+            self._index_failures += 1
+            pause = min(INDEX_RETRY_MAX_S, INDEX_EVERY_S * 2 ** min(self._index_failures - 1, 8))
+            self._index_paused_until = time.monotonic() + pause
+            log.warning("run index catch-up failed (again in %.0f s at the earliest): %s",
+                        pause, fut.exception())
+            return
+        self._index_failures = 0
+        if fut.result() == INDEX_BATCH and not self._closing:  # more to fold
+            self._queue_catch_up()
 
     def _catch_up(self, db: sqlite3.Connection) -> int:
         """Fold the next commits past the watermark into the index: in Python first (each
@@ -633,16 +701,14 @@ class SqliteJournal:
                 folded[key] = row
         _write_runs(db, stored, folded)
         db.execute("UPDATE meta SET value = ? WHERE key = 'runs_indexed'", (mark,))
-        if len(rows) == INDEX_BATCH:  # more to fold: the next transaction goes on
-            asyncio.run_coroutine_threadsafe(self._again(), self._loop)  # type: ignore[arg-type]
-        return len(rows)
-
-    async def _again(self) -> None:
-        self._queue_catch_up()
+        return len(rows)  # INDEX_BATCH: more to fold (the caller goes on once this committed)
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        try:
+            with self._lock:
+                return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise _storage_error(self.path, "read", exc) from exc
 
     async def read(self, actor: str, after_seq: int = -1) -> list[Commit]:
         rows = self._query("SELECT doc FROM commits WHERE actor=? AND seq>? ORDER BY seq",

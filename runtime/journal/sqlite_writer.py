@@ -29,20 +29,56 @@ Op = tuple[str, Any]  # ("enqueue", EnqueueRow) | ("settle", SettleRow) |
 # ("append", (AppendRow, [Tombstone]))
 Answer = tuple[str, Any]  # ("ok", value) | ("conflict", message)
 LOCK_WAIT_S = 30.0  # for another process's write lock, then the batch fails (as in process)
+AUTOCHECKPOINT = 8192  # WAL pages (4 KiB) before a commit checkpoints
+WAL_LIMIT = 64 << 20  # bytes a WAL file is cut back to after a checkpoint (journal_size_limit):
+# twice what it holds between two checkpoints, so the usual cycle reuses the file (faster
+# than extending it) and only a WAL that outgrew it (a checkpoint held back by a reader) is cut
 
 
 class WriterGone(sqlite3.OperationalError):
     """The writer process died or could not be reached: the batch it held may or may not
-    have landed (as with a COMMIT that failed)."""
+    have landed (as with a COMMIT that failed). The journal hands its writers a StorageError
+    caused by it."""
 
 
 def connect(path: str, synchronous: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-    db.execute("PRAGMA wal_autocheckpoint=8192")
+    db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
+    db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     db.execute("PRAGMA cache_size=-65536")
     return db
+
+
+class WalRelief:
+    """Gives a full disk back the space of the WAL. The WAL keeps up to AUTOCHECKPOINT pages
+    of commits (each page once per transaction that wrote it) and is reused, not shrunk: on
+    a full disk, space freed would go to the WAL again (the retries refill it) long before a
+    checkpoint ran. So after a transaction failed at its COMMIT or on a full disk, the WAL is
+    copied into the database and truncated, best effort (busy timeout 0: no wait for
+    readers); if that fails too (the database cannot grow on a full disk), it is tried again
+    before each write transaction until it completes, so that space freed goes to the
+    checkpoint first (it needs what the database grows by, far less than the WAL frees)."""
+
+    def __init__(self) -> None:
+        self.due = False
+
+    def after_failure(self, db: sqlite3.Connection, exc: BaseException, *,
+                      committing: bool) -> None:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if committing or (isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL):
+            self.due = True
+            self.before_write(db)
+
+    def before_write(self, db: sqlite3.Connection) -> None:
+        if self.due and not db.in_transaction:
+            try:  # readers of older commits may keep it from truncating: no matter, the
+                # WAL restarts from its beginning once they are done (cut to WAL_LIMIT)
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error:
+                return  # the database could not grow: again before the next write
+            self.due = False
 
 
 def begin_waiting(db: sqlite3.Connection, timeout: float = 30.0) -> None:
@@ -62,8 +98,8 @@ def begin_waiting(db: sqlite3.Connection, timeout: float = 30.0) -> None:
         pause = min(pause * 2, 0.05)
 
 
-def run_batch(db: sqlite3.Connection, ops: list[Op], lock_wait_s: float = LOCK_WAIT_S
-              ) -> list[Answer]:
+def run_batch(db: sqlite3.Connection, ops: list[Op], lock_wait_s: float = LOCK_WAIT_S,
+              relief: WalRelief | None = None) -> list[Answer]:
     """One transaction: the enqueues, then the settles, then the appends (sqlite_bulk says
     why any order of one batch is valid), each kind in bulk, one by one where the bulk
     statement cannot vouch for every item. Answers in the order of `ops`. Any other failure
@@ -74,7 +110,10 @@ def run_batch(db: sqlite3.Connection, ops: list[Op], lock_wait_s: float = LOCK_W
     kinds: dict[str, list[int]] = {"enqueue": [], "settle": [], "append": []}
     for i, (kind, _) in enumerate(ops):
         kinds[kind].append(i)
+    relief = relief or WalRelief()
+    relief.before_write(db)
     begin_waiting(db, lock_wait_s)
+    committing = False
     try:
         enqueues = kinds["enqueue"]
         if enqueues:
@@ -95,10 +134,12 @@ def run_batch(db: sqlite3.Connection, ops: list[Op], lock_wait_s: float = LOCK_W
                     sqlite_bulk.append_one(db, row, tombstones)
                 except sqlite_bulk.Conflict as exc:
                     answers[i] = ("conflict", str(exc))
+        committing = True
         db.execute("COMMIT")
-    except BaseException:
+    except BaseException as exc:
         if db.in_transaction:
             db.execute("ROLLBACK")
+        relief.after_failure(db, exc, committing=committing)
         raise
     return answers
 
@@ -170,13 +211,14 @@ def serve(path: str, synchronous: str, lock_wait_s: float, inbound: Connection,
           outbound: Connection) -> None:
     db = connect(path, synchronous)
     db.execute("PRAGMA busy_timeout=0")
+    relief = WalRelief()
     while True:
         try:
             ops = pickle.loads(inbound.recv_bytes())
         except (EOFError, OSError):
             break  # the parent closed its end, or died
         try:
-            reply: tuple[str, Any] = ("ok", run_batch(db, ops, lock_wait_s))
+            reply: tuple[str, Any] = ("ok", run_batch(db, ops, lock_wait_s, relief))
         except Exception as exc:
             reply = ("failed", (type(exc).__name__, f"{type(exc).__name__}: {exc}",
                                 getattr(exc, "sqlite_errorcode", None)))
