@@ -31,6 +31,9 @@ class LoomSettings(BaseSettings):
         default="", description="sqlite:///<path> (default <home>/loom.db), memory://, "
         "or cosmos://<host>:<port> (HTTPS).")
     sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL|EXTRA)$")
+    sqlite_writer_process: bool = Field(default=True, description="Under load, the SQLite "
+                                        "journal's bulk writes run in a child process (off "
+                                        "the event loop's GIL); false: all in process.")
     tombstone_ttl_s: float = Field(default=7 * 86400.0, ge=60, description="How long a "
                                    "consumed message id is refused as a duplicate; compaction "
                                    "deletes its tombstone after it, and old commits an hour "

@@ -213,3 +213,22 @@ def test_a_batch_the_child_rolls_back_is_written_again_in_process(
         await journal.close()
 
     asyncio.run(main())
+
+
+def test_the_setting_turns_the_writer_process_off(tmp_path: Path) -> None:
+    from runtime.journal.factory import open_journal
+    from runtime.settings import load_settings
+
+    async def main(on: bool) -> int | None:
+        settings = load_settings(home=tmp_path, journal_url=f"sqlite:///{tmp_path / 'j.db'}",
+                                 sqlite_writer_process=on)
+        journal = open_journal(settings)
+        assert isinstance(journal, SqliteJournal)
+        for i in range(journal_sqlite.PROCESS_AFTER + 8):  # one transaction each
+            await journal.enqueue(env("t/a", f"m{on}{i}"))
+        pid = journal.writer_pid
+        await journal.close()
+        return pid
+
+    assert asyncio.run(main(True)) is not None
+    assert asyncio.run(main(False)) is None

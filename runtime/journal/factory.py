@@ -13,9 +13,11 @@ def open_journal(settings: LoomSettings) -> JournalStore:
         from runtime.journal.memory import MemoryJournal
         return MemoryJournal()
     if url.startswith("sqlite:///"):
-        from runtime.journal.sqlite import SqliteJournal
+        from runtime.journal.sqlite import PROCESS_AFTER, SqliteJournal
         return SqliteJournal(url[len("sqlite:///"):], synchronous=settings.sqlite_synchronous,
-                             tombstone_ttl_s=settings.tombstone_ttl_s)
+                             tombstone_ttl_s=settings.tombstone_ttl_s,
+                             writer_process_after=PROCESS_AFTER
+                             if settings.sqlite_writer_process else None)
     if url.startswith("cosmos://") or url.startswith("https://"):
         key = settings.cosmos_key
         if key is None:
