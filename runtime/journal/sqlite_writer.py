@@ -8,8 +8,9 @@ message), the child runs them in one transaction with the same statements (`sqli
 and answers once the COMMIT is durable. Every other write (leases, the run index, compaction)
 still runs in the parent; batches never overlap, so the two connections take turns.
 
-The child knows nothing of Loom beyond `sqlite_bulk` and `keyhash`: it starts in ~30 ms, and
-it exits when the parent's end of its pipe closes (the parent exited, or died).
+The child knows nothing of Loom beyond `sqlite_bulk` and `keyhash`: its first answer comes
+~50 ms after it is started, and it exits when the parent's end of its pipe closes (the
+parent exited, or died).
 """
 
 from __future__ import annotations
