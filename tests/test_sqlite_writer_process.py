@@ -232,3 +232,30 @@ def test_the_setting_turns_the_writer_process_off(tmp_path: Path) -> None:
 
     assert asyncio.run(main(True)) is not None
     assert asyncio.run(main(False)) is None
+
+
+def test_two_processes_writing_one_file_through_their_own_writers(tmp_path: Path) -> None:
+    """Two journals on one file (two worker processes, as far as SQLite knows), each with a
+    writer process, enqueue to the same actors at once, duplicates included: every id lands
+    once, and each actor's inbox is numbered 1..n with no gap and no repeat."""
+    path = tmp_path / "j.db"
+
+    async def main() -> None:
+        a = SqliteJournal(path, writer_process_after=0)
+        b = SqliteJournal(path, writer_process_after=0)
+        await started(a)
+        await started(b)
+        assert a.writer_pid != b.writer_pid
+        made = await asyncio.gather(*(
+            journal.enqueue(env(f"t/{i % 4}", f"m{i}"))
+            for i in range(400) for journal in (a, b)))  # each id twice, once from each
+        assert sorted(made).count(True) == 400
+        for actor in range(4):
+            entries = await a.inbox(f"t/{actor}", 2.0)
+            assert sorted(e["id"] for e in entries) == sorted(
+                f"m{i}" for i in range(400) if i % 4 == actor)
+            assert [e["n"] for e in entries] == list(range(1, len(entries) + 1))
+        await a.close()
+        await b.close()
+
+    asyncio.run(main())

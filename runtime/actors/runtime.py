@@ -674,12 +674,8 @@ class ActorRuntime:
 
     async def _answer_remote(self, key: str, msg_id: str) -> None:
         done = await self.journal.outcome(key, msg_id)
-        if done is None:
-            return
-        try:
-            self.resolve(key, msg_id, _reply_of(done), None)
-        except errors.LoomError as exc:
-            self.resolve(key, msg_id, None, exc)
+        if done is not None:
+            self.answer_from(key, done)
 
     async def tick(self) -> None:
         """One round of the scheduling loop (the loop calls it; tests may too)."""
