@@ -259,3 +259,122 @@ def test_two_processes_writing_one_file_through_their_own_writers(tmp_path: Path
         await b.close()
 
     asyncio.run(main())
+
+
+def run_commit(actor: str, seq: int, msg: str) -> dict[str, Any]:
+    """A commit that starts and completes the run of `msg` (one run index row)."""
+    return {"actor": actor, "seq": seq, "ts": 1.0 + seq, "kind": "completed", "result": seq,
+            "run": {"msg": msg, "ts": 1.0, "start": seq}, "events": [],
+            "message": {"id": msg, "handler": "h"}}
+
+
+def watermark(path: Path) -> tuple[int, int]:
+    """(the run index's watermark, the last commit rowid), read by another connection."""
+    db = sqlite3.connect(path)
+    try:
+        mark = db.execute("SELECT value FROM meta WHERE key = 'runs_indexed'").fetchone()[0]
+        last = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM commits").fetchone()[0]
+        return int(mark), int(last)
+    finally:
+        db.close()
+
+
+def test_the_child_folds_the_run_index_between_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the writer process runs, the run index is its business: the parent queues no
+    catch-up (it would stall the pipeline, and cost the loop); the child folds every commit
+    once it has nothing to write, in chunks, and a run query finds every run."""
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db", writer_process_after=0)
+        await started(journal)
+        queued = []
+        monkeypatch.setattr(journal, "_queue_catch_up", lambda: queued.append(1))
+        n = sqlite_writer.IdleIndex.CHUNK * 2 + 37  # more than one chunk
+        await asyncio.gather(*(journal.append(run_commit(f"r/{i % 7}", i // 7, f"m{i}"))
+                               for i in range(n)))
+        deadline = time.monotonic() + 20
+        while (mark := watermark(tmp_path / "j.db"))[0] < mark[1]:
+            assert time.monotonic() < deadline, f"the child left the index at {mark}"
+            await asyncio.sleep(0.05)
+        assert queued == []
+        rows = await journal.runs(limit=1000)
+        assert len(rows) == n and {r["status"] for r in rows} == {"completed"}
+        await journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_writer_holding_the_lock_delays_the_fold_not_the_writes(tmp_path: Path) -> None:
+    """Another process holds the write lock when the child wants to fold: the fold waits
+    for a later turn (no lock wait of its own), the next batch waits for the lock as
+    batches do, and the index still catches up once the lock is free."""
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db", writer_process_after=0)
+        await started(journal)
+        blocker = sqlite3.connect(tmp_path / "j.db", isolation_level=None)
+        await asyncio.gather(*(journal.append(run_commit("r/a", i, f"m{i}"))
+                               for i in range(sqlite_writer.IdleIndex.MIN + 5)))
+        blocker.execute("BEGIN IMMEDIATE")
+        pending = asyncio.ensure_future(journal.append(run_commit("r/b", 0, "late")))
+        await asyncio.sleep(0.4)
+        assert not pending.done()  # behind the lock
+        blocker.execute("COMMIT")
+        blocker.close()
+        await asyncio.wait_for(pending, 30)
+        deadline = time.monotonic() + 20
+        while (mark := watermark(tmp_path / "j.db"))[0] < mark[1]:
+            assert time.monotonic() < deadline, f"the child left the index at {mark}"
+            await asyncio.sleep(0.05)
+        await journal.close()
+
+    asyncio.run(main())
+
+
+def serve_batches(path: Path, batches: list[list[Any]]) -> list[Any]:
+    """Run the child's loop (in a thread) on batches all sent before it reads the first;
+    its answers, once it has seen the end of its input."""
+    import pickle
+    import threading
+
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    out = sqlite_writer.Connection(to_child_w, readable=False)
+    back = sqlite_writer.Connection(from_child_r, writable=False)
+    for batch in batches:
+        out.send_bytes(pickle.dumps(batch))
+    out.close()
+    child = threading.Thread(target=sqlite_writer.serve, args=(
+        str(path), "NORMAL", 1.0, sqlite_writer.Connection(to_child_r, writable=False),
+        sqlite_writer.Connection(from_child_w, readable=False)), daemon=True)
+    child.start()
+    answers = [pickle.loads(back.recv_bytes()) for _ in batches]
+    child.join(10)
+    assert not child.is_alive()
+    back.close()
+    return answers
+
+
+def test_batches_waiting_together_are_one_transaction(tmp_path: Path) -> None:
+    """The child takes every batch already sent into one transaction (none of their writes
+    can depend on another's: none was sent after another was answered). One answer per
+    batch, in order; a failure rolls all of them back and each is answered as failed (the
+    parent writes each again on its own)."""
+    path = tmp_path / "j.db"
+    SqliteJournal(path, writer_process_after=None)  # the schema
+
+    def enqueue(actor: str, mid: str, doc: bytes | None = b"{}") -> Any:
+        return ("enqueue", (actor, mid, "call", 0.0, doc))
+
+    bad = enqueue("t/b", "x", None)  # doc is NOT NULL: the INSERT fails, and the batch
+    answers = serve_batches(path, [[enqueue("t/a", "m1")], [bad]])
+    assert [a[0] for a in answers] == ["failed", "failed"]
+    assert "IntegrityError" in answers[0][1][1]
+    answers = serve_batches(path, [[enqueue("t/a", "m1")],
+                                   [enqueue("t/a", "m1"), enqueue("t/a", "m2")],
+                                   [enqueue("t/c", "m1")]])
+    assert answers == [("ok", [("ok", 1)]), ("ok", [("ok", 0), ("ok", 2)]),
+                       ("ok", [("ok", 1)])]
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT actor, id, n FROM inbox ORDER BY actor, n").fetchall()
+    db.close()
+    assert rows == [("t/a", "m1", 1), ("t/a", "m2", 2), ("t/c", "m1", 1)]

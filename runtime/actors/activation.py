@@ -627,6 +627,26 @@ class Activation:
         busy = self.run is not None
         host.settle_later(self.key, now, self.seen_n if busy else self.complete_n, busy)
 
+    def take_call(self, env: Envelope, n: int) -> bool:
+        """Start the run of call `env`, just enqueued here as entry `n`, without reading the
+        inbox, if that read could only have found it: idle, nothing being read, and every
+        entry before `n` read already. Settled as of the last read (what was not yet due
+        then still counts), seen up to `n`. False: the caller wakes the actor as usual."""
+        host = self.host
+        if self.run is not None or self.broken is not None or self.stale or \
+                self.pump_lock.locked() or self.complete_n != n - 1 or \
+                env.get("kind", "call") != "call" or \
+                float(env.get("deliver_at", 0.0)) > host.clock():
+            return False
+        msg = _json_copy(env)  # as the read would give it: decoded from what was written
+        msg["n"] = n
+        self.seen_n = self.complete_n = n
+        self.last_used = self._monotonic()
+        self._start(Run(msg=msg, start_seq=self.seq + 1, ts=host.clock(),
+                        version=host.code_version))
+        host.settle_later(self.key, self.read_at, n, True)
+        return True
+
     async def _sweep(self) -> None:
         """With no run to carry them, stray timers get a commit of their own (fenced)."""
         host = self.host

@@ -70,6 +70,18 @@ def message_id() -> str:
     return str(uuid.UUID(int=(_ID_BASE[0] + _ID_BASE[1]) & ((1 << 128) - 1)))
 
 
+def _numbering(journal: JournalStore) -> Callable[[Envelope], Awaitable[int]] | None:
+    """The journal's `enqueue_numbered` (memory, SQLite: it answers the entry's number), unless
+    a subclass or the instance changed `enqueue` without it: then `enqueue` is what runs."""
+    homes = [next((k for k in type(journal).__mro__ if name in vars(k)), None)
+             for name in ("enqueue_numbered", "enqueue")]
+    replaced = "enqueue" in getattr(journal, "__dict__", {})
+    if homes[0] is None or homes[0] is not homes[1] or replaced:
+        return None  # (a wrapper that forwards by __getattr__ has neither: not trusted)
+    found: Callable[[Envelope], Awaitable[int]] = journal.enqueue_numbered  # type: ignore[attr-defined]
+    return found
+
+
 def _reply_of(commit: dict[str, Any]) -> Any:
     """The handler's result from its completing commit, or the error it ended with."""
     if "error" not in commit:
@@ -243,6 +255,7 @@ class ActorRuntime:
         self._remote_polls: dict[tuple[str, str], tuple[float, float]] = {}
         self._unknown: set[str] = set()
         self._wake = asyncio.Event()
+        self._numbered = _numbering(journal)
         self._timer_task: asyncio.Task[None] | None = None
         self._lane: Lane | None = None if activities is not None else \
             Lane(activity_threads, name="loom-activity")
@@ -321,11 +334,12 @@ class ActorRuntime:
             env = self.envelope(ref, handler, payload, msg_id=msg_id)
             if self.replies is not None:
                 env["asker"] = self.owner  # tell us at once when the outcome is durable
-            if not await self.journal.enqueue(env):  # seen before: it may be done already
+            number = await self._enqueue(env)
+            if not number:  # seen before: it may be done already
                 done = await self.journal.outcome(str(ref), msg_id)
                 if done is not None:
                     return _reply_of(done)
-            self.notify(str(ref))
+            self._arrived(str(ref), env, number)
             return await (fut if timeout is None else asyncio.wait_for(fut, timeout))
         finally:
             futures = self._waiters.get(waiting, [])
@@ -359,11 +373,31 @@ class ActorRuntime:
         """Put messages into their targets' inboxes (idempotent by id) and wake them."""
         now = self.clock()
         for env in envelopes:
-            await self.journal.enqueue(env)
+            number = await self._enqueue(env)
             if env.get("deliver_at", 0.0) <= now:
-                self.notify(env["target"])
+                self._arrived(env["target"], env, number)
             else:
                 self._wake.set()
+
+    async def _enqueue(self, env: Envelope) -> int:
+        """Enqueue; the entry's number where the journal tells it (else 1), 0 if the id
+        was taken."""
+        if self._numbered is not None:
+            return await self._numbered(env)
+        return int(await self.journal.enqueue(env))
+
+    def _arrived(self, key: str, env: Envelope, number: int) -> None:
+        """A message this process just enqueued as entry `number`: an idle activation here
+        that has read every entry before it takes a call at once, as its next inbox read
+        would have (no read, no pump); anything else wakes the actor as usual."""
+        act = self.activations.get(key)
+        if (act is not None and number > 0 and self._numbered is not None
+                and key not in self._pumping and key not in self._guests
+                and not self._closing and not self.draining
+                and (self.ownership is None or self.ownership.owns(key))
+                and act.take_call(env, number)):
+            return
+        self.notify(key)
 
     def resolve(self, key: str, msg_id: str, result: Any,
                 failure: BaseException | None) -> None:

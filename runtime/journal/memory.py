@@ -101,10 +101,14 @@ class MemoryJournal:
 
     # -- inbox -----------------------------------------------------------------------------
     async def enqueue(self, envelope: Envelope) -> bool:
+        return bool(await self.enqueue_numbered(envelope))
+
+    async def enqueue_numbered(self, envelope: Envelope) -> int:
+        """`enqueue`, answering the number `n` the entry was created with (0: not created)."""
         actor = envelope["target"]
         box = self._inbox.setdefault(actor, {})
         if envelope["id"] in box:
-            return False
+            return 0
         doc = json.dumps(envelope)  # fails before anything changes
         row = self._sched.setdefault(actor, _Sched())
         row.last_n += 1
@@ -114,7 +118,7 @@ class MemoryJournal:
         self._pending.setdefault(actor, {})[envelope["id"]] = entry
         self._set_due(actor, row, deliver_at if row.due_at is None
                       else min(row.due_at, deliver_at))
-        return True
+        return row.last_n
 
     async def inbox(self, actor: str, now: float, *, calls: int | None = None) -> list[Envelope]:
         entries = sorted((e for e in self._pending.get(actor, {}).values()

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runtime.journal.store import Commit
+if TYPE_CHECKING:  # the writer process imports this module: no more than the standard library
+    from runtime.journal.store import Commit
 
 Run = dict[str, Any]
 STATUSES = ("running", "parked", "completed", "failed", "rejected", "cancelled",

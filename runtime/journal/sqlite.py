@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import sqlite3
 import threading
@@ -31,7 +30,7 @@ from pydantic_core import from_json, to_json
 from runtime import errors
 from runtime.futures import Outcome, resolve_all
 from runtime.journal import runs as run_index
-from runtime.journal import sqlite_bulk, sqlite_compact, sqlite_writer
+from runtime.journal import sqlite_bulk, sqlite_compact, sqlite_runs, sqlite_writer
 from runtime.journal.keyhash import Scope, key_hash
 from runtime.journal.store import CRASHED, ActorLease, Commit, Envelope, JournalConflict
 
@@ -96,7 +95,7 @@ INDEX_EVERY = 256  # commits between two catch-ups of the run index (or INDEX_EV
 INDEX_EVERY_S = 1.0
 INDEX_RETRY_MAX_S = 30.0  # after failed catch-ups, a pause doubling from INDEX_EVERY_S to this
 COMPACT_PAUSE_S = 0.1  # between two compaction steps while a backlog lasts
-INDEX_BATCH = 1024  # commits folded per catch-up transaction (bounds its latency)
+INDEX_BATCH = sqlite_runs.INDEX_BATCH
 UNFOLDED_MAX = 4 * INDEX_BATCH  # appended commits kept for the catch-up (beyond: decoded)
 PIPELINE = 2  # batches the writer process holds at once: it starts the next on its COMMIT
 PROCESS_AFTER = 64  # transactions before the writer process starts (short-lived journals
@@ -113,16 +112,7 @@ Result = Outcome
 log = logging.getLogger("loom.journal")
 
 
-def _decode(doc: bytes | str) -> Any:
-    """A stored document. pydantic-core reads ~200 levels of nesting but writes 254, so a
-    deeper document, written by a path that did not refuse it, falls back to `json`
-    (Python's recursion limit): never a row that can be written but not read back."""
-    try:
-        return from_json(doc)
-    except ValueError as exc:
-        if "recursion limit" not in str(exc):
-            raise
-        return json.loads(doc)
+_decode = sqlite_runs.decode
 
 
 def _decode_rows(rows: list[Any]) -> list[Any]:
@@ -272,7 +262,7 @@ class SqliteJournal:
                 row = run_index.fold(rows.get(key), commit)
                 if row is not None:
                     rows[key] = row
-            _write_runs(db, {}, rows)
+            sqlite_runs.write_runs(db, {}, rows, to_json)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -365,6 +355,7 @@ class SqliteJournal:
             return
         self._process = process
         self._process_loop = loop
+        self._unfolded.clear()  # from now on the process runs the catch-ups
 
     def _move_process(self, loop: asyncio.AbstractEventLoop) -> None:
         """The journal is used from another event loop (the last one ended): answers are
@@ -457,6 +448,8 @@ class SqliteJournal:
         catch-up (a row with that (actor, seq) can only be this commit's: the key is
         unique). Registered before the next transaction begins, so no catch-up can meet a
         row of a commit whose append failed."""
+        if self._process is not None:  # the process folds the index: it decodes the rows
+            return
         failed = {id(fut) for fut, _, error in results if error is not None}
         for _, fut, bulk in batch:
             if bulk is not None and bulk[0] == "append" and id(fut) not in failed:
@@ -584,7 +577,7 @@ class SqliteJournal:
             except sqlite_bulk.Conflict as exc:
                 raise JournalConflict(str(exc)) from None
         part = None
-        if run_msg is not None:
+        if run_msg is not None and self._process is None:  # (the process decodes the rows)
             with contextlib.suppress(Exception):  # an odd commit: the catch-up decodes it
                 part = run_index.foldable(commit)
         await self._submit(write, ("append", ((*row, epoch or None), tombstones, part)))
@@ -592,7 +585,7 @@ class SqliteJournal:
                 time.monotonic() >= self._compact_at:
             self._compacting = True
             self._spawn_compaction()
-        if run_msg is not None:
+        if run_msg is not None and self._process is None:  # (else the process folds them)
             self._unindexed += 1
             now = time.monotonic()
             if now >= self._index_paused_until and (
@@ -637,11 +630,10 @@ class SqliteJournal:
                 return commits, tombstones
 
     # -- the run index ---------------------------------------------------------------------
-    # Folded from the commits in batches, on the writer thread, in the same group-commit
-    # transactions as the commits, behind a durable watermark (the last commit rowid
-    # folded): per commit, writing index rows inline cost ~28 % of durable throughput
-    # (random-key B-tree pages in every transaction); a batch touches each page once.
-    # `runs()` catches up first, so a query sees every commit that landed before it.
+    # Folded in batches behind a durable watermark (sqlite_runs): by the writer process
+    # between its batches while there is one, else here, in a group commit every
+    # INDEX_EVERY commits. `runs()` catches up first, so a query sees every commit that
+    # landed before it.
     def _queue_catch_up(self) -> None:
         self._unindexed = 0
         self._indexed_at = time.monotonic()
@@ -665,43 +657,7 @@ class SqliteJournal:
             self._queue_catch_up()
 
     def _catch_up(self, db: sqlite3.Connection) -> int:
-        """Fold the next commits past the watermark into the index: in Python first (each
-        run's row read once, if it existed before the batch), then a few statements."""
-        mark = db.execute("SELECT value FROM meta WHERE key = 'runs_indexed'").fetchone()[0]
-        rows = db.execute("SELECT rowid, actor, seq FROM commits WHERE rowid > ? ORDER BY "
-                          "rowid LIMIT ?", (mark, INDEX_BATCH)).fetchall()
-        unfolded = self._unfolded
-        have = [unfolded.pop((actor, seq), None) for _, actor, seq in rows]
-        docs = _docs(db, [r[0] for r, c in zip(rows, have, strict=True) if c is None])
-        commits: list[tuple[tuple[str, str], Commit]] = []
-        fresh: dict[tuple[str, str], bool] = {}  # run -> its first commit is in this batch
-        for (rowid, actor, seq), known in zip(rows, have, strict=True):
-            mark = rowid
-            try:
-                commit = known if known is not None else _decode(docs[rowid])
-            except ValueError:  # one odd commit must not stop the index for good
-                log.exception("run index: commit %s#%s skipped", actor, seq)
-                continue
-            run = commit.get("run") if isinstance(commit, dict) else None
-            if isinstance(run, dict):
-                key = (str(commit.get("actor")), str(run.get("msg")))
-                fresh.setdefault(key, run.get("start") == commit.get("seq"))
-                commits.append((key, commit))
-        if len(rows) < INDEX_BATCH:  # caught up: what is left was folded by another process
-            unfolded.clear()  # (its rows are behind the watermark now)
-        stored = _stored_runs(db, {k for k, first in fresh.items() if not first})
-        folded: dict[tuple[str, str], run_index.Run] = {}
-        for key, commit in commits:
-            try:
-                row = run_index.fold(folded.get(key, stored.get(key)), commit)
-            except Exception:  # one odd commit must not stop the index for good
-                log.exception("run index: commit %s#%s skipped", *key)
-                continue
-            if row is not None:
-                folded[key] = row
-        _write_runs(db, stored, folded)
-        db.execute("UPDATE meta SET value = ? WHERE key = 'runs_indexed'", (mark,))
-        return len(rows)  # INDEX_BATCH: more to fold (the caller goes on once this committed)
+        return sqlite_runs.catch_up(db, self._unfolded, _decode, to_json)
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         try:
@@ -770,18 +726,23 @@ class SqliteJournal:
 
     # -- inbox -----------------------------------------------------------------------------
     async def enqueue(self, envelope: Envelope) -> bool:
+        return bool(await self.enqueue_numbered(envelope))
+
+    async def enqueue_numbered(self, envelope: Envelope) -> int:
+        """`enqueue`, answering the number `n` the entry was created with (0: not created)."""
         actor, deliver_at = envelope["target"], float(envelope.get("deliver_at", 0.0))
         doc = to_json(envelope)
 
-        def write(db: sqlite3.Connection) -> bool:
+        def write(db: sqlite3.Connection) -> int:
             # numbered one past the actor's last, unless the id is already in its inbox
-            if db.execute(
-                    "INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) VALUES (?1, ?2, ?3, "
-                    "COALESCE((SELECT last_n FROM sched WHERE actor = ?1), 0) + 1, ?4, ?5) "
-                    "ON CONFLICT (actor, id) DO NOTHING",
-                    (actor, envelope["id"], envelope.get("kind") or "call", deliver_at, doc)
-            ).rowcount != 1:
-                return False
+            made = db.execute(
+                "INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) VALUES (?1, ?2, ?3, "
+                "COALESCE((SELECT last_n FROM sched WHERE actor = ?1), 0) + 1, ?4, ?5) "
+                "ON CONFLICT (actor, id) DO NOTHING RETURNING n",
+                (actor, envelope["id"], envelope.get("kind") or "call", deliver_at, doc)
+            ).fetchone()
+            if made is None:
+                return 0
             db.execute(
                 "INSERT INTO sched (actor, last_n, due_at, ready_n, hash_hi, hash_lo) VALUES "
                 "(?1, 1, ?2, ?3, ?4, ?5) ON CONFLICT (actor) DO UPDATE SET last_n = last_n + 1, "
@@ -790,12 +751,12 @@ class SqliteJournal:
                 "ELSE ready_n END, "
                 "due_at = CASE WHEN due_at IS NULL OR ?2 < due_at THEN ?2 ELSE due_at END",
                 (actor, deliver_at, time.time_ns(), *key_hash(actor)))
-            return True
+            return int(made[0])
 
         kind = envelope.get("kind") or "call"
-        inserted: bool = await self._submit(
+        number: int = await self._submit(
             write, ("enqueue", (actor, envelope["id"], kind, deliver_at, doc)))
-        return inserted
+        return number
 
     async def inbox(self, actor: str, now: float, *, calls: int | None = None) -> list[Envelope]:
         base = ("SELECT n, doc FROM inbox WHERE actor=?1 AND consumed_at IS NULL AND "
@@ -1010,61 +971,3 @@ class SqliteJournal:
 
 
 _begin_waiting = sqlite_writer.begin_waiting
-
-
-def _docs(db: sqlite3.Connection, rowids: list[int]) -> dict[int, bytes]:
-    """The documents of these commits, by rowid."""
-    found: dict[int, bytes] = {}
-    for i in range(0, len(rowids), 400):
-        part = rowids[i:i + 400]
-        found.update(db.execute(f"SELECT rowid, doc FROM commits WHERE rowid IN "
-                                f"({','.join('?' * len(part))})", part).fetchall())
-    return found
-
-
-def _stored_runs(db: sqlite3.Connection, keys: set[tuple[str, str]]
-                 ) -> dict[tuple[str, str], run_index.Run]:
-    """The index rows of these runs, as stored (`last_seq` is not kept current there: -1, so
-    that every commit folds)."""
-    found: dict[tuple[str, str], run_index.Run] = {}
-    wanted = sorted(keys)
-    for i in range(0, len(wanted), 400):
-        part = wanted[i:i + 400]
-        values = ",".join(["(?,?)"] * len(part))
-        for actor, msg, doc in db.execute(
-                f"SELECT r.actor, r.msg, r.doc FROM runs r JOIN (VALUES {values}) AS v ON "
-                "r.actor = v.column1 AND r.msg = v.column2", [x for k in part for x in k]):
-            row = _decode(doc)
-            row["last_seq"] = -1
-            found[(actor, msg)] = row
-    return found
-
-
-def _write_runs(db: sqlite3.Connection, stored: dict[tuple[str, str], run_index.Run],
-                folded: dict[tuple[str, str], run_index.Run]) -> None:
-    """Insert the new rows; rewrite a stored one only if something a query sees changed
-    (status, waits, activities, the end)."""
-    new, changed, activities = [], [], []
-    for key, row in folded.items():
-        before = stored.get(key)
-        if before is None:
-            new.append((row["actor"], row["msg"], row["type"], row["actor"].partition("/")[2],
-                        row["status"], row["started"], row["ended"], to_json(row)))
-            added = row["activities"]
-        elif {**row, "last_seq": 0} != {**before, "last_seq": 0}:
-            changed.append((row["status"], row["ended"], to_json(row), *key))
-            added = run_index.added_activities(before, row)
-        else:
-            continue
-        activities += [(name, row["started"], *key) for name in added]
-    if new:
-        db.executemany("INSERT INTO runs (actor, msg, type, ident, status, started, ended, "
-                       "doc) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (actor, msg) DO UPDATE SET "
-                       "status = excluded.status, ended = excluded.ended, doc = excluded.doc",
-                       new)  # a row already there (a commit folded twice) must not jam the index
-    if changed:
-        db.executemany("UPDATE runs SET status=?, ended=?, doc=? WHERE actor=? AND msg=?",
-                       changed)
-    if activities:
-        db.executemany("INSERT OR IGNORE INTO run_activities (activity, started, actor, msg) "
-                       "VALUES (?,?,?,?)", activities)

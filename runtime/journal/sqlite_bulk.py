@@ -95,37 +95,38 @@ def append_one(db: sqlite3.Connection, row: AppendRow, tombstones: Sequence[Tomb
                        "consumed_at IS NULL", tombstones)
 
 
-def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[bool]:
+def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[int]:
     """Create each entry unless its (actor, id) is already in the inbox or earlier in
     `rows`, numbered in order after its actor's last, and bring the actors' schedule rows
-    along as one enqueue at a time would. One result per row: whether it was created."""
+    along as one enqueue at a time would. One result per row: the number `n` it was created
+    with, or 0 (not created)."""
     seen: set[tuple[str, str]] = set()
     for part in _chunks(rows):
         seen.update(db.execute(
             "SELECT inbox.actor, inbox.id FROM inbox JOIN (VALUES "
             f"{_values(2, len(part))}) AS v ON inbox.actor = v.column1 AND "
             "inbox.id = v.column2", _flat([(r[0], r[1]) for r in part])).fetchall())
-    created: list[bool] = []
+    fresh: list[bool] = []
     new: list[tuple[str, str, str, float, bytes, int]] = []
     per_actor: dict[str, list[float]] = {}
     for actor, msg_id, kind, deliver_at, doc in rows:
-        fresh = (actor, msg_id) not in seen
-        created.append(fresh)
-        if fresh:
+        fresh.append((actor, msg_id) not in seen)
+        if fresh[-1]:
             seen.add((actor, msg_id))
             at = per_actor.setdefault(actor, [])
             at.append(deliver_at)
             new.append((actor, msg_id, kind, deliver_at, doc, len(at)))
     if not new:
-        return created
+        return [0] * len(rows)
     # No savepoint: within the transaction's write lock nothing can take an id between the
     # check and the INSERT, so a failure here is not the caller's and fails the batch
+    numbers: dict[tuple[str, str], int] = {}
     for part in _chunks(new):  # n: one past the actor's last, in the order given
-        db.execute(
+        numbers.update(((a, i), n) for a, i, n in db.execute(
             "INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) SELECT v.column1, "
             "v.column2, v.column3, COALESCE((SELECT last_n FROM sched WHERE actor = "
             f"v.column1), 0) + v.column6, v.column4, v.column5 FROM (VALUES "
-            f"{_values(6, len(part))}) AS v", _flat(part))
+            f"{_values(6, len(part))}) AS v RETURNING actor, id, n", _flat(part)).fetchall())
     now_ns = time.time_ns()
     sched = [(actor, len(at), min(at), now_ns, *key_hash(actor))
              for actor, at in per_actor.items()]
@@ -139,7 +140,8 @@ def enqueue_many(db: sqlite3.Connection, rows: Sequence[EnqueueRow]) -> list[boo
             "THEN excluded.ready_n ELSE ready_n END, "
             "due_at = CASE WHEN due_at IS NULL OR excluded.due_at < due_at "
             "THEN excluded.due_at ELSE due_at END", _flat(part))
-    return created
+    return [numbers[(row[0], row[1])] if made else 0 for row, made in zip(rows, fresh,
+                                                                          strict=True)]
 
 
 def settle_many(db: sqlite3.Connection, rows: Sequence[SettleRow]) -> bool:
