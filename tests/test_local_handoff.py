@@ -33,6 +33,10 @@ class Log(Actor, type_name="handoff_log"):
         self.state["seen"].append(payload)
         return list(self.state["seen"])
 
+    @handler
+    async def size(self, ctx: ActorContext, payload: Any) -> Any:
+        return len(payload)
+
 
 def env(target: str, mid: str, payload: Any = None, **extra: Any) -> Envelope:
     return {"id": mid, "target": target, "kind": "call", "handler": "note",
@@ -207,3 +211,32 @@ def test_a_journal_whose_enqueue_was_replaced_is_called_through_it() -> None:
         assert Counting.calls == 2
 
     asyncio.run(main())
+
+
+def test_a_payload_the_copy_refuses_goes_the_usual_way() -> None:
+    """The memory journal stores with `json` (a lone surrogate passes); the hand-off's copy
+    refuses it: the message, already stored, must still run (not raise out of `ask`)."""
+    async def main() -> None:
+        async with ActorRuntime(MemoryJournal(), poll_interval_s=30.0, lint=False) as rt:
+            rt.register(Log)
+            assert await rt.ask("handoff_log/s", "size", "ok", timeout=10) == 2
+            assert await rt.ask("handoff_log/s", "size", "x\ud800", timeout=10) == 2
+
+    asyncio.run(main())
+
+
+def test_a_faulty_wrapper_numbers_entries_only_if_its_journal_does() -> None:
+    """The simulation's wrapper must not invent numbers for a journal that has none (a
+    number 1 for every entry would pass `complete_n == n - 1` on a fresh actor and jump
+    the queue)."""
+    from runtime.testing.faults import FaultyJournal
+
+    class Unnumbered:  # a journal without enqueue_numbered (as Cosmos)
+        url = "x://"
+
+        async def enqueue(self, envelope: Envelope) -> bool:
+            return True
+
+    node: Any = object()
+    assert _numbering(FaultyJournal.around(Unnumbered(), node)) is None  # type: ignore[arg-type]
+    assert _numbering(FaultyJournal.around(MemoryJournal(), node)) is not None

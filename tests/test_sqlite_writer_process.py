@@ -378,3 +378,28 @@ def test_batches_waiting_together_are_one_transaction(tmp_path: Path) -> None:
     rows = db.execute("SELECT actor, id, n FROM inbox ORDER BY actor, n").fetchall()
     db.close()
     assert rows == [("t/a", "m1", 1), ("t/a", "m2", 2), ("t/c", "m1", 1)]
+
+
+def test_a_child_never_idle_folds_a_backlog_in_big_bites(tmp_path: Path) -> None:
+    """Batches always waiting: the child folds only between them, regardless of waiting
+    batches once FORCE commits gathered, and then up to 1,024 at a time, so a backlog
+    shrinks even if batches carry more than a small chunk of commits each."""
+    path = tmp_path / "j.db"
+    SqliteJournal(path, writer_process_after=None)  # the schema
+    db = sqlite_writer.connect(str(path), "NORMAL")
+    db.execute("BEGIN")
+    for i in range(1500):
+        doc = __import__("json").dumps(run_commit(f"r/{i % 9}", i // 9, f"m{i}")).encode()
+        db.execute("INSERT INTO commits (actor, seq, has_state, doc) VALUES (?, ?, 0, ?)",
+                   (f"r/{i % 9}", i // 9, doc))
+    db.execute("COMMIT")
+    index = sqlite_writer.IdleIndex(sqlite_writer.WalRelief())
+    index.pending = sqlite_writer.IdleIndex.FORCE - 1
+    index.step(db, force=True)
+    assert watermark(path)[0] == 0  # below FORCE: batches first
+    index.pending = sqlite_writer.IdleIndex.FORCE
+    index.step(db, force=True)
+    assert watermark(path)[0] == 1024  # one big bite
+    index.step(db)
+    assert watermark(path)[0] == 1024 + sqlite_writer.IdleIndex.CHUNK  # idle: small ones
+    db.close()

@@ -638,7 +638,10 @@ class Activation:
                 env.get("kind", "call") != "call" or \
                 float(env.get("deliver_at", 0.0)) > host.clock():
             return False
-        msg = _json_copy(env)  # as the read would give it: decoded from what was written
+        try:
+            msg = _json_copy(env)  # as the read would give it: decoded from what was written
+        except ValueError:  # what the journal took but JSON here refuses: the usual way
+            return False
         msg["n"] = n
         self.seen_n = self.complete_n = n
         self.last_used = self._monotonic()

@@ -217,10 +217,11 @@ class WriterProcess:
 class IdleIndex:
     """The run index's catch-ups, run by the child while no batch waits (folded in the
     transaction of a batch, 256 commits held that batch, and every write behind it, ~10 ms).
-    It folds once INDEX_MIN of its own commits gathered, or INDEX_EVERY_S after the last
-    fold (commits written by others), INDEX_CHUNK commits a transaction, so that a batch
-    that comes meanwhile waits for one chunk at most; and between batches regardless once
-    INDEX_FORCE commits gathered (a child never idle must not leave the index behind)."""
+    It folds once MIN of its own commits gathered, or EVERY_S after the last fold (commits
+    written by others), CHUNK commits a transaction, so that a batch that comes meanwhile
+    waits for one chunk at most; and between batches regardless once
+    FORCE commits gathered, up to 1,024 at a time (a child never idle must not leave the
+    index behind)."""
 
     MIN, CHUNK, FORCE, EVERY_S, RETRY_MAX_S = 128, 128, 2048, 1.0, 30.0
 
@@ -254,8 +255,9 @@ class IdleIndex:
             self.paused_until = now + 0.05
             return
         committing = False
+        chunk = sqlite_runs.INDEX_BATCH if force else self.CHUNK  # a backlog: bigger bites
         try:
-            folded = sqlite_runs.catch_up(db, {}, limit=self.CHUNK)
+            folded = sqlite_runs.catch_up(db, {}, limit=chunk)
             committing = True
             db.execute("COMMIT")
         except Exception as exc:
@@ -270,7 +272,7 @@ class IdleIndex:
                         " %s", pause, exc)
             return
         self.failures = 0
-        if folded < self.CHUNK:  # caught up
+        if folded < chunk:  # caught up
             self.pending, self.at = 0, time.monotonic()
         else:  # more: the next chunk as soon as the child is idle again
             self.pending = max(self.pending - folded, self.MIN)

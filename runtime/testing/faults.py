@@ -51,30 +51,24 @@ class Faults:
 
 
 class FaultyJournal:
-    """One process's view of a shared journal: every call passes through its faults."""
+    """One process's view of a shared journal: every call passes through its faults.
+    `around` picks the class: one that also numbers entries if the shared journal does."""
 
     def __init__(self, inner: JournalStore, node: Node) -> None:
         self.inner = inner
         self.node = node
         self.url = inner.url
 
+    @staticmethod
+    def around(inner: JournalStore, node: Node) -> FaultyJournal:
+        numbering = hasattr(inner, "enqueue_numbered")
+        return (NumberingFaultyJournal if numbering else FaultyJournal)(inner, node)
+
     def __getattr__(self, op: str) -> Any:
         fn = getattr(self.inner, op)
         if not asyncio.iscoroutinefunction(fn) or op == "close":
             return fn
         return self._through(op, fn)
-
-    async def enqueue(self, envelope: Envelope) -> bool:
-        return bool(await self.enqueue_numbered(envelope))
-
-    async def enqueue_numbered(self, envelope: Envelope) -> int:
-        """The entry's number where the shared journal tells it (the runtime then hands a
-        call from here straight to an idle actor), through the faults of an enqueue."""
-        numbered = getattr(self.inner, "enqueue_numbered", None)
-        if numbered is None:
-            return int(await self._through("enqueue", self.inner.enqueue)(envelope))
-        number: int = await self._through("enqueue", numbered)(envelope)
-        return number
 
     def _through(self, op: str, fn: Any) -> Any:
         async def call(*args: Any, **kw: Any) -> Any:
@@ -100,3 +94,16 @@ class FaultyJournal:
             return result
 
         return call
+
+
+class NumberingFaultyJournal(FaultyJournal):
+    """A FaultyJournal around a journal that answers entry numbers (memory, SQLite): the
+    runtime then hands a call from here straight to an idle actor, as it would unwrapped."""
+
+    async def enqueue(self, envelope: Envelope) -> bool:
+        return bool(await self.enqueue_numbered(envelope))
+
+    async def enqueue_numbered(self, envelope: Envelope) -> int:
+        numbered = self.inner.enqueue_numbered  # type: ignore[attr-defined]
+        number: int = await self._through("enqueue", numbered)(envelope)
+        return number

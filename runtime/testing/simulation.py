@@ -75,7 +75,7 @@ class Node:
         activities.before = self.gate
         activities.after = self.gate
         self.rt = ActorRuntime(
-            FaultyJournal(sim.journal, self),
+            FaultyJournal.around(sim.journal, self),
             activities=activities, clock=self.clock, hooks=hooks, lint=sim.lint,
             poll_interval_s=sim.poll_interval_s, lease_ttl_s=sim.lease_ttl_s,
             owner=f"{HOST_ID}:{os.getpid()}:sim-{sim.seed}-{self.name}",
