@@ -403,3 +403,38 @@ def test_a_child_never_idle_folds_a_backlog_in_big_bites(tmp_path: Path) -> None
     index.step(db)
     assert watermark(path)[0] == 1024 + sqlite_writer.IdleIndex.CHUNK  # idle: small ones
     db.close()
+
+
+def test_big_batches_sent_back_to_back_never_block_the_sender(tmp_path: Path) -> None:
+    """Batches bigger than the pipe, sent while nobody reads the answers: a blocking send
+    deadlocked (the parent stuck writing batch 2, which the child does not read, because
+    the child is stuck writing batch 1's answers, which the parent does not read: seen
+    under a burst of 90,000 enqueues). A send now queues what the pipe does not take and
+    returns; `flush` writes more as the pipe drains, and every answer arrives."""
+    import threading
+
+    SqliteJournal(tmp_path / "j.db", writer_process_after=None)  # the schema
+    process = sqlite_writer.WriterProcess(str(tmp_path / "j.db"), "NORMAL")
+    batches = [[("enqueue", ("t/a", f"m{b}-{i}", "call", 0.0, b'{"pad": "' + b"x" * 40 + b'"}'))
+                for i in range(15000)] for b in range(3)]  # answers ~150 KB, batches ~1 MB
+    left: list[bool] = []
+    sender = threading.Thread(target=lambda: left.extend(process.send(b) for b in batches),
+                              daemon=True)
+    sender.start()
+    sender.join(10)
+    assert not sender.is_alive(), "a send blocked on a full pipe"
+    assert left[-1] is True  # some of it waits for the pipe to drain
+    answers: list[Any] = []
+    deadline = time.monotonic() + 60
+    import select
+    while len(answers) < 3:
+        assert time.monotonic() < deadline, f"{len(answers)} answers of 3"
+        pending = process.flush()
+        readable, _, _ = select.select([process.fileno()], [], [], 0.05)
+        if readable:
+            answers.append(process.receive())
+        elif not pending:
+            time.sleep(0.01)
+    assert [[n for _, n in a] for a in answers] == \
+        [list(range(1 + b * 15000, 1 + (b + 1) * 15000)) for b in range(3)]
+    process.close()

@@ -382,8 +382,18 @@ class SqliteJournal:
             ops.append((kind, (data[0], data[1]) if kind == "append" else data))
         self._sent.append(batch)
         try:
-            process.send(ops)
+            if process.send(ops):  # the pipe is full: the rest as it drains (never blocking:
+                loop.add_writer(process.out_fileno(), self._drain, loop, process)  # see there)
         except sqlite_writer.WriterGone as exc:
+            self._answered(loop, process, gone=exc)
+
+    def _drain(self, loop: asyncio.AbstractEventLoop,
+               process: sqlite_writer.WriterProcess) -> None:
+        try:
+            if not process.flush():
+                loop.remove_writer(process.out_fileno())
+        except sqlite_writer.WriterGone as exc:
+            loop.remove_writer(process.out_fileno())
             self._answered(loop, process, gone=exc)
 
     def _answered(self, loop: asyncio.AbstractEventLoop,
@@ -426,6 +436,7 @@ class SqliteJournal:
         loop = self._process_loop
         if loop is not None and not loop.is_closed():
             loop.remove_reader(process.fileno())
+            loop.remove_writer(process.out_fileno())
         process.close(timeout=1.0)
 
     def _commit(self, batch: list[Pending], results: list[Result]) -> list[Result]:

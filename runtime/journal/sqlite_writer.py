@@ -17,12 +17,14 @@ pipe closes (the parent exited, or died).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import logging
 import os
 import pickle
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -152,8 +154,13 @@ def run_batch(db: sqlite3.Connection, ops: list[Op], lock_wait_s: float = LOCK_W
 
 # -- the parent's side ---------------------------------------------------------------------
 class WriterProcess:
-    """A running writer child for one journal file. One batch at a time: `send` it, then
-    `receive` the answers once `fileno` is readable (the event loop watches it)."""
+    """A running writer child for one journal file. `send` a batch, then `receive` the
+    answers once `fileno` is readable (the event loop watches it).
+
+    Sending never blocks: what the pipe does not take now waits here, and `flush` writes
+    more of it once `out_fileno` is writable. A blocking send could deadlock with the
+    child: the parent stuck writing a big batch the child does not read, because the child
+    is stuck writing answers (a big batch's) the parent does not read."""
 
     def __init__(self, path: str, synchronous: str) -> None:
         to_child_r, to_child_w = os.pipe()
@@ -172,18 +179,43 @@ class WriterProcess:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        self._out = Connection(to_child_w, readable=False)
+        os.set_blocking(to_child_w, False)
+        self._out_fd = to_child_w
+        self._unsent: collections.deque[memoryview] = collections.deque()
         self._in = Connection(from_child_r, writable=False)
         self.pid = self._proc.pid
 
     def fileno(self) -> int:
         return self._in.fileno()
 
-    def send(self, ops: list[Op]) -> None:
+    def out_fileno(self) -> int:
+        return self._out_fd
+
+    def send(self, ops: list[Op]) -> bool:
+        """Queue a batch for the child (framed as `Connection.send_bytes` frames it) and
+        write what the pipe takes; True if some is left for `flush`."""
+        data = pickle.dumps(ops, pickle.HIGHEST_PROTOCOL)
+        header = struct.pack("!i", len(data)) if len(data) <= 0x7FFFFFFF else \
+            struct.pack("!i", -1) + struct.pack("!Q", len(data))
+        self._unsent.append(memoryview(header))
+        self._unsent.append(memoryview(data))
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write what the pipe takes now; True if some is left. Raises WriterGone."""
+        unsent = self._unsent
         try:
-            self._out.send_bytes(pickle.dumps(ops, pickle.HIGHEST_PROTOCOL))
+            while unsent:
+                written = os.write(self._out_fd, unsent[0])
+                if written < len(unsent[0]):
+                    unsent[0] = unsent[0][written:]
+                    return True
+                unsent.popleft()
+        except BlockingIOError:
+            return True
         except OSError as exc:
             raise WriterGone(f"the journal's writer process is gone ({exc})") from None
+        return False
 
     def receive(self) -> list[Answer] | sqlite3.Error:
         """The answers to the oldest batch sent, or the error that rolled it back (as the
@@ -203,9 +235,10 @@ class WriterProcess:
         return answers
 
     def close(self, timeout: float = 5.0) -> None:
-        for end in (self._out, self._in):
-            with contextlib.suppress(OSError):
-                end.close()
+        with contextlib.suppress(OSError):
+            os.close(self._out_fd)
+        with contextlib.suppress(OSError):
+            self._in.close()
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
