@@ -240,3 +240,39 @@ def test_a_faulty_wrapper_numbers_entries_only_if_its_journal_does() -> None:
     node: Any = object()
     assert _numbering(FaultyJournal.around(Unnumbered(), node)) is None  # type: ignore[arg-type]
     assert _numbering(FaultyJournal.around(MemoryJournal(), node)) is not None
+
+
+def test_a_duplicate_and_a_landed_but_failed_enqueue_run_once() -> None:
+    """The same message id asked twice (the second finds it taken: 0, no hand-off), and an
+    enqueue that lands but reports a storage error (the caller retries the same id): each
+    message runs exactly once, and the retry gets its answer."""
+    from runtime import errors
+
+    class LandsThenFails(MemoryJournal):
+        armed = False
+
+        async def enqueue(self, envelope: Envelope) -> bool:
+            return bool(await self.enqueue_numbered(envelope))
+
+        async def enqueue_numbered(self, envelope: Envelope) -> int:
+            number = await super().enqueue_numbered(envelope)
+            if self.armed:
+                self.armed = False
+                raise errors.StorageError("injected: landed, then failed")
+            return number
+
+    async def main() -> None:
+        journal = LandsThenFails()
+        assert _numbering(journal) is not None
+        async with ActorRuntime(journal, poll_interval_s=0.02, lint=False) as rt:
+            rt.register(Log)
+            assert await rt.ask("handoff_log/f", "note", 1, msg_id="a", timeout=10) == [1]
+            assert await rt.ask("handoff_log/f", "note", 1, msg_id="a", timeout=10) == [1]
+            journal.armed = True
+            with pytest.raises(errors.StorageError):
+                await rt.ask("handoff_log/f", "note", 2, msg_id="b", timeout=10)
+            assert await rt.ask("handoff_log/f", "note", 2, msg_id="b", timeout=10) == [1, 2]
+            assert await rt.ask("handoff_log/f", "note", 3, timeout=10) == [1, 2, 3]
+            assert (await rt.state_of("handoff_log/f"))["seen"] == [1, 2, 3]
+
+    asyncio.run(main())

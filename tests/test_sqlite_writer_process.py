@@ -438,3 +438,50 @@ def test_big_batches_sent_back_to_back_never_block_the_sender(tmp_path: Path) ->
     assert [[n for _, n in a] for a in answers] == \
         [list(range(1 + b * 15000, 1 + (b + 1) * 15000)) for b in range(3)]
     process.close()
+
+
+def test_a_child_killed_while_the_parent_still_holds_unsent_bytes(tmp_path: Path) -> None:
+    """A batch bigger than the pipe, half written, when the child dies: the writers of
+    every batch it held or was being sent get a StorageError (WriterGone), nothing waits
+    for a pipe nobody reads, and the journal goes on in process."""
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db", writer_process_after=0)
+        pid = await started(journal)
+        os.kill(pid, signal.SIGSTOP)  # reads nothing more: the big batch stays half sent
+        pad = "x" * 2000
+        pending = [asyncio.ensure_future(journal.enqueue(
+            {**env("t/a", f"m{i}"), "payload": {"pad": pad}})) for i in range(400)]
+        await asyncio.sleep(0.3)
+        assert not any(p.done() for p in pending)
+        os.kill(pid, signal.SIGKILL)
+        outcomes = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
+        assert all(isinstance(o, errors.StorageError) for o in outcomes), outcomes[:3]
+        assert journal.writer_pid is None
+        assert await journal.enqueue(env("t/a", "after"))  # in process now
+        await journal.close()
+
+    asyncio.run(main())
+
+
+def test_after_the_child_dies_the_parent_folds_the_index_again(tmp_path: Path) -> None:
+    """The child folded the run index; once it is gone, the parent's own catch-ups take
+    over (every INDEX_EVERY commits), without a `runs()` query asking."""
+    async def main() -> None:
+        journal = SqliteJournal(tmp_path / "j.db", writer_process_after=0)
+        pid = await started(journal)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_gone(pid)
+        for seq in range(journal_sqlite.INDEX_EVERY):
+            try:  # the first may be the one that finds the child gone
+                await journal.append(run_commit("r/a", seq, f"m{seq}"))
+            except errors.StorageError:
+                await journal.append(run_commit("r/a", seq, f"m{seq}"))
+        assert journal.writer_pid is None
+        last = watermark(tmp_path / "j.db")[1]
+        deadline = time.monotonic() + 10
+        while watermark(tmp_path / "j.db")[0] < last:
+            assert time.monotonic() < deadline, "nobody folds the index"
+            await asyncio.sleep(0.05)
+        await journal.close()
+
+    asyncio.run(main())
