@@ -232,7 +232,8 @@ class Executor:
         check_env_grants(manifest)
         config = self._engine_config(manifest)
         engine = self.engines.get(config)
-        with _naming(where):
+        with _naming(where), self.engines.running(
+                self.engines.ticks_for(manifest.limits.timeout_ms)):  # a probe may run guest code
             self.abis[manifest.abi].prepare(wasm, manifest, engine, config.fingerprint,
                                             progress=on_stage)
 
@@ -334,7 +335,8 @@ class Executor:
                     lambda out: self._decode(out, plan, validate, where),
                     (*plan.pool_key, tenant))
         try:
-            outcome = self.abis[manifest.abi].run(call)
+            with self.engines.running(ticks):
+                outcome = self.abis[manifest.abi].run(call)
         except errors.LoomError as exc:
             _name(exc, where)
             raise
