@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import math
 import os
 import platform
@@ -79,11 +80,12 @@ class Engines:
         self._tick_s = tick_ms / 1000
         self._engines: dict[EngineConfig, wasmtime.Engine] = {}
         self._lock = threading.Lock()
-        self._clock = threading.Condition()  # guards the epoch and the calls in flight
+        self._mutex = threading.Lock()  # guards the epoch and the calls in flight
+        self._clock = threading.Condition(self._mutex)  # the ticker waits on it
         self._epoch = 0  # increments so far, the same for every engine
         self._base = time.monotonic()  # epoch k covers [base + k*tick, base + (k+1)*tick)
         self._due: dict[int, float] = {}  # call -> when its deadline epoch begins
-        self._calls = 0
+        self._calls = itertools.count()
         self._wake_at = math.inf
         self._stop = False
         self._ticker = threading.Thread(target=self._tick, name="loom-epoch", daemon=True)
@@ -111,22 +113,34 @@ class Engines:
     @contextlib.contextmanager
     def running(self, ticks: int) -> Iterator[None]:
         """Around guest code whose epoch deadlines are at most `ticks` ahead."""
-        with self._clock:
-            self._advance(time.monotonic())
-            self._calls += 1
-            call = self._calls
+        call = self.begin(ticks)
+        try:
+            yield
+        finally:
+            self.end(call)
+
+    def begin(self, ticks: int) -> int:
+        """Guest code whose epoch deadlines are at most `ticks` ahead is about to run: the
+        epochs are brought up to date, and the ticker will wake when the deadline comes.
+        Returns the call's number, for `end`."""
+        now = time.monotonic()
+        call = next(self._calls)
+        with self._mutex:
+            if now - self._base >= (self._epoch + 1) * self._tick_s:
+                self._advance(now)
             at = self._base + (self._epoch + ticks) * self._tick_s
             self._due[call] = at
             if at < self._wake_at:
                 self._clock.notify()
-        try:
-            yield
-        finally:
-            with self._clock:
-                del self._due[call]
+        return call
+
+    def end(self, call: int) -> None:
+        """The guest code `begin` announced has returned."""
+        with self._mutex:
+            del self._due[call]
 
     def _advance(self, now: float) -> None:
-        """Bring every engine's epoch up to `now` (the caller holds `_clock`)."""
+        """Bring every engine's epoch up to `now` (the caller holds `_mutex`)."""
         behind = int((now - self._base) / self._tick_s) - self._epoch
         if behind > 0:
             pointers = [e.ptr() for e in list(self._engines.values())]

@@ -334,12 +334,14 @@ class Executor:
                     time.monotonic() + budget_ms / 1000, key, tenant,
                     lambda out: self._decode(out, plan, validate, where),
                     (*plan.pool_key, tenant))
+        running = self.engines.begin(ticks)
         try:
-            with self.engines.running(ticks):
-                outcome = self.abis[manifest.abi].run(call)
+            outcome = self.abis[manifest.abi].run(call)
         except errors.LoomError as exc:
             _name(exc, where)
             raise
+        finally:
+            self.engines.end(running)
         return InvocationResult(  # positional: keywords cost a third of a microsecond
             outcome.output, manifest.name, manifest.version, key,
             (time.perf_counter() - started) * 1000, outcome.fuel_used, outcome.memory_bytes,
