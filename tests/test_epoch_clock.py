@@ -1,8 +1,8 @@
-"""The epoch clock (engines.py) no longer ticks on its own: calls bring it up to date as they
-start, and the ticker sleeps until the earliest deadline in flight. These tests attack what
-that could break: a deadline counted from a stale epoch (too early), a ticker asleep past
-a deadline (too late), a short deadline behind a long one, and guest code that ran while
-another call was overdue."""
+"""The epoch clock (engines.py) ticks only while guest code runs. These tests attack what
+that could break: a deadline after a long idle (the ticker asleep: trapped late, or never),
+host work between a call's start and its deadline being armed (counted against the guest:
+trapped early), a short deadline beside a long one, and a ticker that keeps ticking (or
+stops) when it should not."""
 from __future__ import annotations
 
 import threading
@@ -15,18 +15,14 @@ import pytest
 from guests import manifest
 
 from runtime import errors
-from runtime.executor import Executor
-from runtime.executor import engines as engines_module
-from runtime.executor.engines import CATCH_UP_S, EngineConfig, Engines
+from runtime.executor import Executor, abi_core
+from runtime.executor.engines import IDLE_S, EngineConfig, Engines
 
 SPIN = {"go": 1}  # the gated infinite loop spins only when asked
 
 
 @pytest.fixture
-def executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Executor]:
-    # The ticker's periodic catch-up would hide a late wake-up or a stale epoch: slow it
-    # down, so that only the mechanism under test can trap a call on time.
-    monkeypatch.setattr(engines_module, "CATCH_UP_S", 5.0)
+def executor(tmp_path: Path) -> Iterator[Executor]:
     with guests.executor_at(tmp_path / "home") as ex:
         yield ex
 
@@ -43,7 +39,7 @@ def test_a_deadline_after_a_long_idle_counts_from_the_call_not_from_the_last_tic
         executor: Executor) -> None:
     executor.upload(guests.infinite_loop(), manifest("spin", limits={"timeout_ms": 200}))
     executor.execute("spin", {})  # engine built, instance pooled
-    time.sleep(0.5)  # nothing runs: the epochs fall behind the wall clock
+    time.sleep(IDLE_S + 0.5)  # nothing runs: the ticker falls asleep
     took = spin_for(executor, "spin")
     assert took >= 0.2, f"trapped after {took:.3f} s: before its 200 ms deadline"
     assert took < 0.2 + 0.15, f"trapped after {took:.3f} s: the ticker slept past it"
@@ -83,47 +79,74 @@ def test_many_overlapping_calls_each_trap_at_their_own_deadline(executor: Execut
         assert t / 1000 <= took[t] < t / 1000 + 0.2, (t, took)
 
 
-def test_the_ticker_sleeps_when_nothing_runs_and_ticks_for_a_call_past_due() -> None:
+def test_host_work_before_the_deadline_is_armed_is_not_counted_against_the_guest(
+        executor: Executor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cold call fetches and compiles before it arms its deadline: the guest still gets
+    its whole timeout from the moment the deadline is set."""
+    executor.upload(guests.infinite_loop(), manifest("cold", limits={"timeout_ms": 200}))
+    time.sleep(1.5 * IDLE_S)  # the ticker asleep, the epochs still
+    slow_pre = abi_core.instance_pre
+
+    def slow(*args: object, **kw: object) -> object:
+        time.sleep(0.15)  # a slow cache: 150 ms of host work after the call began
+        return slow_pre(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(abi_core, "instance_pre", slow)
+    took = spin_for(executor, "cold")
+    assert took >= 0.15 + 0.2, f"trapped after {took:.3f} s: the host work ate its budget"
+    assert took < 0.15 + 0.2 + 0.15, took
+
+
+def test_the_ticker_sleeps_when_nothing_runs_and_ticks_while_anything_does() -> None:
     engines = Engines(tick_ms=5)
     try:
         engines.get(EngineConfig(fuel=False, max_stack=512 * 1024))
-        asleep = []
-        for _ in range(2):  # two looks 30 ms apart: one finds it well before its next wake
-            time.sleep(0.03)
-            with engines._clock:
-                asleep.append(engines._wake_at - time.monotonic())
-        assert max(asleep) > 4 * engines._tick_s, f"idle, it wakes per tick: {asleep}"
-        with engines.running(2):  # a call past its deadline (a host call, say): tick again
-            time.sleep(0.05)
-            with engines._clock:
-                next_wake = engines._wake_at - time.monotonic()
-                epoch = engines._epoch
-            assert next_wake <= engines._tick_s + 0.002
-            time.sleep(0.03)
-            with engines._clock:
-                assert engines._epoch >= epoch + 4  # kept ticking while it ran
-        with engines._clock:
-            assert not engines._due  # the call is gone once it ended
+        time.sleep(IDLE_S + 0.2)  # a second after the last guest code: asleep
+        assert engines.asleep
+        idle_from = engines.epoch
+        time.sleep(0.3)
+        assert engines.epoch == idle_from, "idle, it ticked"
+        engines.begin()
+        try:
+            time.sleep(0.3)
+            ticked = engines.epoch - idle_from
+        finally:
+            engines.end()
+        assert 0.3 / 0.005 * 0.5 <= ticked <= 0.3 / 0.005 + 2, ticked  # ~60 (a slow host: fewer)
+        time.sleep(0.3)  # for a second after the call it still ticks (calls come in bursts)
+        assert engines.epoch - idle_from > ticked + 0.3 / 0.005 * 0.5
+        time.sleep(IDLE_S)
+        assert engines.asleep
+        stopped_at = engines.epoch
+        time.sleep(0.3)
+        assert engines.epoch == stopped_at, "it kept ticking long after the call ended"
+        time.sleep(IDLE_S)  # asleep for a second: that second's ticks at once (a safety net)
+        assert engines.epoch >= stopped_at + round(IDLE_S / 0.005)
     finally:
         engines.close()
     assert not engines._ticker.is_alive()
 
 
-def test_the_epoch_follows_the_wall_clock_through_idle_and_busy_spells() -> None:
+def test_begin_and_end_from_many_threads_leave_the_count_at_zero() -> None:
     engines = Engines(tick_ms=5)
     try:
-        engines.get(EngineConfig(fuel=False, max_stack=512 * 1024))
-        start = time.monotonic()
-        with engines._clock:
-            first = engines._epoch
-        for _ in range(20):
-            with engines.running(1000):
-                time.sleep(0.002)
-            time.sleep(0.01)
-        time.sleep(2 * CATCH_UP_S)
-        with engines.running(1), engines._clock:
-            moved = engines._epoch - first
-        elapsed = time.monotonic() - start
-        assert abs(moved - elapsed / 0.005) <= 2, (moved, elapsed)
+        def hammer() -> None:
+            for _ in range(2000):
+                engines.begin()
+                engines.end()
+
+        threads = [threading.Thread(target=hammer) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert engines.running == 0
+        engines.begin()  # and the ticker still ticks for the next call
+        try:
+            at = engines.epoch
+            time.sleep(0.1)
+            assert engines.epoch > at
+        finally:
+            engines.end()
     finally:
         engines.close()

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import itertools
-import math
 import os
 import platform
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache, cached_property
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
-CATCH_UP_S = 0.1  # the ticker brings the epochs up to date at least this often
+IDLE_S = 1.0  # with no guest code running, the ticker wakes this often
 # keeps the GIL (a few nanoseconds of work): no thread switch per increment
 _increment_epoch = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)(
     ("wasmtime_engine_increment_epoch", ffi.dll))
@@ -58,35 +53,27 @@ def _wasmtime_version() -> str:
 
 
 class Engines:
-    """Lazily builds engines per config, and advances their epochs with wall time (one per
-    `tick_ms`) so that a guest call's epoch deadline traps it on time.
+    """Lazily builds engines per config, and ticks their epochs every `tick_ms` while guest
+    code runs, so that a call's epoch deadline (set `ticks` ahead) traps it on time.
 
-    The epochs are brought up to date only when it matters, not every tick. A thread
-    waking 200 times a second takes the GIL from the event loop each time; measured, that
-    cost ~8 % of the loop's time per durable message. Now:
-
-    - every call brings them up to date as it starts (`running`), so its deadline, set
-      relative to the current epoch, counts from now;
-    - the ticker thread sleeps until the earliest deadline among the calls in flight, and
-      at least every `CATCH_UP_S`;
-    - once a deadline has passed and its call is still running (say, in a host call), it
-      ticks every `tick_ms` until that call ends, as before.
-
-    A call's guest code must run inside `running` (instantiation too). Code that ran
-    outside it would still be trapped, but up to `CATCH_UP_S` late."""
+    Guest code (arming a deadline, instantiating, calling) runs between `begin` and `end`.
+    The ticker ticks while any runs, and for `IDLE_S` after the last; then it sleeps, and
+    the next `begin` wakes it. Asleep, it still wakes every `IDLE_S` and counts that
+    second's ticks at once, so that guest code run outside `begin`/`end` would still be
+    trapped, late. An idle process used to wake 200 times a second, each time taking the
+    GIL."""
 
     def __init__(self, tick_ms: int = 5) -> None:
         self.tick_ms = tick_ms
         self._tick_s = tick_ms / 1000
         self._engines: dict[EngineConfig, wasmtime.Engine] = {}
         self._lock = threading.Lock()
-        self._mutex = threading.Lock()  # guards the epoch and the calls in flight
+        self._mutex = threading.Lock()  # guards what follows
         self._clock = threading.Condition(self._mutex)  # the ticker waits on it
-        self._epoch = 0  # increments so far, the same for every engine
-        self._base = time.monotonic()  # epoch k covers [base + k*tick, base + (k+1)*tick)
-        self._due: dict[int, float] = {}  # call -> when its deadline epoch begins
-        self._calls = itertools.count()
-        self._wake_at = math.inf
+        self.running = 0  # guest calls between begin and end
+        self._recent = False  # a call began since the ticker last looked
+        self.asleep = False  # the ticker waits for a begin
+        self.epoch = 0  # ticks so far, the same for every engine
         self._stop = False
         self._ticker = threading.Thread(target=self._tick, name="loom-epoch", daemon=True)
         self._ticker.start()
@@ -110,55 +97,42 @@ class Engines:
         """Epoch ticks covering `timeout_ms` (at least one full tick beyond it)."""
         return -(-timeout_ms // self.tick_ms) + 1
 
-    @contextlib.contextmanager
-    def running(self, ticks: int) -> Iterator[None]:
-        """Around guest code whose epoch deadlines are at most `ticks` ahead."""
-        call = self.begin(ticks)
-        try:
-            yield
-        finally:
-            self.end(call)
-
-    def begin(self, ticks: int) -> int:
-        """Guest code whose epoch deadlines are at most `ticks` ahead is about to run: the
-        epochs are brought up to date, and the ticker will wake when the deadline comes.
-        Returns the call's number, for `end`."""
-        now = time.monotonic()
-        call = next(self._calls)
+    def begin(self) -> None:
+        """Guest code is about to run: the epochs tick until `end`. Its deadlines count from
+        when they are set, whatever host work comes first (fetching, compiling)."""
         with self._mutex:
-            if now - self._base >= (self._epoch + 1) * self._tick_s:
-                self._advance(now)
-            at = self._base + (self._epoch + ticks) * self._tick_s
-            self._due[call] = at
-            if at < self._wake_at:
+            self.running += 1
+            self._recent = True
+            if self.asleep:
+                self.asleep = False
                 self._clock.notify()
-        return call
 
-    def end(self, call: int) -> None:
-        """The guest code `begin` announced has returned."""
+    def end(self) -> None:
+        """Guest code that `begin` announced has returned."""
         with self._mutex:
-            del self._due[call]
-
-    def _advance(self, now: float) -> None:
-        """Bring every engine's epoch up to `now` (the caller holds `_mutex`)."""
-        behind = int((now - self._base) / self._tick_s) - self._epoch
-        if behind > 0:
-            pointers = [e.ptr() for e in list(self._engines.values())]
-            for _ in range(behind):
-                for ptr in pointers:
-                    _increment_epoch(ptr)
-            self._epoch += behind
+            self.running -= 1
 
     def _tick(self) -> None:
+        grace = idle_ticks = max(1, round(IDLE_S / self._tick_s))
+        quiet = 0  # ticks since guest code last ran
         with self._clock:
             while not self._stop:
-                now = time.monotonic()
-                self._advance(now)
-                soonest = min(self._due.values(), default=math.inf)
-                # past due and still running: tick as often as the deadlines count
-                self._wake_at = min(soonest if soonest > now else now + self._tick_s,
-                                    now + CATCH_UP_S)
-                self._clock.wait(self._wake_at - now)
+                if quiet < grace:
+                    self._clock.wait(self._tick_s)
+                    ticks = 1
+                    quiet = 0 if self.running or self._recent else quiet + 1
+                    self._recent = False
+                else:
+                    self.asleep = True
+                    woken = self._clock.wait(IDLE_S)
+                    ticks = 0 if woken else idle_ticks
+                    if self.running or self._recent:  # a begin came: tick again
+                        self.asleep, quiet, self._recent = False, 0, False
+                pointers = [e.ptr() for e in list(self._engines.values())]
+                for _ in range(ticks):
+                    for ptr in pointers:
+                        _increment_epoch(ptr)
+                self.epoch += ticks
 
     def close(self) -> None:
         with self._clock:

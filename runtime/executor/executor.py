@@ -232,10 +232,13 @@ class Executor:
         check_env_grants(manifest)
         config = self._engine_config(manifest)
         engine = self.engines.get(config)
-        with _naming(where), self.engines.running(
-                self.engines.ticks_for(manifest.limits.timeout_ms)):  # a probe may run guest code
-            self.abis[manifest.abi].prepare(wasm, manifest, engine, config.fingerprint,
-                                            progress=on_stage)
+        self.engines.begin()  # a component's probe instance runs guest code
+        try:
+            with _naming(where):
+                self.abis[manifest.abi].prepare(wasm, manifest, engine, config.fingerprint,
+                                                progress=on_stage)
+        finally:
+            self.engines.end()
 
     # -- invoke ----------------------------------------------------------------------------
     @overload
@@ -334,14 +337,14 @@ class Executor:
                     time.monotonic() + budget_ms / 1000, key, tenant,
                     lambda out: self._decode(out, plan, validate, where),
                     (*plan.pool_key, tenant))
-        running = self.engines.begin(ticks)
+        self.engines.begin()
         try:
             outcome = self.abis[manifest.abi].run(call)
         except errors.LoomError as exc:
             _name(exc, where)
             raise
         finally:
-            self.engines.end(running)
+            self.engines.end()
         return InvocationResult(  # positional: keywords cost a third of a microsecond
             outcome.output, manifest.name, manifest.version, key,
             (time.perf_counter() - started) * 1000, outcome.fuel_used, outcome.memory_bytes,
