@@ -66,6 +66,7 @@ class Run:
     resumed: bool = False  # rebuilt from the journal: a step may have been cut off in flight
     version: str | None = None  # the code version the run started under
     finished: bool = False  # its completing commit has landed
+    writing: asyncio.Future[int] | None = None  # its call's entry, still being written
 
     @property
     def pin(self) -> str | None:
@@ -326,6 +327,8 @@ class Activation:
         if self.counted or not self.host.counts_delivery(self.key):
             self.counted = True
             return
+        if run.writing is not None:  # the count names the message: written first
+            await self.written(run)
         self.counted = True
         try:
             count = await self.host.journal.bump_delivery(self.key, run.msg_id, self.seq)
@@ -478,6 +481,8 @@ class Activation:
         ActivationLost: the outbox of a commit that did not land never leaves."""
         if self.stale:
             raise self._fail(errors.JournalConflict("this activation was dropped"))
+        if run.writing is not None:
+            await self.written(run)
         host = self.host
         run.committing += 1
         try:
@@ -557,6 +562,8 @@ class Activation:
 
     async def wait_timer(self, run: Run, timer: str, step: Any, *,
                          cancellable: bool = True) -> None:
+        if run.writing is not None:
+            await self.written(run)
         if cancellable:
             self.check_cancelled(run)
         fut = asyncio.get_running_loop().create_future()
@@ -567,6 +574,8 @@ class Activation:
 
     async def wait_event(self, run: Run, step: Any, event: str, timer: str | None,
                          op: str = "wait.event", key: str | None = None) -> Any:
+        if run.writing is not None:
+            await self.written(run)
         self.check_cancelled(run)
         fut = asyncio.get_running_loop().create_future()
         run.waits.append(Wait(step=step, op=op, event=event, timer=timer, future=fut, key=key))
@@ -649,6 +658,50 @@ class Activation:
                         version=host.code_version))
         host.settle_later(self.key, self.read_at, n, True)
         return True
+
+    def take_unwritten(self, env: Envelope, write: Callable[[], asyncio.Future[int]]) -> bool:
+        """Start the run of call `env` while `write()` writes its entry (an ask with an id
+        made up here: `ActorRuntime.ask`), if idle as for `take_call` and not taken over.
+        Until the entry's number is known the run commits nothing, waits for nothing, counts
+        no delivery and runs only activities that reach nothing outside the process
+        (`written`). False: the caller writes the entry first."""
+        host = self.host
+        if self.run is not None or self.broken is not None or self.stale or \
+                self.pump_lock.locked() or self.taken_over or \
+                env.get("kind", "call") != "call" or \
+                float(env.get("deliver_at", 0.0)) > host.clock():
+            return False
+        try:
+            msg = _json_copy(env)
+        except ValueError:
+            return False
+        msg["n"] = self.complete_n + 1  # what it must be; `written` checks
+        self.last_used = self._monotonic()
+        self._start(Run(msg=msg, start_seq=self.seq + 1, ts=host.clock(),
+                        version=host.code_version, writing=write()))
+        host.settle_later(self.key, self.read_at, self.complete_n, True)
+        return True
+
+    async def written(self, run: Run) -> None:
+        """Wait for the entry of a run started before it was written (`take_unwritten`).
+        It must follow every entry read: one written before it elsewhere and not read yet
+        runs first, so then the run is discarded (nothing it did left the process) and the
+        actor is reloaded, to read its inbox in order. A failed write discards it too (the
+        runtime tells the asker)."""
+        writing = run.writing
+        assert writing is not None
+        try:
+            n = await asyncio.shield(writing)
+        except Exception as exc:
+            raise self._fail(exc) from exc
+        finally:
+            run.writing = None
+        if not n or n != self.complete_n + 1:
+            raise self._fail(errors.JournalConflict(
+                f"{self.key}: message {run.msg_id} became entry {n}, but entry "
+                f"{self.complete_n + 1} came first and was not read: discarded, to run in order"))
+        run.msg["n"] = self.complete_n = n
+        self.seen_n = max(self.seen_n, n)
 
     async def _sweep(self) -> None:
         """With no run to carry them, stray timers get a commit of their own (fenced)."""

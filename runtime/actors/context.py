@@ -307,6 +307,12 @@ class ActorContext:
         while True:
             attempts += 1
             await self._act.flush(self._run)  # earlier outcomes are durable before a new effect
+            run_version = version
+            if self._run.writing is not None:  # its call is being written: see take_unwritten
+                run_version = rt.contained_version(name, version)
+                if run_version is None:
+                    await self._act.written(self._run)
+                    run_version = version
             await self._act.before_live_effect(self._run)
             rt.hooks.fire("before_activity", self._act.key)
             self._run.inflight += 1
@@ -314,7 +320,7 @@ class ActorContext:
             release = await rt.admit(name, tenant, key)  # fleet-wide limits: wait, not fail
             failure: errors.LoomError | None = None
             try:
-                result = await rt.run_activity(name, input, version=version,
+                result = await rt.run_activity(name, input, version=run_version,
                                                idempotency_key=key, timeout_ms=timeout_ms,
                                                tenant=tenant)
             except errors.LoomError as exc:

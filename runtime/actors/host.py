@@ -97,6 +97,11 @@ class Host(Protocol):
     async def retry_policy_for(self, name: str, version: str | None,
                                tenant: str = "") -> RetryPolicy: ...
 
+    def contained_version(self, name: str, version: str | None) -> str | None:
+        """The version of activity `name` to run if, as resolved now without a storage read,
+        it reaches nothing outside the process (no HTTP, no log); else None."""
+        ...
+
     def take_resources(self, key: str) -> list[dict[str, Any]] | None: ...
 
     async def admit(self, name: str, tenant: str, key: str

@@ -83,6 +83,9 @@ class _ReplayRuntime:
     def take_resources(self, key: str) -> None:
         return None
 
+    def contained_version(self, *_: Any) -> None:
+        return None
+
     def settle_later(self, *_: Any) -> None:
         pass
 

@@ -325,6 +325,7 @@ class ActorRuntime:
                   msg_id: str | None = None, timeout: float | None = None) -> Any:
         """Send and wait for the handler's durable result (raises what the handler raised),
         whichever process runs the actor."""
+        fresh = msg_id is None  # no one else can have written it
         msg_id = msg_id or message_id()
         ref = target if isinstance(target, ActorRef) else ActorRef.parse(target)
         fut = asyncio.get_running_loop().create_future()
@@ -334,6 +335,8 @@ class ActorRuntime:
             env = self.envelope(ref, handler, payload, msg_id=msg_id)
             if self.replies is not None:
                 env["asker"] = self.owner  # tell us at once when the outcome is durable
+            if fresh and self._run_unwritten(str(ref), env):
+                return await (fut if timeout is None else asyncio.wait_for(fut, timeout))
             number = await self._enqueue(env)
             if not number:  # seen before: it may be done already
                 done = await self.journal.outcome(str(ref), msg_id)
@@ -398,6 +401,39 @@ class ActorRuntime:
                 and act.take_call(env, number)):
             return
         self.notify(key)
+
+    def _run_unwritten(self, key: str, env: Envelope) -> bool:
+        """An ask with an id made up here, to an idle activation here (as `_arrived` would
+        take it): the run starts while its entry is written, so the activity it calls first
+        overlaps that write's wait. Until the entry lands the run commits nothing, waits for
+        nothing and runs only activities that reach nothing outside this process
+        (`Activation.written`)."""
+        act = self.activations.get(key)
+        if (act is None or self._numbered is None or key in self._pumping
+                or key in self._guests or self._closing or self.draining
+                or (self.ownership is not None and not self.ownership.owns(key))):
+            return False
+        numbered = self._numbered
+
+        def write() -> asyncio.Future[int]:
+            writing = asyncio.ensure_future(numbered(env))
+            writing.add_done_callback(partial(self._written, key, str(env["id"])))
+            return writing
+
+        return act.take_unwritten(env, write)
+
+    def _written(self, key: str, msg_id: str, writing: asyncio.Future[int]) -> None:
+        """The asker of a run started before its entry was written learns here that the
+        write failed (the run is discarded and never answers)."""
+        if writing.cancelled():
+            failure: BaseException | None = errors.StorageError(
+                f"{key}: the entry of message {msg_id} was not written (cancelled)")
+        else:
+            failure = writing.exception()
+            if failure is None and not writing.result():
+                failure = errors.JournalConflict(f"{key}: message id {msg_id} was taken")
+        if failure is not None:
+            self.resolve(key, msg_id, None, failure)
 
     def resolve(self, key: str, msg_id: str, result: Any,
                 failure: BaseException | None) -> None:
@@ -879,6 +915,15 @@ class ActorRuntime:
             return result.output
 
         return await self._lane.submit(partial(self.breakers.call, name, call))
+
+    def contained_version(self, name: str, version: str | None) -> str | None:
+        if self.activities is not None or self.executor is None:
+            return None  # run elsewhere: not known here
+        manifest = self.executor.registry.cached(name, version)
+        if manifest is None or manifest.capabilities.http is not None or \
+                manifest.capabilities.log:
+            return None
+        return manifest.version
 
     def _used(self, key: str, resources: dict[str, Any]) -> None:
         attempts = self._resources.setdefault(key, [])

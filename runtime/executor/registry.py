@@ -219,6 +219,15 @@ class ActivityRegistry:
         self._latest[name] = (now, manifest)
         return manifest
 
+    def cached(self, name: str, version: str | None = None) -> ActivityManifest | None:
+        """What `get` would answer now if it needs no storage read, else None."""
+        if version is not None:
+            return self._pinned.get((name, version))
+        cached = self._latest.get(name)
+        if cached is None or time.monotonic() - cached[0] >= self.latest_ttl_s:
+            return None
+        return cached[1]
+
     def versions(self, name: str) -> list[str]:
         """Versions of `name`, lowest first (semver order)."""
         prefix = f"manifests/{name}/"
