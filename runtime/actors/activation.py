@@ -690,8 +690,8 @@ class Activation:
         runtime tells the asker)."""
         writing = run.writing
         assert writing is not None
-        try:
-            n = await asyncio.shield(writing)
+        try:  # (the write goes on if this run is cancelled: it is the asker's)
+            n = writing.result() if writing.done() else await asyncio.shield(writing)
         except Exception as exc:
             raise self._fail(exc) from exc
         finally:
