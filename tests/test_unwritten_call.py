@@ -1,9 +1,8 @@
-"""An ask with an id made up here, to an idle actor held here, starts its run while the
-call's entry is being written (`ActorRuntime._run_unwritten`, `Activation.take_unwritten`),
-so that the first activity overlaps that write's durable wait. What must still hold:
+"""An ask with an id made up here, to an idle actor held here, starts its run before the
+call's entry is written (`ActorRuntime._run_unwritten`, `Activation.take_unwritten`); the
+entry goes with the run's first commit (`append_entry`). What must still hold:
 
-- nothing of the run is committed before its entry has landed, and the asker is answered
-  only once both are durable;
+- the entry and the commit land together, and the asker is answered only once they have;
 - an entry written elsewhere before it (not read yet) runs first: the early run is
   discarded and the inbox read in order;
 - a failed entry write fails the ask and leaves nothing: no entry, no commit, no state;
@@ -81,6 +80,16 @@ class Gated(MemoryJournal):
         if commit.get("run"):
             self.landed.append(f"commit:{commit['seq']}")
 
+    async def append_entry(self, commit: dict[str, Any], envelope: Envelope, n: int) -> int:
+        await self.gate.wait()
+        fail, self.fail = self.fail, None
+        if fail == "before":
+            raise errors.StorageError("injected: the entry was not written")
+        number = await super().append_entry(commit, envelope, n)
+        if fail == "after":
+            raise errors.StorageError("injected: the entry landed, then the write failed")
+        return number
+
 
 def open_store(kind: str, tmp_path: Path) -> JournalStore:
     if kind == "memory":
@@ -96,8 +105,8 @@ class CountsEarlyRuns:
         self.n = 0
         real = activation_module.Activation.take_unwritten
 
-        def take_unwritten(act: Any, env: Envelope, write: Any) -> bool:
-            taken = real(act, env, write)
+        def take_unwritten(act: Any, env: Envelope) -> bool:
+            taken = real(act, env)
             self.n += taken
             return taken
 
@@ -319,5 +328,76 @@ def test_a_delayed_call_below_an_early_run_still_runs(kind: str, tmp_path: Path,
             assert (await rt.state_of("unwritten_tally/d"))["seen"] == \
                 ["one", "two", "delayed"]
         await journal.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "sqlite-process"])
+def test_append_entry_writes_the_commit_only_with_the_entry_it_expects(
+        kind: str, tmp_path: Path) -> None:
+    def commit(seq: int, msg: str) -> dict[str, Any]:
+        return {"actor": "t/1", "seq": seq, "ts": 1.0, "run": {"msg": msg, "ts": 1.0,
+                "start": seq}, "events": [], "consumed": [msg], "kind": "completed",
+                "state": {}, "result": msg}
+
+    def entry(msg: str) -> Envelope:
+        return {"id": msg, "target": "t/1", "kind": "call", "handler": "note",
+                "payload": msg, "deliver_at": 0.0}
+
+    async def main() -> None:
+        journal: Any = open_store(kind, tmp_path)
+        try:
+            assert await journal.append_entry(commit(0, "a"), entry("a"), 1) == 1
+            assert await journal.inbox("t/1", 1e18) == []  # consumed with the commit
+            assert await journal.enqueue(entry("b"))  # entry 2, from elsewhere
+            # expected as entry 2, became 3: the entry is written, the commit is not
+            assert await journal.append_entry(commit(1, "c"), entry("c"), 2) == 3
+            assert [e["id"] for e in await journal.inbox("t/1", 1e18)] == ["b", "c"]
+            assert [c["seq"] for c in await journal.read("t/1")] == [0]
+            # an id already in the inbox: nothing written
+            assert await journal.append_entry(commit(1, "b"), entry("b"), 4) == 0
+            assert [c["seq"] for c in await journal.read("t/1")] == [0]
+            # the commit's seq is taken: the entry stays, the commit is refused
+            with pytest.raises(errors.JournalConflict):
+                await journal.append_entry(commit(0, "d"), entry("d"), 4)
+            assert [e["id"] for e in await journal.inbox("t/1", 1e18)] == ["b", "c", "d"]
+            assert await journal.outcome("t/1", "d") is None
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_an_early_run_cut_off_before_its_entry_hands_the_call_back() -> None:
+    """The activation is lost (a storage error elsewhere) while the early run's activity
+    runs: the entry, never written, is written then, and the reloaded actor answers."""
+    async def main() -> None:
+        journal = Gated()
+        release = asyncio.Event()
+        calls: list[Any] = []
+
+        class Runtime(ActorRuntime):
+            def contained_version(self, name: str, version: str | None) -> str | None:
+                return "1"
+
+            async def run_activity(self, name: str, input: Any, **_: Any) -> Any:
+                calls.append(input)
+                if input == "x" and len(calls) == 2:
+                    await release.wait()
+                return input
+
+        async with Runtime(journal, poll_interval_s=0.02, lint=False) as rt:
+            rt.register(Tally)
+            assert await rt.ask("unwritten_tally/h", "fetch", "warm", timeout=10) == "warm"
+            act = rt.activations["unwritten_tally/h"]
+            asked = asyncio.ensure_future(rt.ask("unwritten_tally/h", "fetch", "x", timeout=10))
+            while len(calls) < 2:
+                await asyncio.sleep(0.001)
+            assert journal.landed == ["entry:warm", "commit:0"]
+            act._lose(errors.StorageError("injected: a write of this activation failed"))
+            assert await asked == "x"  # run again by the reloaded actor
+            assert journal.landed == ["entry:warm", "commit:0", "entry:x", "commit:1"]
+            assert (await rt.state_of("unwritten_tally/h"))["seen"] == ["warm", "x"]
+            release.set()
 
     asyncio.run(main())

@@ -66,7 +66,7 @@ class Run:
     resumed: bool = False  # rebuilt from the journal: a step may have been cut off in flight
     version: str | None = None  # the code version the run started under
     finished: bool = False  # its completing commit has landed
-    writing: asyncio.Future[int] | None = None  # its call's entry, still being written
+    unwritten: Envelope | None = None  # its call, not yet in the inbox (take_unwritten)
 
     @property
     def pin(self) -> str | None:
@@ -162,6 +162,9 @@ def _pause_gc() -> Callable[[bool], None]:
 
     gc.disable()
     return resume
+
+
+_HANDED_BACK: set[asyncio.Task[None]] = set()  # hand_back's writes, held until done
 
 
 def _json_copy(value: Any) -> Any:
@@ -327,7 +330,7 @@ class Activation:
         if self.counted or not self.host.counts_delivery(self.key):
             self.counted = True
             return
-        if run.writing is not None:  # the count names the message: written first
+        if run.unwritten is not None:  # the count names the message: written first
             await self.written(run)
         self.counted = True
         try:
@@ -466,6 +469,7 @@ class Activation:
         self._reported = self.stale = True
         run, self.run = self.run, None
         if run is not None:
+            self.hand_back(run)
             for wait in run.waits:
                 if not wait.future.done():
                     wait.future.cancel()
@@ -481,8 +485,6 @@ class Activation:
         ActivationLost: the outbox of a commit that did not land never leaves."""
         if self.stale:
             raise self._fail(errors.JournalConflict("this activation was dropped"))
-        if run.writing is not None:
-            await self.written(run)
         host = self.host
         run.committing += 1
         try:
@@ -509,12 +511,21 @@ class Activation:
                     every = int(getattr(host.journal, "compact_every", 0) or 0)
                     doc.update(self.snapshots.fields(doc["seq"], self.committed_state,
                                                      doc.pop("state"), every))
+                entry, run.unwritten = run.unwritten, None
                 try:
                     host.hooks.fire("before_commit", self.key)
-                    await host.journal.append(doc)
+                    if entry is None:
+                        await host.journal.append(doc)
+                    else:  # the call's entry goes with it (`take_unwritten`)
+                        journal: Any = host.journal
+                        number = await journal.append_entry(doc, entry, run.msg_n)
                 except Exception as exc:
                     self.stray[:0] = stray
-                    raise self._fail(exc) from exc
+                    if entry is not None and not isinstance(exc, errors.JournalConflict):
+                        host.resolve(self.key, run.msg_id, None, exc)  # (a conflict: the
+                    raise self._fail(exc) from exc  # entry was written, and runs anew)
+                if entry is not None:
+                    self._numbered(run, number)  # raises unless the commit went with it
                 self.seq += 1
                 run.announced = True
                 host.committed(self.key)
@@ -562,7 +573,7 @@ class Activation:
 
     async def wait_timer(self, run: Run, timer: str, step: Any, *,
                          cancellable: bool = True) -> None:
-        if run.writing is not None:
+        if run.unwritten is not None:
             await self.written(run)
         if cancellable:
             self.check_cancelled(run)
@@ -574,7 +585,7 @@ class Activation:
 
     async def wait_event(self, run: Run, step: Any, event: str, timer: str | None,
                          op: str = "wait.event", key: str | None = None) -> Any:
-        if run.writing is not None:
+        if run.unwritten is not None:
             await self.written(run)
         self.check_cancelled(run)
         fut = asyncio.get_running_loop().create_future()
@@ -659,12 +670,14 @@ class Activation:
         host.settle_later(self.key, self.read_at, n, True)
         return True
 
-    def take_unwritten(self, env: Envelope, write: Callable[[], asyncio.Future[int]]) -> bool:
-        """Start the run of call `env` while `write()` writes its entry (an ask with an id
-        made up here: `ActorRuntime.ask`), if idle as for `take_call` and not taken over.
-        Until the entry's number is known the run commits nothing, waits for nothing, counts
-        no delivery and runs only activities that reach nothing outside the process
-        (`written`). False: the caller writes the entry first."""
+    def take_unwritten(self, env: Envelope) -> bool:
+        """Start the run of call `env` before its entry is written (an ask with an id made
+        up here: `ActorRuntime._run_unwritten`), if idle as for `take_call` and not taken
+        over. The entry is written with the run's first commit (`append_entry`), which goes
+        in only if the entry became the next one after every entry read. Before that the run
+        waits for nothing, counts no delivery and runs only activities that reach nothing
+        outside the process; anything else writes the entry first (`written`). False: the
+        caller writes the entry first."""
         host = self.host
         if self.run is not None or self.broken is not None or self.stale or \
                 self.pump_lock.locked() or self.taken_over or \
@@ -675,33 +688,61 @@ class Activation:
             msg = _json_copy(env)
         except ValueError:
             return False
-        msg["n"] = self.complete_n + 1  # what it must be; `written` checks
+        msg["n"] = self.complete_n + 1  # what it must become
         self.last_used = self._monotonic()
         self._start(Run(msg=msg, start_seq=self.seq + 1, ts=host.clock(),
-                        version=host.code_version, writing=write()))
+                        version=host.code_version, unwritten=env))
         host.settle_later(self.key, self.read_at, self.complete_n, True)
         return True
 
     async def written(self, run: Run) -> None:
-        """Wait for the entry of a run started before it was written (`take_unwritten`).
-        It must follow every entry read: one written before it elsewhere and not read yet
-        runs first, so then the run is discarded (nothing it did left the process) and the
-        actor is reloaded, to read its inbox in order. A failed write discards it too (the
-        runtime tells the asker)."""
-        writing = run.writing
-        assert writing is not None
-        try:  # (the write goes on if this run is cancelled: it is the asker's)
-            n = writing.result() if writing.done() else await asyncio.shield(writing)
-        except Exception as exc:
+        """Write the entry of a run started before it was (`take_unwritten`), on its own."""
+        entry, run.unwritten = run.unwritten, None
+        assert entry is not None
+        try:
+            journal: Any = self.host.journal
+            number = await journal.enqueue_numbered(entry)
+        except Exception as exc:  # not written (or not known): the asker hears it
+            self.host.resolve(self.key, run.msg_id, None, exc)
             raise self._fail(exc) from exc
-        finally:
-            run.writing = None
-        if not n or n != self.complete_n + 1:
+        self._numbered(run, number)
+
+    def _numbered(self, run: Run, number: int) -> None:
+        """The entry of an early run became entry `number`. It must follow every entry read:
+        one written before it elsewhere and not read yet runs first, so then the run is
+        discarded (nothing of it was written) and the actor reloaded, to read its inbox in
+        order."""
+        if not number:
+            exc = errors.JournalConflict(f"{self.key}: message id {run.msg_id} was taken")
+            self.host.resolve(self.key, run.msg_id, None, exc)
+            raise self._fail(exc)
+        if number != run.msg_n:
             raise self._fail(errors.JournalConflict(
-                f"{self.key}: message {run.msg_id} became entry {n}, but entry "
-                f"{self.complete_n + 1} came first and was not read: discarded, to run in order"))
-        run.msg["n"] = self.complete_n = n
-        self.seen_n = max(self.seen_n, n)
+                f"{self.key}: message {run.msg_id} became entry {number}, but entry "
+                f"{run.msg_n} came first and was not read: discarded, to run in order"))
+        self.seen_n = max(self.seen_n, number)
+        self.complete_n = number
+
+    def hand_back(self, run: Run) -> None:
+        """An early run cut off before its entry was written: the entry is written now, so
+        that the call runs as one that came the usual way (its asker still waits)."""
+        entry, run.unwritten = run.unwritten, None
+        if entry is None:
+            return
+        host, key = self.host, self.key
+
+        async def write() -> None:
+            try:
+                journal: Any = host.journal
+                await journal.enqueue_numbered(entry)
+            except Exception as exc:
+                host.resolve(key, str(entry["id"]), None, exc)
+                return
+            host.notify(key)
+
+        task = asyncio.get_running_loop().create_task(write())
+        _HANDED_BACK.add(task)
+        task.add_done_callback(_HANDED_BACK.discard)
 
     async def _sweep(self) -> None:
         """With no run to carry them, stray timers get a commit of their own (fenced)."""
@@ -822,6 +863,8 @@ class Activation:
 
     async def deactivate(self) -> None:
         run = self.run
+        if run is not None:
+            self.hand_back(run)
         if run is not None and run.task is not None and not run.task.done():
             run.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -308,7 +308,7 @@ class ActorContext:
             attempts += 1
             await self._act.flush(self._run)  # earlier outcomes are durable before a new effect
             run_version = version
-            if self._run.writing is not None:  # its call is being written: see take_unwritten
+            if self._run.unwritten is not None:  # its call is not written yet: take_unwritten
                 run_version = rt.contained_version(name, version)
                 if run_version is None:
                     await self._act.written(self._run)

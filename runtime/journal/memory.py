@@ -83,6 +83,16 @@ class MemoryJournal:
         if commit.get("consumed") and not commit.get("outbox"):
             await self.consume(commit["actor"], list(commit["consumed"]), float(commit["ts"]))
 
+    async def append_entry(self, commit: Commit, envelope: Envelope, n: int) -> int:
+        """Write `envelope`'s entry (as `enqueue_numbered`) and, only if it became entry
+        `n`, `commit` with it, in one step; the entry's number (0: the id was taken, nothing
+        written). JournalConflict: the entry was written, the commit refused."""
+        json.dumps(commit)  # fails before anything changes
+        number = await self.enqueue_numbered(envelope)
+        if number == n:
+            await self.append(commit)
+        return number
+
     async def read(self, actor: str, after_seq: int = -1) -> list[Commit]:
         seqs = self._commits.get(actor, {})
         return [json.loads(seqs[s]) for s in sorted(seqs) if s > after_seq]

@@ -140,6 +140,34 @@ def _storage_error(path: Path, what: str, exc: BaseException) -> BaseException:
     return error
 
 
+def _entry_row(envelope: Envelope) -> sqlite_bulk.EnqueueRow:
+    """An inbox entry as the bulk statements write it."""
+    return (envelope["target"], envelope["id"], envelope.get("kind") or "call",
+            float(envelope.get("deliver_at", 0.0)), to_json(envelope))
+
+
+def _enqueue_one(db: sqlite3.Connection, entry: sqlite_bulk.EnqueueRow) -> int:
+    """Create the entry numbered one past its actor's last, unless its id is already in that
+    inbox (0), and bring the schedule row along."""
+    actor, msg_id, kind, deliver_at, doc = entry
+    made = db.execute(
+        "INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) VALUES (?1, ?2, ?3, "
+        "COALESCE((SELECT last_n FROM sched WHERE actor = ?1), 0) + 1, ?4, ?5) "
+        "ON CONFLICT (actor, id) DO NOTHING RETURNING n",
+        (actor, msg_id, kind, deliver_at, doc)).fetchone()
+    if made is None:
+        return 0
+    db.execute(
+        "INSERT INTO sched (actor, last_n, due_at, ready_n, hash_hi, hash_lo) VALUES "
+        "(?1, 1, ?2, ?3, ?4, ?5) ON CONFLICT (actor) DO UPDATE SET last_n = last_n + 1, "
+        "hash_hi = COALESCE(hash_hi, ?4), hash_lo = COALESCE(hash_lo, ?5), "
+        "ready_n = CASE WHEN ?2 = 0 AND (due_at IS NULL OR due_at > 0) THEN ?3 "
+        "ELSE ready_n END, "
+        "due_at = CASE WHEN due_at IS NULL OR ?2 < due_at THEN ?2 ELSE due_at END",
+        (actor, deliver_at, time.time_ns(), *key_hash(actor)))
+    return int(made[0])
+
+
 class SqliteJournal:
     """The embedded journal: one SQLite file (WAL), writes in group commits on one writer
     connection. It compacts itself under the Cosmos journal's rule (sqlite_compact.py):
@@ -378,8 +406,9 @@ class SqliteJournal:
         ops: list[sqlite_writer.Op] = []
         for _, _, bulk in batch:
             assert bulk is not None
-            kind, data = bulk
-            ops.append((kind, (data[0], data[1]) if kind == "append" else data))
+            kind, data = bulk  # (what the run index folds stays here)
+            ops.append((kind, data[:2] if kind == "append" else
+                        data[:4] if kind == "accept" else data))
         self._sent.append(batch)
         try:
             if process.send(ops):  # the pipe is full: the rest as it drains (never blocking:
@@ -461,12 +490,18 @@ class SqliteJournal:
         row of a commit whose append failed."""
         if self._process is not None:  # the process folds the index: it decodes the rows
             return
-        failed = {id(fut) for fut, _, error in results if error is not None}
+        landed = {id(fut): value for fut, value, error in results if error is None}
         for _, fut, bulk in batch:
-            if bulk is not None and bulk[0] == "append" and id(fut) not in failed:
+            if bulk is None or id(fut) not in landed:
+                continue
+            if bulk[0] == "append":
                 row, _, part = bulk[1]
-                if part is not None and len(self._unfolded) < UNFOLDED_MAX:
-                    self._unfolded[(row[0], row[1])] = part
+            elif bulk[0] == "accept" and landed[id(fut)] == (bulk[1][1], None):
+                _, _, row, _, part = bulk[1]  # the entry became n: the commit went with it
+            else:
+                continue
+            if part is not None and len(self._unfolded) < UNFOLDED_MAX:
+                self._unfolded[(row[0], row[1])] = part
 
     def _finish(self, loop: asyncio.AbstractEventLoop,
                 done: asyncio.Future[list[Result]]) -> None:
@@ -544,8 +579,8 @@ class SqliteJournal:
         """The enqueues, then the other writes, then the settles, then the appends (see
         sqlite_bulk for why any order of one batch is a valid one)."""
         kinds: dict[str, list[Pending]] = {"enqueue": [], "append": [], "settle": [], "": []}
-        for item in batch:
-            kinds[item[2][0] if item[2] else ""].append(item)
+        for item in batch:  # (an entry with its commit goes as one write of its own)
+            kinds.get(item[2][0] if item[2] else "", kinds[""]).append(item)
         results: list[Result] = []
         enqueues = kinds["enqueue"]
         if len(enqueues) > 1:
@@ -571,33 +606,40 @@ class SqliteJournal:
 
     # -- commits ---------------------------------------------------------------------------
     async def append(self, commit: Commit) -> None:
-        doc = to_json(commit)
-        done = commit["run"]["msg"] if "kind" in commit and commit.get("run") else None
-        row = (commit["actor"], commit["seq"], int("state" in commit), doc, done)
-
-        epoch = commit.get("epoch")
-        run = commit.get("run")
-        run_msg = str(run.get("msg")) if isinstance(run, dict) else None
-        # nothing to dispatch first: its consumed entries become tombstones with it
-        tombstones = [(float(commit["ts"]), commit["actor"], i)
-                      for i in commit.get("consumed") or ()] if not commit.get("outbox") else []
+        row, tombstones, part = self._append_row(commit)
 
         def write(db: sqlite3.Connection) -> None:
             try:
-                sqlite_bulk.append_one(db, (*row, epoch or None), tombstones)
+                sqlite_bulk.append_one(db, row, tombstones)
             except sqlite_bulk.Conflict as exc:
                 raise JournalConflict(str(exc)) from None
+        await self._submit(write, ("append", (row, tombstones, part)))
+        self._appended(commit)
+
+    def _append_row(self, commit: Commit) -> tuple[sqlite_bulk.AppendRow,
+                                                   list[sqlite_bulk.Tombstone], Any]:
+        """The commit's row, the entries it consumes, and what the run index folds of it
+        (in process only: the writer process decodes the rows itself)."""
+        doc = to_json(commit)
+        done = commit["run"]["msg"] if "kind" in commit and commit.get("run") else None
+        row = (commit["actor"], commit["seq"], int("state" in commit), doc, done,
+               commit.get("epoch") or None)
+        # nothing to dispatch first: its consumed entries become tombstones with it
+        tombstones = [(float(commit["ts"]), commit["actor"], i)
+                      for i in commit.get("consumed") or ()] if not commit.get("outbox") else []
         part = None
-        if run_msg is not None and self._process is None:  # (the process decodes the rows)
+        if isinstance(commit.get("run"), dict) and self._process is None:
             with contextlib.suppress(Exception):  # an odd commit: the catch-up decodes it
                 part = run_index.foldable(commit)
-        await self._submit(write, ("append", ((*row, epoch or None), tombstones, part)))
+        return row, tombstones, part
+
+    def _appended(self, commit: Commit) -> None:
         if self.compact_every_s is not None and not self._compacting and \
                 time.monotonic() >= self._compact_at:
             self._compacting = True
             self._spawn_compaction()
-        if run_msg is not None and self._process is None:  # (else the process folds them)
-            self._unindexed += 1
+        if isinstance(commit.get("run"), dict) and self._process is None:  # (else the
+            self._unindexed += 1  # process folds them)
             now = time.monotonic()
             if now >= self._index_paused_until and (
                     self._unindexed >= INDEX_EVERY or now - self._indexed_at >= INDEX_EVERY_S):
@@ -741,33 +783,34 @@ class SqliteJournal:
 
     async def enqueue_numbered(self, envelope: Envelope) -> int:
         """`enqueue`, answering the number `n` the entry was created with (0: not created)."""
-        actor, deliver_at = envelope["target"], float(envelope.get("deliver_at", 0.0))
-        doc = to_json(envelope)
-
-        def write(db: sqlite3.Connection) -> int:
-            # numbered one past the actor's last, unless the id is already in its inbox
-            made = db.execute(
-                "INSERT INTO inbox (actor, id, kind, n, deliver_at, doc) VALUES (?1, ?2, ?3, "
-                "COALESCE((SELECT last_n FROM sched WHERE actor = ?1), 0) + 1, ?4, ?5) "
-                "ON CONFLICT (actor, id) DO NOTHING RETURNING n",
-                (actor, envelope["id"], envelope.get("kind") or "call", deliver_at, doc)
-            ).fetchone()
-            if made is None:
-                return 0
-            db.execute(
-                "INSERT INTO sched (actor, last_n, due_at, ready_n, hash_hi, hash_lo) VALUES "
-                "(?1, 1, ?2, ?3, ?4, ?5) ON CONFLICT (actor) DO UPDATE SET last_n = last_n + 1, "
-                "hash_hi = COALESCE(hash_hi, ?4), hash_lo = COALESCE(hash_lo, ?5), "
-                "ready_n = CASE WHEN ?2 = 0 AND (due_at IS NULL OR due_at > 0) THEN ?3 "
-                "ELSE ready_n END, "
-                "due_at = CASE WHEN due_at IS NULL OR ?2 < due_at THEN ?2 ELSE due_at END",
-                (actor, deliver_at, time.time_ns(), *key_hash(actor)))
-            return int(made[0])
-
-        kind = envelope.get("kind") or "call"
-        number: int = await self._submit(
-            write, ("enqueue", (actor, envelope["id"], kind, deliver_at, doc)))
+        entry = _entry_row(envelope)
+        number: int = await self._submit(lambda db: _enqueue_one(db, entry),
+                                         ("enqueue", entry))
         return number
+
+    async def append_entry(self, commit: Commit, envelope: Envelope, n: int) -> int:
+        """Write `envelope`'s entry (as `enqueue_numbered`) and, only if it became entry
+        `n`, `commit` with it, in one transaction; the entry's number (0: the id was taken,
+        nothing written). JournalConflict: the entry was written, the commit refused."""
+        entry = _entry_row(envelope)
+        row, tombstones, part = self._append_row(commit)
+
+        def write(db: sqlite3.Connection) -> tuple[int, str | None]:
+            number = _enqueue_one(db, entry)
+            if number != n:
+                return number, None
+            try:
+                sqlite_bulk.append_one(db, row, tombstones)
+            except sqlite_bulk.Conflict as exc:  # the entry stays: it is run the usual way
+                return number, str(exc)
+            return number, None
+
+        number, refused = await self._submit(write, ("accept", (entry, n, row, tombstones,
+                                                                part)))
+        self._appended(commit)
+        if refused is not None:
+            raise JournalConflict(refused)
+        return int(number)
 
     async def inbox(self, actor: str, now: float, *, calls: int | None = None) -> list[Envelope]:
         base = ("SELECT n, doc FROM inbox WHERE actor=?1 AND consumed_at IS NULL AND "

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 Op = tuple[str, Any]  # ("enqueue", EnqueueRow) | ("settle", SettleRow) |
-# ("append", (AppendRow, [Tombstone]))
+# ("append", (AppendRow, [Tombstone])) | ("accept", (EnqueueRow, n, AppendRow, [Tombstone]))
 Answer = tuple[str, Any]  # ("ok", value) | ("conflict", message)
 log = logging.getLogger("loom.journal")
 LOCK_WAIT_S = 30.0  # for another process's write lock, then the batch fails (as in process)
@@ -110,12 +110,14 @@ def run_batch(db: sqlite3.Connection, ops: list[Op], lock_wait_s: float = LOCK_W
               relief: WalRelief | None = None) -> list[Answer]:
     """One transaction: the enqueues, then the settles, then the appends (sqlite_bulk says
     why any order of one batch is valid), each kind in bulk, one by one where the bulk
-    statement cannot vouch for every item. Answers in the order of `ops`. Any other failure
+    statement cannot vouch for every item. An "accept" is an entry with a commit that goes
+    in only if the entry became entry n (`SqliteJournal.append_entry`): (number, None), or
+    (number, why the commit was refused). Answers in the order of `ops`. Any other failure
     rolls everything back and raises: the batch failed as a whole."""
     from runtime.journal import sqlite_bulk
 
     answers: list[Answer] = [("ok", None)] * len(ops)
-    kinds: dict[str, list[int]] = {"enqueue": [], "settle": [], "append": []}
+    kinds: dict[str, list[int]] = {"enqueue": [], "settle": [], "append": [], "accept": []}
     for i, (kind, _) in enumerate(ops):
         kinds[kind].append(i)
     relief = relief or WalRelief()
@@ -123,25 +125,29 @@ def run_batch(db: sqlite3.Connection, ops: list[Op], lock_wait_s: float = LOCK_W
     begin_waiting(db, lock_wait_s)
     committing = False
     try:
-        enqueues = kinds["enqueue"]
-        if enqueues:
-            made = sqlite_bulk.enqueue_many(db, [ops[i][1] for i in enqueues])
-            for i, created in zip(enqueues, made, strict=True):
+        enqueues, accepts = kinds["enqueue"], kinds["accept"]
+        commits = [(i, *ops[i][1]) for i in kinds["append"]]  # (i, row, tombstones)
+        if enqueues or accepts:
+            made = sqlite_bulk.enqueue_many(db, [ops[i][1] for i in enqueues] +
+                                            [ops[i][1][0] for i in accepts])
+            for i, created in zip(enqueues + accepts, made, strict=True):
                 answers[i] = ("ok", created)
+                if ops[i][0] == "accept":
+                    answers[i] = ("ok", (created, None))
+                    if created == ops[i][1][1]:
+                        commits.append((i, ops[i][1][2], ops[i][1][3]))
         settles = kinds["settle"]
         if settles and not sqlite_bulk.settle_many(db, [ops[i][1] for i in settles]):
             for i in settles:  # an actor settled twice: in order, the later reads the earlier
                 sqlite_bulk.settle_many(db, [ops[i][1]])
-        appends = kinds["append"]
-        if appends and not sqlite_bulk.append_many(
-                db, [ops[i][1][0] for i in appends],
-                [t for i in appends for t in ops[i][1][1]]):
-            for i in appends:
-                row, tombstones = ops[i][1]
+        if commits and not sqlite_bulk.append_many(
+                db, [row for _, row, _ in commits], [t for _, _, ts in commits for t in ts]):
+            for i, row, tombstones in commits:
                 try:
                     sqlite_bulk.append_one(db, row, tombstones)
-                except sqlite_bulk.Conflict as exc:
-                    answers[i] = ("conflict", str(exc))
+                except sqlite_bulk.Conflict as exc:  # an accept's entry stays
+                    answers[i] = ("conflict", str(exc)) if ops[i][0] == "append" else \
+                        ("ok", (answers[i][1][0], str(exc)))
         committing = True
         db.execute("COMMIT")
     except BaseException as exc:
@@ -336,7 +342,7 @@ def serve(path: str, synchronous: str, lock_wait_s: float, inbound: Connection,
         ops = [op for batch in batches for op in batch]
         try:
             answers = run_batch(db, ops, lock_wait_s, relief)
-            index.pending += sum(1 for kind, _ in ops if kind == "append")
+            index.pending += sum(1 for kind, _ in ops if kind in ("append", "accept"))
             replies: list[tuple[str, Any]] = []
             for batch in batches:
                 replies.append(("ok", answers[:len(batch)]))

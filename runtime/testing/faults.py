@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runtime import errors
-from runtime.journal.store import Envelope, JournalStore
+from runtime.journal.store import Commit, Envelope, JournalStore
 
 if TYPE_CHECKING:
     from runtime.testing.simulation import Node
@@ -106,4 +106,13 @@ class NumberingFaultyJournal(FaultyJournal):
     async def enqueue_numbered(self, envelope: Envelope) -> int:
         numbered = self.inner.enqueue_numbered  # type: ignore[attr-defined]
         number: int = await self._through("enqueue", numbered)(envelope)
+        return number
+
+    async def append(self, commit: Commit) -> None:
+        await self._through("append", self.inner.append)(commit)
+
+    async def append_entry(self, commit: Commit, envelope: Envelope, n: int) -> int:
+        """An entry with its run's first commit: faults as for an append."""
+        entering = self.inner.append_entry  # type: ignore[attr-defined]
+        number: int = await self._through("append", entering)(commit, envelope, n)
         return number
