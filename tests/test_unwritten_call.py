@@ -401,3 +401,107 @@ def test_an_early_run_cut_off_before_its_entry_hands_the_call_back() -> None:
             release.set()
 
     asyncio.run(main())
+
+
+class Flaky(MemoryJournal):
+    """Every write may fail before it lands or after (seeded): what a storage outage does to
+    early runs and their entries."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        import random
+        self.rng = random.Random(seed)
+        self.failures = 0
+
+    def _roll(self, when: str) -> None:
+        if self.rng.random() < 0.08:
+            self.failures += 1
+            raise errors.StorageError(f"injected: failed {when}")
+
+    async def enqueue(self, envelope: Envelope) -> bool:
+        return bool(await self.enqueue_numbered(envelope))
+
+    async def enqueue_numbered(self, envelope: Envelope) -> int:
+        self._roll("before the entry")
+        number = await super().enqueue_numbered(envelope)
+        self._roll("after the entry")
+        return number
+
+    async def append(self, commit: dict[str, Any]) -> None:
+        self._roll("before the commit")
+        await super().append(commit)
+        self._roll("after the commit")
+
+    async def append_entry(self, commit: dict[str, Any], envelope: Envelope, n: int) -> int:
+        return await super().append_entry(commit, envelope, n)  # through both of the above
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_under_failing_writes_each_answered_ask_ran_once_and_none_twice(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    early = CountsEarlyRuns(monkeypatch)
+
+    async def main() -> None:
+        journal = Flaky(seed)
+        async with ActorRuntime(journal, poll_interval_s=0.01, lint=False) as rt:
+            rt.register(Tally)
+
+            async def client(k: int) -> list[tuple[int, bool]]:
+                out = []
+                for i in range(40):
+                    payload = k * 1000 + i
+                    try:
+                        await rt.ask(f"unwritten_tally/f{k}", "note", payload, timeout=10)
+                        out.append((payload, True))
+                    except errors.StorageError:
+                        out.append((payload, False))  # may have run, or not: at most once
+                return out
+
+            results = [r for part in await asyncio.gather(*(client(k) for k in range(4)))
+                       for r in part]
+            await rt.drain(10)
+            seen: list[int] = []
+            for k in range(4):
+                seen += (await rt.state_of(f"unwritten_tally/f{k}"))["seen"]
+        assert journal.failures > 10
+        assert early.n > 20
+        assert len(seen) == len(set(seen)), "a message ran twice"
+        answered = {p for p, ok in results if ok}
+        assert answered <= set(seen), "an answered ask left no trace"
+        assert set(seen) <= {p for p, _ in results}
+
+    asyncio.run(main())
+
+
+def test_an_early_run_fenced_by_another_activation_leaves_its_call_to_run_again() -> None:
+    """While the early run's activity runs, another activation commits first: its commit
+    is refused with the entry written (JournalConflict), so the asker is not failed; the
+    reloaded actor runs the call on top of the other commit and answers it."""
+    async def main() -> None:
+        journal = Gated()
+        release, started = asyncio.Event(), asyncio.Event()
+
+        class Runtime(ActorRuntime):
+            def contained_version(self, name: str, version: str | None) -> str | None:
+                return "1"
+
+            async def run_activity(self, name: str, input: Any, **_: Any) -> Any:
+                if input == "x" and not release.is_set():
+                    started.set()
+                    await release.wait()
+                return input
+
+        async with Runtime(journal, poll_interval_s=0.02, lint=False) as rt:
+            rt.register(Tally)
+            assert await rt.ask("unwritten_tally/z", "fetch", "warm", timeout=10) == "warm"
+            act = rt.activations["unwritten_tally/z"]
+            asked = asyncio.ensure_future(rt.ask("unwritten_tally/z", "fetch", "x", timeout=10))
+            await started.wait()
+            await journal.append({"actor": "unwritten_tally/z", "seq": act.seq + 1, "ts": 1.0,
+                                  "events": [], "state": {"seen": ["warm", "other"]}})
+            release.set()
+            assert await asked == "x"
+            assert (await rt.state_of("unwritten_tally/z"))["seen"] == ["warm", "other", "x"]
+            assert journal.landed[-2:] == ["entry:x", f"commit:{act.seq + 2}"]
+
+    asyncio.run(main())
