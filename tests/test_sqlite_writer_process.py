@@ -485,3 +485,55 @@ def test_after_the_child_dies_the_parent_folds_the_index_again(tmp_path: Path) -
         await journal.close()
 
     asyncio.run(main())
+
+
+def test_a_fold_commits_without_fsync_and_every_batch_after_it_is_fsynced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run index is derived and behind a watermark written with it, so the child folds
+    in NORMAL (no fsync; the next batch's fsync covers it). The connection is back to FULL
+    after every fold: one that folded, one that failed, one that found the lock taken."""
+    from runtime.journal import sqlite_runs
+
+    path = tmp_path / "j.db"
+    SqliteJournal(path, writer_process_after=None)  # the schema
+    db = sqlite_writer.connect(str(path), "FULL")
+    db.execute("PRAGMA busy_timeout=0")  # as the child's
+    for i in range(300):
+        db.execute("INSERT INTO commits (actor, seq, has_state, doc) VALUES (?, ?, 0, ?)",
+                   (f"r/{i % 3}", i // 3, __import__("json").dumps(
+                       run_commit(f"r/{i % 3}", i // 3, f"m{i}")).encode()))
+    index = sqlite_writer.IdleIndex(sqlite_writer.WalRelief(), "full")
+    levels: list[int] = []
+    real = sqlite_runs.catch_up
+
+    def watched(con: sqlite3.Connection, *args: Any, **kw: Any) -> int:
+        levels.append(con.execute("PRAGMA synchronous").fetchone()[0])
+        return real(con, *args, **kw)
+
+    monkeypatch.setattr(sqlite_runs, "catch_up", watched)
+    index.pending = index.MIN
+    index.step(db)
+    assert levels == [1]  # NORMAL while folding
+    assert watermark(path)[0] == index.CHUNK
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+
+    def broken(con: sqlite3.Connection, *args: Any, **kw: Any) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlite_runs, "catch_up", broken)
+    index.step(db)
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert watermark(path)[0] == index.CHUNK  # nothing half-folded
+
+    monkeypatch.setattr(sqlite_runs, "catch_up", watched)
+    index.paused_until = 0.0
+    other = sqlite3.connect(str(path), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    index.step(db)
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    other.execute("ROLLBACK")
+    other.close()
+    index.paused_until = 0.0
+    index.step(db)
+    assert watermark(path)[0] == 2 * index.CHUNK
+    db.close()

