@@ -150,3 +150,36 @@ def test_begin_and_end_from_many_threads_leave_the_count_at_zero() -> None:
             engines.end()
     finally:
         engines.close()
+
+
+def test_a_tick_that_fails_does_not_stop_the_clock(
+        executor: Executor, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """If incrementing an epoch ever raised in the ticker thread, the thread used to die and
+    no guest would be trapped on time again. Now the failure is logged and it ticks on."""
+    from runtime.executor import engines
+
+    executor.upload(guests.infinite_loop(), manifest("spin", limits={"timeout_ms": 150}))
+    executor.execute("spin", {})
+    real = engines._increment_epoch
+    failures = [3]
+
+    def flaky(ptr: int) -> None:
+        if failures[0] > 0:
+            failures[0] -= 1
+            raise OSError("engine gone")
+        real(ptr)
+
+    monkeypatch.setattr(engines, "_increment_epoch", flaky)
+    took: dict[str, float] = {}
+    trapped = threading.Event()
+
+    def call() -> None:
+        took["s"] = spin_for(executor, "spin")
+        trapped.set()
+
+    threading.Thread(target=call, daemon=True).start()  # (never trapped: it spins on)
+    assert trapped.wait(5), "the guest was never trapped: the ticker thread died"
+    assert failures[0] == 0
+    assert took["s"] < 0.15 + 0.3, f"trapped after {took['s']:.3f} s"
+    assert "epoch ticker failed" in caplog.text

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache, cached_property
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
+log = logging.getLogger("loom.executor")
 IDLE_S = 1.0  # with no guest code running, the ticker wakes this often
 # keeps the GIL (a few nanoseconds of work): no thread switch per increment
 _increment_epoch = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)(
@@ -113,6 +116,16 @@ class Engines:
             self.running -= 1
 
     def _tick(self) -> None:
+        """Ticks until `close`. A tick that fails (an engine gone bad) is logged and the
+        ticker goes on: without it, no deadline would ever trap a guest again."""
+        while not self._stop:
+            try:
+                self._ticks()
+            except Exception:
+                log.exception("the epoch ticker failed (it goes on ticking)")
+                time.sleep(self._tick_s)
+
+    def _ticks(self) -> None:
         grace = idle_ticks = max(1, round(IDLE_S / self._tick_s))
         quiet = 0  # ticks since guest code last ran
         with self._clock:
