@@ -494,8 +494,10 @@ def test_activity_idempotency_keys_are_actor_seq_step(journals: Journals,
 def test_activity_reexecuted_after_a_crash_keeps_its_idempotency_key(
         journals: Journals, executor: RecordingExecutor) -> None:
     """Crash after activity B ran but before its outcome was committed: on restart A is
-    replayed from the journal, B runs again with the very same key."""
-    add_key_reporters(executor)
+    replayed from the journal, B runs again with the very same key. (B may log, so it
+    reaches outside the process: A's outcome was committed before it ran.)"""
+    add_key_reporters(executor, "ka")
+    executor.add("kb", ag.key_reporter(), capabilities={"log": True})
 
     async def scenario() -> None:
         hooks = Hooks()
@@ -514,6 +516,75 @@ def test_activity_reexecuted_after_a_crash_keeps_its_idempotency_key(
         assert commit["state"] == {"runs": 1}
         assert executor.keys("ka") == ["steps/k1:m0:0"]  # replayed, not re-run
         assert executor.keys("kb") == ["steps/k1:m0:1", "steps/k1:m0:1"]
+
+    drive(journals, scenario)
+
+
+def test_contained_steps_share_a_commit_and_a_crash_runs_them_again_under_their_keys(
+        journals: Journals, executor: RecordingExecutor) -> None:
+    """A and B reach nothing outside the process (no HTTP, no log): A's outcome waits to be
+    committed with B's. A crash after B ran loses both outcomes; the restarted run computes
+    both again under the same keys, and the journal records each once."""
+    add_key_reporters(executor)
+
+    async def scenario() -> None:
+        journal = journals.open()
+        async with make_runtime(journal, executor, Steps) as rt:  # manifests cached:
+            await rt.ask("steps/k0", "two", {"a": "ka", "b": "kb"})  # contained from now on
+            seen = crash_at(rt.hooks, "after_activity", "steps/k1", nth=2)
+            msg = await rt.send("steps/k1", "two", {"a": "ka", "b": "kb"}, msg_id="m0")
+            await ag.wait_until(lambda: _true(seen[0] == 2), what="the crash")
+        assert [c for c in await journal.read("steps/k1")] == []  # nothing committed
+        async with make_runtime(journals.open(), executor, Steps) as rt2:
+            commit = await completed(rt2, "steps/k1", msg)
+        assert commit["result"] == {"a": "steps/k1:m0:0", "b": "steps/k1:m0:1"}
+        assert executor.keys("ka")[1:] == ["steps/k1:m0:0"] * 2  # computed again
+        assert executor.keys("kb")[1:] == ["steps/k1:m0:1"] * 2
+        commits = await journal.read("steps/k1")
+        assert len(commits) == 1  # both steps and the outcome in one commit
+        assert [e["op"] for e in events_of(commits)] == ["activity.done", "activity.done"]
+
+    drive(journals, scenario)
+
+
+def test_contained_steps_are_committed_every_so_many(journals: Journals,
+                                                     executor: RecordingExecutor) -> None:
+    """A long run of contained steps still commits as it goes (CONTAINED_STEPS a commit),
+    so a crash makes it compute at most that many again; an activity that reaches outside
+    the process commits everything before it."""
+    from runtime.actors import activation
+
+    executor.add("echo", guests.echo())
+    executor.add("logged", guests.echo(), capabilities={"log": True})
+
+    class Many(Actor, type_name="many"):
+        @handler
+        async def run(self, ctx: ActorContext, payload: dict[str, Any]) -> int:
+            for i in range(payload["n"]):
+                await ctx.call_activity("echo", {"i": i})
+            await ctx.call_activity("logged", {"i": -1})
+            return int(payload["n"])
+
+    async def scenario() -> None:
+        journal = journals.open()
+        async with make_runtime(journal, executor, Many) as rt:
+            await rt.ask("many/warm", "run", {"n": 1})  # manifests cached
+            n = 2 * activation.CONTAINED_STEPS + 5
+            assert await rt.ask("many/m", "run", {"n": n}) == n
+        sizes = [len(c.get("events", [])) for c in await journal.read("many/m")]
+        # 64, 64 (each before the contained step past them), 5 before the logged one, its own
+        assert sizes == [activation.CONTAINED_STEPS, activation.CONTAINED_STEPS, 5, 1], sizes
+
+        now = [1000.0]  # a clock that moves CONTAINED_S / 2 at every reading
+
+        def clock() -> float:
+            now[0] += activation.CONTAINED_S / 2
+            return now[0]
+
+        async with make_runtime(journal, executor, Many, clock=clock) as rt:
+            assert await rt.ask("many/slow", "run", {"n": 6}) == 6
+        sizes = [len(c.get("events", [])) for c in await journal.read("many/slow")]
+        assert max(sizes) < 6 and sum(sizes) == 7, sizes  # committed as time passed
 
     drive(journals, scenario)
 

@@ -67,6 +67,7 @@ class Run:
     version: str | None = None  # the code version the run started under
     finished: bool = False  # its completing commit has landed
     unwritten: Envelope | None = None  # its call, not yet in the inbox (take_unwritten)
+    flushed_at: float | None = None  # when its last commit landed (None: none yet)
 
     @property
     def pin(self) -> str | None:
@@ -144,7 +145,11 @@ def _consumes_with_append(host: Host) -> bool:
     return bool(getattr(host.journal, "consumes_with_append", False))
 
 
-PROMOTE_TAIL = 1000  # commits read at activation from which their objects skip the young GC
+PROMOTE_TAIL = 1000  # events read at activation from which their objects skip the young GC
+# Outcomes of contained activities (no effect outside the process) wait for the next commit
+# (`Activation.flush_due`) up to this many steps, or this long since the run last committed.
+CONTAINED_STEPS = 64
+CONTAINED_S = 1.0
 
 
 def _pause_gc() -> Callable[[bool], None]:
@@ -252,7 +257,8 @@ class Activation:
             # generations would scan it all once more (~1 µs a step) to find nothing, so it
             # goes straight to the oldest. Rare (long tails only): a cycle that became
             # garbage meanwhile waits for the next full collection.
-            asyncio.get_running_loop().call_soon(resume_gc, len(tail) >= PROMOTE_TAIL)
+            long = sum(len(c.get("events") or ()) for c in tail) >= PROMOTE_TAIL
+            asyncio.get_running_loop().call_soon(resume_gc, long)
 
     async def _pending(self, ids: list[str]) -> bool:
         """Whether any of these inbox entries is still unconsumed."""
@@ -528,6 +534,7 @@ class Activation:
                     self._numbered(run, number)  # raises unless the commit went with it
                 self.seq += 1
                 run.announced = True
+                run.flushed_at = host.clock()
                 host.committed(self.key)
                 if durable is not None:
                     durable()
@@ -544,23 +551,34 @@ class Activation:
         finally:
             run.committing -= 1
 
-    async def flush(self, run: Run) -> None:
-        """Commit outstanding events and outbox (before a new effect or a wait).
+    async def flush(self, run: Run, *, contained: bool = False) -> None:
+        """Commit outstanding events and outbox (before a new effect or a wait). Before a
+        contained activity (`contained`: it reaches nothing outside the process), only once
+        `flush_due`: a crash runs such a step again, and nothing outside saw it.
 
         Invariants gate this point too: a state the run reached must pass them before the
-        run may cause another effect; a violation writes nothing and raises in the handler.
+        run may call another activity; a violation writes nothing and raises in the handler.
         """
-        if not (self.actor.invariants or self.host.invariants):
-            if run.pending or run.outbox:
-                await self.commit(run)
-            return
-        current = _json_copy(self.actor.dump_state())
-        violation = self.host.check_invariants(self.key, self.actor, run.before, current,
-                                               run.events)
-        if violation is not None:
-            raise violation
-        if run.pending or run.outbox:
+        if self.actor.invariants or self.host.invariants:
+            current = _json_copy(self.actor.dump_state())
+            violation = self.host.check_invariants(self.key, self.actor, run.before, current,
+                                                   run.events)
+            if violation is not None:
+                raise violation
+        if (run.pending or run.outbox) and (not contained or self.flush_due(run)):
             await self.commit(run)
+
+    def flush_due(self, run: Run) -> bool:
+        """Whether what waits for a commit goes before a contained activity: an outbox
+        always; outcomes once CONTAINED_STEPS gathered or CONTAINED_S passed since the run
+        last committed (what a crash would make the run compute again)."""
+        if run.outbox:
+            return True
+        if not run.pending:
+            return False
+        since = run.ts if run.flushed_at is None else run.flushed_at
+        return len(run.pending) >= CONTAINED_STEPS or \
+            self.host.clock() - since >= CONTAINED_S
 
     async def start_timer(self, run: Run, timer: str, fire_at: float) -> None:
         run.outbox.append(self.host.envelope(self.ref, None, None, msg_id=timer, kind="timer",

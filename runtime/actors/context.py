@@ -306,13 +306,15 @@ class ActorContext:
         plan = RetryPlan(policy)
         while True:
             attempts += 1
-            await self._act.flush(self._run)  # earlier outcomes are durable before a new effect
-            run_version = version
-            if self._run.unwritten is not None:  # its call is not written yet: take_unwritten
-                run_version = rt.contained_version(name, version)
-                if run_version is None:
-                    await self._act.written(self._run)
-                    run_version = version
+            # Earlier outcomes are durable before a new effect. An activity that reaches
+            # nothing outside the process (no HTTP, no log) has none: they may wait for a
+            # later commit (`flush_due`), and a crash runs it again, under the same key, on
+            # the version judged here.
+            contained = rt.contained_version(name, version)
+            await self._act.flush(self._run, contained=contained is not None)
+            if contained is None and self._run.unwritten is not None:  # (take_unwritten)
+                await self._act.written(self._run)
+            run_version = version if contained is None else contained
             await self._act.before_live_effect(self._run)
             rt.hooks.fire("before_activity", self._act.key)
             self._run.inflight += 1

@@ -123,7 +123,7 @@ class _ReplayRuntime:
 class _ReplayActivation(Activation):
     """An activation whose effects are all refused: only recorded outcomes are allowed."""
 
-    async def flush(self, run: Run) -> None:
+    async def flush(self, run: Run, *, contained: bool = False) -> None:
         if run.pending or run.outbox:
             raise _NeedsLiveStep("a step that the journal did not record")
 
