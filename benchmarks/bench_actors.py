@@ -121,8 +121,9 @@ class StepsActor(Actor, type_name="bench_steps"):
     @handler
     async def steps(self, ctx: ActorContext, payload: Any) -> Any:
         MARKS["entered"] = time.perf_counter()  # instrumentation only; not part of the run
+        activity = payload.get("activity", "echo")
         for i in range(payload["n"]):
-            await ctx.call_activity("echo", {**PAYLOAD, "i": i})
+            await ctx.call_activity(activity, {**PAYLOAD, "i": i})
         if payload.get("wait"):
             await ctx.wait_for_event("go")
         self.state["runs"] = self.state.get("runs", 0) + 1
@@ -246,6 +247,9 @@ def make_executor(home: Path) -> Executor:
     ex = Executor(settings)
     wasm, manifest = load_echo()
     ex.upload(wasm, manifest)
+    # the same guest, allowed to log: it reaches outside the process, so each of its steps
+    # is committed before the next (replay, one commit a step)
+    ex.upload(wasm, {**manifest, "name": "echo_logged", "capabilities": {"log": True}})
     assert ex.invoke_sync("echo", PAYLOAD) == PAYLOAD
     return ex
 
@@ -628,14 +632,15 @@ def bench_throughput(ex: Executor, home: Path, args: argparse.Namespace) -> dict
 
 
 # --- 3. replay ---------------------------------------------------------------------------------
-async def build_unfinished(ex: Executor, path: Path, key: str, n: int) -> dict[str, Any]:
+async def build_unfinished(ex: Executor, path: Path, key: str, n: int,
+                           activity: str = "echo") -> dict[str, Any]:
     """Journal a run of `n` echo steps that then waits for an event (left unfinished)."""
     journal = SqliteJournal(path, synchronous="NORMAL")  # building only; reads are measured
     rt = ActorRuntime(journal, ex, lint=False)
     rt.register(StepsActor)
     t0 = time.perf_counter()
     async with rt:
-        msg = await rt.send(key, "steps", {"n": n, "wait": True})
+        msg = await rt.send(key, "steps", {"n": n, "wait": True, "activity": activity})
 
         def waiting() -> bool:
             act = rt.activations.get(key)
@@ -748,10 +753,10 @@ def load_breakdown(path: Path, key: str, n: int) -> dict[str, float]:
 
 
 async def bench_replay(ex: Executor, home: Path, n: int, repeats: int,
-                       goal_ms: float) -> dict[str, Any]:
-    path = home / f"replay_{n}.db"
-    key = f"bench_steps/r{n}"
-    built = await build_unfinished(ex, path, key, n)
+                       goal_ms: float, activity: str = "echo") -> dict[str, Any]:
+    path = home / f"replay_{n}_{activity}.db"
+    key = f"bench_steps/r{n}{activity}"
+    built = await build_unfinished(ex, path, key, n, activity)
     samples = []
     for _ in range(repeats):
         samples.append(await activate_once(path, key, n, ex))
@@ -1002,6 +1007,8 @@ def main() -> int:
                                       SEED_REPLAY_100_MS if n == 100
                                       else GOAL_REPLAY_10000_MS * n / 10_000))
                   for n in replay_sizes}
+        per_step = run(bench_replay(ex, home, replay_sizes[1], args.replay_repeats,
+                                    GOAL_REPLAY_10000_MS, activity="echo_logged"))
 
         print(f"[3/3] activation: {args.activation_samples} cold starts of a ~10 KB-state "
               "actor, whole states and deltas; commit sizes over "
@@ -1131,6 +1138,9 @@ def main() -> int:
     print(f"  replay {big} (activation)   = {r10k['activation_ms']:7.1f} ms   goal < "
           f"{GOAL_REPLAY_10000_MS:.0f} ms: "
           f"{verdict(r10k['activation_ms'], GOAL_REPLAY_10000_MS, at_most=True)}")
+    print(f"  replay {big}, an activity that may log (not contained: one commit a step, "
+          f"{per_step['commits']} commits) = {per_step['activation_ms']:.1f} ms (load "
+          f"{per_step['load_ms']:.1f}, handler {per_step['handler_replay_ms']:.1f})")
     print(f"  replay_commits {big}        = {r10k['replay_commits_ms']:7.1f} ms   goal < "
           f"{GOAL_REPLAY_10000_MS:.0f} ms: "
           f"{verdict(r10k['replay_commits_ms'], GOAL_REPLAY_10000_MS, at_most=True)}  "
@@ -1209,6 +1219,8 @@ def main() -> int:
         "msgs_per_s": r3(msgs),
         "dbos_msgs_per_s": r3(dbos_best),
         **{f"replay_{n}_ms": r3(r["activation_ms"]) for n, r in replay.items()},
+        f"replay_{replay_sizes[1]}_one_commit_a_step_ms": r3(per_step["activation_ms"]),
+        f"replay_{replay_sizes[1]}_one_commit_a_step_commits": per_step["commits"],
         "activation_cold_ms": r3(act["cold_ms"]),
         "activation_warm_ms": r3(act["warm_ms"]),
         # extras
