@@ -117,9 +117,11 @@ _decode = sqlite_runs.decode
 
 def _decode_rows(rows: list[Any]) -> list[Any]:
     """The first column of each row, decoded: in one pass of `from_json` (replay reads
-    thousands), one by one through `_decode` only if a document is too deep for it."""
+    thousands), one by one through `_decode` only if a document is too deep for it. Keys
+    are cached, values not: a run's digests and results are unique, and looking each up in
+    the cache cost a fifth of the decode (10,000 steps in 157 commits: 18.7 -> 14.9 ms)."""
     try:
-        return [from_json(r[0]) for r in rows]
+        return [from_json(r[0], cache_strings="keys") for r in rows]
     except ValueError:
         return [_decode(r[0]) for r in rows]
 
