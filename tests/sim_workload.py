@@ -20,9 +20,15 @@ class Payment(Actor, type_name="payment"):
     async def pay(self, ctx: ActorContext, p: dict[str, Any]) -> dict[str, Any]:
         order = f"{ctx.actor.id}/{p['n']}"
         token = str(ctx.uuid())  # replays to the same value
+        # contained (no effect outside): their outcomes wait to be committed with the charge's
+        # flush, and a crash before it computes them again
+        quote = await ctx.call_activity("quote", {"order": order, "amount": p["amount"]},
+                                        retry=RETRY)
+        risk = await ctx.call_activity("risk", {"quote": quote["id"]}, retry=RETRY)
         async with ctx.saga() as saga:
-            charge = await ctx.call_activity("charge", {"order": order, "amount": p["amount"]},
-                                             retry=RETRY)
+            charge = await ctx.call_activity("charge", {"order": order, "amount": p["amount"],
+                                                        "quote": quote["id"],
+                                                        "risk": risk["id"]}, retry=RETRY)
             saga.add("refund", {"charge": charge["id"]})
             self.state.setdefault("charges", []).append(charge["id"])
             if p["nap"]:

@@ -32,6 +32,8 @@ def build(seed: int) -> Simulation:
     sim.register(sim_workload.Payment, sim_workload.Ledger)
     for name in ("charge", "refund", "ship", "ledger_write"):
         sim.activity(name)
+    for name in ("quote", "risk"):
+        sim.activity(name, contained=True)
     return sim
 
 

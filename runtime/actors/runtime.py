@@ -908,8 +908,11 @@ class ActorRuntime:
         return await self._lane.submit(partial(self.breakers.call, name, call))
 
     def contained_version(self, name: str, version: str | None) -> str | None:
-        if self.activities is not None or self.executor is None:
-            return None  # run elsewhere: not known here
+        if self.activities is not None:  # run elsewhere: known only if the runner says
+            judge = getattr(self.activities, "contained_version", None)
+            return judge(name, version) if callable(judge) else None
+        if self.executor is None:
+            return None
         manifest = self.executor.registry.cached(name, version)
         if manifest is None or manifest.capabilities.http is not None or \
                 manifest.capabilities.log:

@@ -81,10 +81,22 @@ class StubActivities:
         self.before: Callable[[], Any] | None = None  # e.g. a crash or a pause point
         self.after: Callable[[], Any] | None = None
         self.calls: list[tuple[str, str, str]] = []  # (activity, key, tenant), every attempt
+        self.contained: set[str] = set()  # activities with no effect outside (no receiver)
+        self.computed: dict[str, tuple[str, Any]] = {}  # their key -> (activity, input)
+        self.recomputed_apart: list[tuple[str, Any, Any]] = []  # a key computed anew with
+        # another input: a contained step must be computed again exactly as it was
 
-    def add(self, name: str, fn: Handler | None = None) -> None:
-        """Register an activity; by default it returns `{"id": "<name>:<key>"}`."""
+    def add(self, name: str, fn: Handler | None = None, *, contained: bool = False) -> None:
+        """Register an activity; by default it returns `{"id": "<name>:<key>"}`. A contained
+        one reaches nothing outside (the runtime may run it before earlier outcomes are
+        committed, and a crash may run it again): it applies nothing at the receiver."""
         self.handlers[name] = fn or _default(name)
+        if contained:
+            self.contained.add(name)
+
+    def contained_version(self, name: str, version: str | None) -> str | None:
+        """As `ActorRuntime.contained_version`: the version to run if `name` is contained."""
+        return (version or "stub") if name in self.contained else None
 
     async def run(self, name: str, input: Any, *, version: str | None, idempotency_key: str,
                   timeout_ms: int | None, tenant: str) -> Any:
@@ -100,7 +112,12 @@ class StubActivities:
             raise Flaky(f"{name}: injected transient failure", activity=name,
                         idempotency_key=idempotency_key)
         output = fn(input, idempotency_key)
-        self.receiver.apply(name, idempotency_key, input)
+        if name in self.contained:
+            seen = self.computed.setdefault(idempotency_key, (name, input))
+            if (seen[0], _canon(seen[1])) != (name, _canon(input)):
+                self.recomputed_apart.append((idempotency_key, seen, (name, input)))
+        else:
+            self.receiver.apply(name, idempotency_key, input)
         if self.after is not None:
             await _maybe_await(self.after())
         return output
