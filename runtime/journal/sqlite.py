@@ -97,7 +97,7 @@ INDEX_RETRY_MAX_S = 30.0  # after failed catch-ups, a pause doubling from INDEX_
 COMPACT_PAUSE_S = 0.1  # between two compaction steps while a backlog lasts
 INDEX_BATCH = sqlite_runs.INDEX_BATCH
 UNFOLDED_MAX = 4 * INDEX_BATCH  # appended commits kept for the catch-up (beyond: decoded)
-PIPELINE = 2  # batches the writer process holds at once: it starts the next on its COMMIT
+PIPELINE = 4  # batches the writer process holds at once: it starts the next on its COMMIT
 PROCESS_AFTER = 64  # transactions before the writer process starts (short-lived journals
 # never pay for one)
 # Rowid tables: new rows append to the same few pages, and the unique indexes carry only

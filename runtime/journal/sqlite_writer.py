@@ -262,7 +262,7 @@ class IdleIndex:
     FORCE commits gathered, up to 1,024 at a time (a child never idle must not leave the
     index behind)."""
 
-    MIN, CHUNK, FORCE, EVERY_S, RETRY_MAX_S = 128, 128, 2048, 1.0, 30.0
+    MIN, CHUNK, FORCE, EVERY_S, RETRY_MAX_S = 128, 32, 2048, 1.0, 30.0
 
     def __init__(self, relief: WalRelief, synchronous: str = "FULL") -> None:
         self.relief = relief
