@@ -422,3 +422,40 @@ def _corrupt(path: Path, actor: str) -> None:
     con.execute("UPDATE commits SET doc = X'7B6E6F' WHERE actor = ?", (actor,))
     con.commit()
     con.close()
+
+
+def test_a_lease_written_after_waiting_for_the_lock_lasts_its_ttl_from_the_write(
+        tmp_path: Path) -> None:
+    """`acquire` and `renew` are given `now` before they wait (for the group commit, or for
+    another process's write lock: seconds). The lease must last `ttl` from when it is
+    written: computed from the `now` they were given, a long wait wrote a lease already
+    (nearly) over, and another process could take the actor from its live holder."""
+    import threading
+
+    path = tmp_path / "j.db"
+
+    def lease_until() -> float:
+        with sqlite3.connect(path) as con:
+            return float(con.execute("SELECT lease_until FROM sched WHERE actor = 'l/x'"
+                                     ).fetchone()[0])
+
+    async def main() -> None:
+        journal = SqliteJournal(path, writer_process_after=None)
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            for step in ("acquire", "renew"):
+                other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+                threading.Timer(0.6, lambda: other.execute("ROLLBACK")).start()
+                asked = time.time()
+                if step == "acquire":
+                    assert await journal.acquire("l/x", "a", asked, 1.0) is not None
+                else:
+                    assert await journal.renew("a", asked, 1.0) == {"l/x"}
+                waited = time.time() - asked
+                assert waited >= 0.5, waited
+                assert lease_until() >= asked + waited + 1.0 - 0.05, (step, waited)
+        finally:
+            other.close()
+            await journal.close()
+
+    asyncio.run(main())

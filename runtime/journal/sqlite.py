@@ -97,6 +97,7 @@ INDEX_RETRY_MAX_S = 30.0  # after failed catch-ups, a pause doubling from INDEX_
 COMPACT_PAUSE_S = 0.1  # between two compaction steps while a backlog lasts
 INDEX_BATCH = sqlite_runs.INDEX_BATCH
 UNFOLDED_MAX = 4 * INDEX_BATCH  # appended commits kept for the catch-up (beyond: decoded)
+LEASE_WAIT_S = 0.1  # a wait for the write lock from which a lease counts from the write
 PIPELINE = 4  # batches the writer process holds at once: it starts the next on its COMMIT
 PROCESS_AFTER = 64  # transactions before the writer process starts (short-lived journals
 # never pay for one)
@@ -885,9 +886,27 @@ class SqliteJournal:
         rows = self._query(f"SELECT MIN(due_at) FROM sched WHERE due_at > ?{pin}", (now, *vers))
         return rows[0][0] if rows and rows[0][0] is not None else None
 
+    @staticmethod
+    def _as_of_write(now: float) -> Callable[[], float]:
+        """`now` (the caller's clock) moved on by how long the write then waited, if that was
+        long enough to matter to a lease (another process's lock: seconds, at worst): the
+        lease lasts `ttl` from when it is written, and is judged expired as of then. A group
+        commit's few milliseconds are left out: the caller's clock (virtual in tests and
+        simulations) is then taken as it is."""
+        asked = time.monotonic()
+
+        def at() -> float:
+            waited = time.monotonic() - asked
+            return now + waited if waited >= LEASE_WAIT_S else now
+
+        return at
+
     async def acquire(self, actor: str, owner: str, now: float, ttl: float
                       ) -> ActorLease | None:
+        at = self._as_of_write(now)
+
         def write(db: sqlite3.Connection) -> ActorLease | None:
+            now = at()
             before = db.execute("SELECT owner, lease_until FROM sched WHERE actor=?",
                                 (actor,)).fetchone()
             row = db.execute(
@@ -908,7 +927,10 @@ class SqliteJournal:
         return lease
 
     async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+        at = self._as_of_write(now)
+
         def write(db: sqlite3.Connection) -> set[str]:
+            now = at()
             rows = db.execute(
                 "UPDATE sched SET due_at = CASE WHEN due_at = lease_until THEN ?2 ELSE due_at "
                 "END, lease_until = ?2 WHERE owner = ?1 RETURNING actor",
