@@ -96,11 +96,14 @@ def test_a_seed_replays_the_same_history() -> None:
 
 
 def test_the_checks_catch_a_broken_promise() -> None:
-    """The checker itself: an effect nobody recorded, and a message that never completed."""
+    """The checker itself: an effect nobody recorded, a message that never completed, a
+    contained step computed again with another input."""
     sim = build(10)  # seed % 10 == 0: no faults
     report = sim.run(scenario)
     assert report.ok, report.violations
     sim.receiver.apply("charge", "payment/zz:m9:0", {"order": "zz"})
+    sim.activities.computations.apply("quote", "payment/zz:m9:1", {"order": "zz"})
+    sim.activities.computations.apply("quote", "payment/zz:m9:1", {"order": "yy"})
     import asyncio
 
     async def add_orphan() -> list[str]:
@@ -111,3 +114,5 @@ def test_the_checks_catch_a_broken_promise() -> None:
     violations = asyncio.run(add_orphan())
     assert any("happened but no run recorded it" in v for v in violations)
     assert any("never completed: payment/zz: lost" in v for v in violations)
+    assert any("contained step payment/zz:m9:1 computed again with another input" in v
+               for v in violations)

@@ -82,9 +82,9 @@ class StubActivities:
         self.after: Callable[[], Any] | None = None
         self.calls: list[tuple[str, str, str]] = []  # (activity, key, tenant), every attempt
         self.contained: set[str] = set()  # activities with no effect outside (no receiver)
-        self.computed: dict[str, tuple[str, Any]] = {}  # their key -> (activity, input)
-        self.recomputed_apart: list[tuple[str, Any, Any]] = []  # a key computed anew with
-        # another input: a contained step must be computed again exactly as it was
+        # their calls, by key: one computed again (after a crash) with another input is a
+        # conflict, as at a receiver
+        self.computations = Receiver()
 
     def add(self, name: str, fn: Handler | None = None, *, contained: bool = False) -> None:
         """Register an activity; by default it returns `{"id": "<name>:<key>"}`. A contained
@@ -112,12 +112,8 @@ class StubActivities:
             raise Flaky(f"{name}: injected transient failure", activity=name,
                         idempotency_key=idempotency_key)
         output = fn(input, idempotency_key)
-        if name in self.contained:
-            seen = self.computed.setdefault(idempotency_key, (name, input))
-            if (seen[0], _canon(seen[1])) != (name, _canon(input)):
-                self.recomputed_apart.append((idempotency_key, seen, (name, input)))
-        else:
-            self.receiver.apply(name, idempotency_key, input)
+        at = self.computations if name in self.contained else self.receiver
+        at.apply(name, idempotency_key, input)
         if self.after is not None:
             await _maybe_await(self.after())
         return output

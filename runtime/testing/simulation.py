@@ -73,8 +73,7 @@ class Node:
                                     latency=0.3)
         activities.handlers = sim.activities.handlers  # shared by every node:
         activities.contained = sim.activities.contained
-        activities.computed = sim.activities.computed
-        activities.recomputed_apart = sim.activities.recomputed_apart
+        activities.computations = sim.activities.computations
         activities.before = self.gate
         activities.after = self.gate
         self.rt = ActorRuntime(
@@ -354,7 +353,7 @@ class Simulation:
         out += [f"message never completed: {m}" for m in self._unfinished()]
         for key, first, second in self.receiver.conflicts:
             out.append(f"key {key} stood for two effects: {first} and {second}")
-        for key, first, second in self.activities.recomputed_apart:
+        for key, first, second in self.activities.computations.conflicts:
             out.append(f"contained step {key} computed again with another input: {first} "
                        f"and {second}")
         recorded: dict[str, str] = {}  # effect key -> kind of the run that recorded it
