@@ -1,5 +1,6 @@
 """Actors the simulation drives (tests/test_simulation.py): a payment saga with a durable
-timer, an optional wait for an event and a message to a ledger, and the ledger.
+timer, an optional wait for an event and a message to a ledger, an estimate of contained
+steps only, and the ledger.
 
 This module is linted on registration: no clocks, randomness, environment or I/O.
 """
@@ -47,6 +48,17 @@ class Payment(Actor, type_name="payment"):
                                            retry=RETRY)
         self.state["paid"] = self.state.get("paid", 0) + p["amount"]
         return {"order": order, "charge": charge["id"], "ship": ship["id"]}
+
+
+    @handler
+    async def estimate(self, ctx: ActorContext, p: dict[str, Any]) -> dict[str, Any]:
+        """Contained steps only: the run's first commit is its last (asked with no id, its
+        entry is written with that commit)."""
+        quote = await ctx.call_activity("quote", {"order": f"{ctx.actor.id}/{p['n']}",
+                                                  "amount": p["amount"]}, retry=RETRY)
+        risk = await ctx.call_activity("risk", {"quote": quote["id"]}, retry=RETRY)
+        self.state["estimates"] = self.state.get("estimates", 0) + 1
+        return {"quote": quote["id"], "risk": risk["id"]}
 
 
 class Ledger(Actor, type_name="ledger"):

@@ -3,8 +3,10 @@
 Every seed draws its own faults (crashes at journal calls and commit points, storage errors
 before and after a write lands, killed and frozen processes, clock skew and steps, flaky
 activities, evictions, 1-3 contending runtimes) and workload (payments that sleep, wait for
-events that race their timeouts, fail and compensate, and message a ledger). After the
-faults stop, the promises are checked (see runtime/testing/simulation.py).
+events that race their timeouts, fail and compensate, and message a ledger; asked by a
+client with ids, or from inside a worker process with none, where runs start before their
+entries are written). After the faults stop, the promises are checked (see
+runtime/testing/simulation.py).
 
 `make test` runs LOOM_SIM_SEEDS seeds (default below); `make simulate SEEDS=N` runs more,
 and `make simulate SEED=n` replays one.
@@ -14,11 +16,13 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 
 import pytest
 import sim_workload
 
 from runtime.testing import Faults, Simulation
+from runtime.testing.simulation import AskHere
 
 SEEDS = int(os.environ.get("LOOM_SIM_SEEDS", "2000"))
 FIRST = int(os.environ.get("LOOM_SIM_FIRST", "0"))
@@ -48,9 +52,12 @@ async def scenario(sim: Simulation) -> None:
         payload = {"n": n, "amount": rng.randint(1, 100), "nap": rng.choice([0, 0, 0.3, 2.0]),
                    "confirm": confirm, "fail": rng.random() < 0.25}
         mid = f"m{n}"
-        asks.append(asyncio.ensure_future(sim.ask(actor, "pay", payload, msg_id=mid)))
-        if rng.random() < 0.3:  # a duplicate delivery of the same message
+        if rng.random() < 0.3:  # code in a worker process asks, with no id (the early path)
+            asks.append(asyncio.ensure_future(sim.ask_here(actor, "pay", payload)))
+        else:
             asks.append(asyncio.ensure_future(sim.ask(actor, "pay", payload, msg_id=mid)))
+            if rng.random() < 0.3:  # a duplicate delivery of the same message
+                asks.append(asyncio.ensure_future(sim.ask(actor, "pay", payload, msg_id=mid)))
         if confirm is not None:
             delay = rng.uniform(0, 4.0)  # races the wait's timeout
             asks.append(asyncio.ensure_future(_signal_later(sim, actor, delay, n)))
@@ -59,6 +66,13 @@ async def scenario(sim: Simulation) -> None:
                 _cancel_later(sim, actor, rng.uniform(0, 3.0), f"cancel-{n}")))
         await sim.sleep(rng.uniform(0, 1.0))
     await asyncio.gather(*asks)
+    # then, while the faults go on, asks from inside a worker process one after another: to
+    # an actor idle there, each run starts before its entry is written
+    for n in range(100, 100 + rng.randint(1, 4)):
+        payload = {"n": n, "amount": rng.randint(1, 100), "nap": 0, "confirm": None,
+                   "fail": rng.random() < 0.25}
+        await sim.ask_here(f"payment/a{rng.randint(0, 2)}", rng.choice(["pay", "estimate"]),
+                           payload)
 
 
 async def _signal_later(sim: Simulation, actor: str, delay: float, n: int) -> None:
@@ -95,9 +109,21 @@ def test_a_seed_replays_the_same_history() -> None:
         {k: str(v) for k, v in second.asked.items()}
 
 
+def test_asks_from_inside_a_process_start_runs_before_their_entries_under_faults() -> None:
+    """The scenario's asks with no id do take the early path, and some are cut off by
+    their process's death (the seeds above check what that leaves)."""
+    stats: Counter[str] = Counter()
+    for seed in range(1, 40):
+        report = build(seed).run(scenario)
+        report.raise_for_violations()
+        stats.update(report.stats)
+    assert stats["early_runs"] >= 10 and stats["asks_here_cut_off"] >= 10, stats
+
+
 def test_the_checks_catch_a_broken_promise() -> None:
     """The checker itself: an effect nobody recorded, a message that never completed, a
-    contained step computed again with another input."""
+    contained step computed again with another input, an ask answered whose run never
+    completed, a run without its inbox entry."""
     sim = build(10)  # seed % 10 == 0: no faults
     report = sim.run(scenario)
     assert report.ok, report.violations
@@ -106,9 +132,16 @@ def test_the_checks_catch_a_broken_promise() -> None:
     sim.activities.computations.apply("quote", "payment/zz:m9:1", {"order": "yy"})
     import asyncio
 
+    answered = next(a for a in sim.asked_here if a.answered)
+    sim.asked_here.append(AskHere(answered.target, {"n": 999}, "p0.1", {"ok": 1}, True))
+
     async def add_orphan() -> list[str]:
         await sim.journal.enqueue({"id": "lost", "target": "payment/zz", "kind": "call",
                                    "handler": "pay", "payload": {}, "deliver_at": 0.0})
+        await sim.journal.append({"actor": "payment/zy", "seq": 0, "ts": 1.0,
+                                  "run": {"msg": "entryless", "ts": 1.0, "start": 0},
+                                  "events": [], "message": {"id": "entryless",
+                                                            "payload": {"n": 1}}})
         return await sim.check()
 
     violations = asyncio.run(add_orphan())
@@ -116,3 +149,6 @@ def test_the_checks_catch_a_broken_promise() -> None:
     assert any("never completed: payment/zz: lost" in v for v in violations)
     assert any("contained step payment/zz:m9:1 computed again with another input" in v
                for v in violations)
+    assert any("{'n': 999}" in v and "was answered, but no run of it completed" in v
+               for v in violations)
+    assert any("payment/zy: message entryless ran without its entry" in v for v in violations)

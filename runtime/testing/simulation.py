@@ -4,7 +4,8 @@ Several `ActorRuntime`s (simulated processes) share one in-memory journal on a v
 clock. A seeded random source decides everything else: which journal calls fail (before or
 after they land), when a process crashes, freezes past its leases or has its clock stepped,
 which activity calls fail, and how long they take. A client that never crashes sends,
-asks and signals, retrying with the same message ids as a real client would.
+asks and signals, retrying with the same message ids as a real client would; code inside a
+worker process asks too, with no id (the early path), and dies with that process.
 
 After the scenario the faults stop, the cluster settles, and `check()` verifies the
 promises: every accepted message completed exactly once, every ask was answered, one
@@ -50,6 +51,20 @@ def _effect_key(actor: str, msg: str, event: dict[str, Any]) -> str | None:
         return None
     comp = "comp:" if op.startswith("compensation.") else ""
     return f"{actor}:{key_base(msg)}:{comp}{event['step']}"
+
+
+@dataclass
+class AskHere:
+    """An ask made by code inside a worker process, with no id (`Simulation.ask_here`)."""
+
+    target: str
+    payload: Any
+    node: str = ""
+    outcome: Any = None  # the result, the error it heard, or CUT_OFF
+    answered: bool = False
+
+
+CUT_OFF = "cut off: its process died"
 
 
 class Node:
@@ -186,6 +201,7 @@ class Simulation:
         self.nodes: list[Node] = []
         self.client: ActorRuntime | None = None
         self.asked: dict[str, tuple[str, Any]] = {}  # msg id -> (actor, outcome)
+        self.asked_here: list[AskHere] = []
         self._generations: Counter[int] = Counter()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -217,6 +233,43 @@ class Simulation:
                 result = exc
             self.asked[msg_id] = (target, result)
             return result
+
+    async def ask_here(self, target: str, handler: str, payload: Any) -> Any:
+        """Ask as code inside a worker process would: no id (the runtime makes one up), so
+        an idle activation there starts the run before its entry is written. The caller
+        lives and dies with that process: an ask its death cut off is not asked again
+        (nobody knows its id), and its message must have left no trace or completed once.
+        `payload` must be unique to this ask: the check finds the ask's run by it."""
+        ask = AskHere(target, payload)
+        self.asked_here.append(ask)
+        rng = random.Random(f"here:{self.seed}:{len(self.asked_here)}")
+        while not any(not n.dead for n in self.nodes):
+            await asyncio.sleep(0.2)
+        live = [n for n in self.nodes if not n.dead]
+        node = rng.choice([n for n in live if target in n.rt.activations] or live)
+        ask.node = node.name
+        self.stats["asks_here"] += 1
+        call = asyncio.ensure_future(node.rt.ask(target, handler, payload))
+        await asyncio.sleep(0)  # the ask has started its run here, or written its entry
+        act = node.rt.activations.get(target)
+        if act is not None and act.run is not None and act.run.unwritten is not None and \
+                act.run.msg.get("payload") == payload:
+            self.stats["early_runs"] += 1
+        while not call.done():
+            await asyncio.wait({call}, timeout=0.5)
+            if node.dead and not call.done():
+                call.cancel()
+        if call.cancelled():  # its process died (in the ask's own journal call, or later)
+            self.stats["asks_here_cut_off"] += 1
+            ask.outcome = CUT_OFF
+            return CUT_OFF
+        try:
+            ask.outcome, ask.answered = call.result(), True
+        except BUSINESS as exc:
+            ask.outcome, ask.answered = exc, True
+        except errors.LoomError as exc:  # heard an error: it may or may not have run
+            ask.outcome = exc
+        return ask.outcome
 
     async def send(self, target: str, handler: str, payload: Any = None, *,
                    msg_id: str) -> None:
@@ -403,10 +456,48 @@ class Simulation:
             if kind not in ("failed", "rejected", "cancelled", "dead_lettered"):
                 out.append(f"compensation {key} ran in a run that ended {kind}")
         out += self._check_sends(recorded)
+        out += await self._check_asks_here()
         for node in self.nodes:
             for act in node.rt.activations.values():
                 if act.broken is not None:
                     out.append(f"{act.key}: broken: {act.broken}")
+        return out
+
+    async def _check_asks_here(self) -> list[str]:
+        """Every run has its inbox entry (an early run's entry is written with its first
+        commit); an ask answered here ran once and its answer is the journal's; one cut
+        off or that heard an error ran at most once (and, if it left an entry, completed:
+        see `_unfinished`)."""
+        out = []
+        ids: dict[tuple[str, str], set[str]] = {}  # (actor, payload) -> ids of its runs
+        ends: dict[str, dict[str, Any]] = {}  # msg id -> its completing commit
+        for actor in sorted(self.journal._commits):
+            box = self.journal._inbox.get(actor, {})
+            for c in await self.journal.read(actor):
+                message, run = c.get("message"), c.get("run")
+                if message is not None and run is not None:
+                    ids.setdefault((actor, _canon(message.get("payload"))), set()).add(
+                        run["msg"])
+                    if run["msg"] not in box:
+                        out.append(f"{actor}: message {run['msg']} ran without its entry")
+                if "kind" in c and run is not None:
+                    ends[run["msg"]] = c
+        for ask in self.asked_here:
+            ran = ids.get((ask.target, _canon(ask.payload)), set())
+            what = f"ask {ask.payload} to {ask.target} from {ask.node}"
+            if len(ran) > 1:
+                out.append(f"{what} ran as {len(ran)} messages")
+            if not ask.answered:
+                continue
+            done = [ends[i] for i in ran if i in ends]
+            if not done:
+                out.append(f"{what} was answered, but no run of it completed")
+            elif isinstance(ask.outcome, BaseException):
+                if done[0]["kind"] == "completed":
+                    out.append(f"{what} heard {ask.outcome!r}, but its run completed")
+            elif done[0]["kind"] != "completed" or done[0].get("result") != ask.outcome:
+                out.append(f"{what} was answered {ask.outcome!r}, but its run ended "
+                           f"{done[0]['kind']} with {done[0].get('result')!r}")
         return out
 
     def _check_sends(self, recorded: dict[str, str]) -> list[str]:
@@ -426,3 +517,7 @@ class Simulation:
                         sent_by_kind[mid] != "completed":
                     out.append(f"message {mid} left a run that ended {sent_by_kind[mid]}")
         return out
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
