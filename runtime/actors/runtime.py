@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from runtime import errors
-from runtime.actors import delta
+from runtime.actors import delta, gc_tuning
 from runtime.actors.activation import Activation
 from runtime.actors.actor import Actor, ActorRef
 from runtime.actors.hooks import Hooks
@@ -219,7 +219,8 @@ class ActorRuntime:
                  owner: str | None = None, tenant_of: Callable[[str], str] | None = None,
                  due_batch: int = 256, ownership: Ownership | None = None,
                  limiter: Limiter | None = None, max_deliveries: int = 5,
-                 code_version: str | None = None, compatible: Collection[str] = ()) -> None:
+                 code_version: str | None = None, compatible: Collection[str] = (),
+                 gc_young_threshold: int | None = gc_tuning.YOUNG_THRESHOLD) -> None:
         self.journal = journal
         self.executor = executor
         self.clock = clock
@@ -278,6 +279,7 @@ class ActorRuntime:
         self._renew_at = 0.0
         self._reap_at = 0.0
         self._stranded_at = 0.0
+        self.gc_young_threshold = gc_young_threshold
 
     async def sleep(self, seconds: float) -> None:
         await self._sleep(seconds)
@@ -805,7 +807,11 @@ class ActorRuntime:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the scheduling loop: it recovers every due actor this process may own."""
+        """Start the scheduling loop: it recovers every due actor this process may own.
+        Raises the process's young-GC threshold to `gc_young_threshold` (None: leaves the
+        collector alone; runtime/actors/gc_tuning.py says why)."""
+        if self.gc_young_threshold is not None:
+            gc_tuning.raise_young_threshold(self.gc_young_threshold)
         _LIVE_OWNERS.add(self.owner)
         loop = asyncio.get_running_loop()
         self._timer_task = loop.create_task(self._timer_loop())

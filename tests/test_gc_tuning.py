@@ -1,0 +1,58 @@
+"""The runtime sizes the young GC generation for what is in flight (runtime/actors/gc_tuning.py):
+raised on start, never lowered, a switched-off collector left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from runtime.actors import ActorRuntime, gc_tuning
+from runtime.journal.memory import MemoryJournal
+from runtime.testing import StubActivities
+
+
+@pytest.fixture(autouse=True)
+def restore_gc() -> Iterator[None]:
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    yield
+    gc.set_threshold(*threshold)
+    (gc.enable if enabled else gc.disable)()
+
+
+def test_raises_a_lower_threshold_and_keeps_the_older_generations() -> None:
+    gc.set_threshold(700, 11, 12)
+    assert gc_tuning.raise_young_threshold(5_000)
+    assert gc.get_threshold() == (5_000, 11, 12)
+
+
+def test_never_lowers_a_threshold_the_application_chose() -> None:
+    gc.set_threshold(50_000, 10, 10)
+    assert not gc_tuning.raise_young_threshold(5_000)
+    assert gc.get_threshold() == (50_000, 10, 10)
+
+
+def test_leaves_a_switched_off_collector_alone() -> None:
+    gc.set_threshold(700, 10, 10)
+    gc.disable()
+    assert not gc_tuning.raise_young_threshold(5_000)
+    gc.enable()
+    gc.set_threshold(0, 10, 10)  # automatic collection off by threshold
+    assert not gc_tuning.raise_young_threshold(5_000)
+    assert gc.get_threshold() == (0, 10, 10)
+
+
+def test_a_runtime_raises_it_on_start_unless_told_not_to() -> None:
+    async def start(**kw: object) -> None:
+        rt = ActorRuntime(MemoryJournal(), activities=StubActivities(), lint=False,
+                          **kw)  # type: ignore[arg-type]
+        await rt.start()
+        await rt.stop()
+
+    gc.set_threshold(700, 10, 10)
+    asyncio.run(start(gc_young_threshold=None))
+    assert gc.get_threshold() == (700, 10, 10)
+    asyncio.run(start())
+    assert gc.get_threshold() == (gc_tuning.YOUNG_THRESHOLD, 10, 10)
