@@ -92,6 +92,13 @@ def _dbos() -> Any:
     from dbos import DBOS
     return DBOS
 
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:  # importable, but installed without metadata
+        return "unknown version"
+
 # The same ~100-byte JSON object as benchmarks/bench_executor.py.
 PAYLOAD: dict[str, Any] = {"id": 12345, "name": "bench", "tags": ["alpha", "beta", "gamma"],
                            "active": True, "score": 3.25, "nested": {"k": "v", "n": 7}}
@@ -997,7 +1004,7 @@ def main() -> int:
     ex = make_executor(home)
     print(f"Loom actor benchmark  |  echo activity, {PAYLOAD_BYTES}-byte JSON  |  "
           f"{os.cpu_count()} CPUs  |  journals in {home}  |  dbos: "
-          f"{metadata.version('dbos') if DBOS_IMPORT_ERROR is None else 'NOT AVAILABLE'}")
+          f"{_version('dbos') if DBOS_IMPORT_ERROR is None else 'NOT AVAILABLE'}")
     try:
         print(f"\n[1/3] throughput: {args.messages} messages over {args.actors} actors, "
               f"{args.actors} asks in flight; Loom x{args.rounds}, DBOS threads "

@@ -1,5 +1,5 @@
 """The runtime sizes the young GC generation for what is in flight (runtime/actors/gc_tuning.py):
-raised on start, never lowered, a switched-off collector left alone."""
+raised on start, never lowered, automatic collection switched off by threshold left alone."""
 
 from __future__ import annotations
 
@@ -34,12 +34,17 @@ def test_never_lowers_a_threshold_the_application_chose() -> None:
     assert gc.get_threshold() == (50_000, 10, 10)
 
 
-def test_leaves_a_switched_off_collector_alone() -> None:
+def test_a_collector_off_for_now_gets_the_threshold_and_stays_off() -> None:
+    """(A replay switches it off while it decodes; a runtime starting meanwhile still
+    raises the threshold.)"""
     gc.set_threshold(700, 10, 10)
     gc.disable()
-    assert not gc_tuning.raise_young_threshold(5_000)
-    gc.enable()
-    gc.set_threshold(0, 10, 10)  # automatic collection off by threshold
+    assert gc_tuning.raise_young_threshold(5_000)
+    assert gc.get_threshold() == (5_000, 10, 10) and not gc.isenabled()
+
+
+def test_leaves_automatic_collection_off_by_threshold_alone() -> None:
+    gc.set_threshold(0, 10, 10)
     assert not gc_tuning.raise_young_threshold(5_000)
     assert gc.get_threshold() == (0, 10, 10)
 
@@ -56,3 +61,5 @@ def test_a_runtime_raises_it_on_start_unless_told_not_to() -> None:
     assert gc.get_threshold() == (700, 10, 10)
     asyncio.run(start())
     assert gc.get_threshold() == (gc_tuning.YOUNG_THRESHOLD, 10, 10)
+    asyncio.run(start(gc_young_threshold=20_000))
+    assert gc.get_threshold() == (20_000, 10, 10)

@@ -115,4 +115,5 @@ class NumberingFaultyJournal(FaultyJournal):
         """An entry with its run's first commit: faults as for an append."""
         entering = self.inner.append_entry  # type: ignore[attr-defined]
         number: int = await self._through("append", entering)(commit, envelope, n)
+        self.node.stats["entries_with_commit" if number == n else "entries_not_next"] += 1
         return number

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import errors
+from runtime.actors import runtime as runtime_module
 from runtime.actors.activation import key_base
 from runtime.actors.actor import Actor
 from runtime.actors.hooks import Hooks
@@ -60,11 +61,15 @@ class AskHere:
     target: str
     payload: Any
     node: str = ""
+    msg_id: str | None = None  # the id the runtime made up for it
     outcome: Any = None  # the result, the error it heard, or CUT_OFF
     answered: bool = False
+    stalled: str | None = None  # why it waited STALL_S in a running process without progress
 
 
 CUT_OFF = "cut off: its process died"
+STALL_TICK_S = 0.5
+STALL_S = 4.0  # > the lease TTL and the remote-answer poll's backoff (both bound how late it hears)
 
 
 class Node:
@@ -138,6 +143,10 @@ class Node:
 
     def freeze(self) -> None:
         self._running.clear()
+
+    @property
+    def running(self) -> bool:
+        return not self.dead and self._running.is_set()
 
     def thaw(self) -> None:
         self._running.set()
@@ -239,7 +248,8 @@ class Simulation:
         an idle activation there starts the run before its entry is written. The caller
         lives and dies with that process: an ask its death cut off is not asked again
         (nobody knows its id), and its message must have left no trace or completed once.
-        `payload` must be unique to this ask: the check finds the ask's run by it."""
+        While its process runs, the call must always be somewhere (its entry written, or
+        its run in progress there) and, once its outcome is durable, answered soon."""
         ask = AskHere(target, payload)
         self.asked_here.append(ask)
         rng = random.Random(f"here:{self.seed}:{len(self.asked_here)}")
@@ -249,16 +259,24 @@ class Simulation:
         node = rng.choice([n for n in live if target in n.rt.activations] or live)
         ask.node = node.name
         self.stats["asks_here"] += 1
+        before = set(node.rt._waiters)
         call = asyncio.ensure_future(node.rt.ask(target, handler, payload))
-        await asyncio.sleep(0)  # the ask has started its run here, or written its entry
+        await asyncio.sleep(0)  # it made up its id, and started its run or wrote its entry
+        made = [mid for key, mid in node.rt._waiters if key == target and (key, mid) not in before]
+        ask.msg_id = made[0] if len(made) == 1 else None
         act = node.rt.activations.get(target)
         if act is not None and act.run is not None and act.run.unwritten is not None and \
-                act.run.msg.get("payload") == payload:
+                act.run.msg_id == ask.msg_id:
             self.stats["early_runs"] += 1
+        stalled = 0.0  # running time, in a row, with the call nowhere or its answer unheard
         while not call.done():
-            await asyncio.wait({call}, timeout=0.5)
+            await asyncio.wait({call}, timeout=STALL_TICK_S)
             if node.dead and not call.done():
                 call.cancel()
+            elif not call.done() and ask.msg_id is not None and node.running:
+                stalled = stalled + STALL_TICK_S if self._stalled(node, ask) else 0.0
+                if stalled >= STALL_S and ask.stalled is None:
+                    ask.stalled = self._stalled(node, ask)
         if call.cancelled():  # its process died (in the ask's own journal call, or later)
             self.stats["asks_here_cut_off"] += 1
             ask.outcome = CUT_OFF
@@ -270,6 +288,18 @@ class Simulation:
         except errors.LoomError as exc:  # heard an error: it may or may not have run
             ask.outcome = exc
         return ask.outcome
+
+    def _stalled(self, node: Node, ask: AskHere) -> str | None:
+        """Why an ask still waiting in a running process is not progressing: its outcome is
+        durable but unheard, or its call is nowhere (no entry, no run there)."""
+        mid = str(ask.msg_id)
+        if (ask.target, mid) in self.journal._outcomes:
+            return "its outcome is durable, but the asker has not heard it"
+        act = node.rt.activations.get(ask.target)
+        if mid not in self.journal._inbox.get(ask.target, {}) and not (
+                act is not None and act.run is not None and act.run.msg_id == mid):
+            return "its call is nowhere: no entry written, no run in progress"
+        return None
 
     async def send(self, target: str, handler: str, payload: Any = None, *,
                    msg_id: str) -> None:
@@ -311,6 +341,15 @@ class Simulation:
             quiet.setLevel(level)
 
     async def _run(self, scenario: Scenario) -> Report:
+        # ids the runtime makes up (asks with none) are the seed's too: the same history
+        ids = list(runtime_module._ID_BASE)
+        runtime_module._ID_BASE[:] = [random.Random(f"ids:{self.seed}").getrandbits(128), 0]
+        try:
+            return await self._run_seeded(scenario)
+        finally:
+            runtime_module._ID_BASE[:] = ids
+
+    async def _run_seeded(self, scenario: Scenario) -> Report:
         client_node = Node(self, 99, 0)
         client_node.can_crash = False
         client_node.rt.types.clear()  # a client: sends and asks, runs no actors
@@ -464,40 +503,51 @@ class Simulation:
         return out
 
     async def _check_asks_here(self) -> list[str]:
-        """Every run has its inbox entry (an early run's entry is written with its first
-        commit); an ask answered here ran once and its answer is the journal's; one cut
-        off or that heard an error ran at most once (and, if it left an entry, completed:
-        see `_unfinished`)."""
+        """Every call entry completed once, and every run ran as the entry it was written
+        as, in the inbox's order (an early run's entry is written with its first commit and
+        must become the next entry); an ask answered in a worker process ran once, with the
+        journal's answer; one cut off ran at most once; none stalled in a running process."""
         out = []
-        ids: dict[tuple[str, str], set[str]] = {}  # (actor, payload) -> ids of its runs
         ends: dict[str, dict[str, Any]] = {}  # msg id -> its completing commit
         for actor in sorted(self.journal._commits):
             box = self.journal._inbox.get(actor, {})
+            last_n = 0
+            completed: Counter[str] = Counter()
             for c in await self.journal.read(actor):
                 message, run = c.get("message"), c.get("run")
                 if message is not None and run is not None:
-                    ids.setdefault((actor, _canon(message.get("payload"))), set()).add(
-                        run["msg"])
-                    if run["msg"] not in box:
+                    entry = box.get(run["msg"])
+                    if entry is None:
                         out.append(f"{actor}: message {run['msg']} ran without its entry")
+                    elif message.get("n") != entry.n or entry.n <= last_n:
+                        out.append(f"{actor}: message {run['msg']} ran as entry "
+                                   f"{message.get('n')}, written as {entry.n}, after entry "
+                                   f"{last_n}")
+                    else:
+                        last_n = entry.n
                 if "kind" in c and run is not None:
                     ends[run["msg"]] = c
+                    completed[run["msg"]] += 1
+            for mid, entry in box.items():
+                if entry.kind == "call" and entry.consumed_at is not None and \
+                        completed[mid] != 1:
+                    out.append(f"{actor}: call {mid} was consumed, and completed "
+                               f"{completed[mid]} times")
         for ask in self.asked_here:
-            ran = ids.get((ask.target, _canon(ask.payload)), set())
-            what = f"ask {ask.payload} to {ask.target} from {ask.node}"
-            if len(ran) > 1:
-                out.append(f"{what} ran as {len(ran)} messages")
-            if not ask.answered:
+            what = f"ask {ask.payload} to {ask.target} from {ask.node} ({ask.msg_id})"
+            if ask.stalled is not None:
+                out.append(f"{what} waited {STALL_S:.0f} s in a running process: {ask.stalled}")
+            if not ask.answered or ask.msg_id is None:
                 continue
-            done = [ends[i] for i in ran if i in ends]
-            if not done:
-                out.append(f"{what} was answered, but no run of it completed")
+            done = ends.get(ask.msg_id)
+            if done is None:
+                out.append(f"{what} was answered, but its run never completed")
             elif isinstance(ask.outcome, BaseException):
-                if done[0]["kind"] == "completed":
+                if done["kind"] == "completed":
                     out.append(f"{what} heard {ask.outcome!r}, but its run completed")
-            elif done[0]["kind"] != "completed" or done[0].get("result") != ask.outcome:
+            elif done["kind"] != "completed" or _canon(done.get("result")) != _canon(ask.outcome):
                 out.append(f"{what} was answered {ask.outcome!r}, but its run ended "
-                           f"{done[0]['kind']} with {done[0].get('result')!r}")
+                           f"{done['kind']} with {done.get('result')!r}")
         return out
 
     def _check_sends(self, recorded: dict[str, str]) -> list[str]:
