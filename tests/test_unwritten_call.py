@@ -403,6 +403,33 @@ def test_an_early_run_cut_off_before_its_entry_hands_the_call_back() -> None:
     asyncio.run(main())
 
 
+def test_an_early_run_cut_off_while_its_entry_is_being_written_hands_the_call_back() -> None:
+    """The activation is lost while the early run's first commit, with the call's entry, is
+    held in the journal (and so never lands): the call is written then, once, and the asker
+    answered. Found by the simulation: the entry was no longer the run's while its write
+    was in flight, so nothing was handed back and the ask waited forever."""
+    async def main() -> None:
+        journal = Gated()
+        async with ActorRuntime(journal, poll_interval_s=0.02, lint=False) as rt:
+            rt.register(Tally)
+            assert await rt.ask("unwritten_tally/w", "note", "warm", timeout=10) == ["warm"]
+            act = rt.activations["unwritten_tally/w"]
+            journal.gate.clear()
+            asked = asyncio.ensure_future(rt.ask("unwritten_tally/w", "note", "x", timeout=3))
+            while act.run is None or act.run.committing == 0:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.01)
+            assert "entry:x" not in journal.landed  # the first commit is held at the gate
+            act._lose(errors.StorageError("injected: a write of this activation failed"))
+            journal.gate.set()
+            assert await asked == ["warm", "x"]
+            assert [e for e in journal.landed if e.startswith("entry:")] == \
+                ["entry:warm", "entry:x"]
+            assert (await rt.state_of("unwritten_tally/w"))["seen"] == ["warm", "x"]
+
+    asyncio.run(main())
+
+
 class Flaky(MemoryJournal):
     """Every write may fail before it lands or after (seeded): what a storage outage does to
     early runs and their entries."""

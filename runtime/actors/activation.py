@@ -517,7 +517,10 @@ class Activation:
                     every = int(getattr(host.journal, "compact_every", 0) or 0)
                     doc.update(self.snapshots.fields(doc["seq"], self.committed_state,
                                                      doc.pop("state"), every))
-                entry, run.unwritten = run.unwritten, None
+                # The entry stays the run's until its write returns: cut off meanwhile
+                # (`_lose`, `deactivate`), the run hands it back (`hand_back`), whether or
+                # not this write lands (a second write of it is refused by its id).
+                entry = run.unwritten
                 try:
                     host.hooks.fire("before_commit", self.key)
                     if entry is None:
@@ -526,10 +529,12 @@ class Activation:
                         journal: Any = host.journal
                         number = await journal.append_entry(doc, entry, run.msg_n)
                 except Exception as exc:
+                    run.unwritten = None
                     self.stray[:0] = stray
                     if entry is not None and not isinstance(exc, errors.JournalConflict):
                         host.resolve(self.key, run.msg_id, None, exc)  # (a conflict: the
                     raise self._fail(exc) from exc  # entry was written, and runs anew)
+                run.unwritten = None
                 if entry is not None:
                     self._numbered(run, number)  # raises unless the commit went with it
                 self.seq += 1
@@ -714,15 +719,18 @@ class Activation:
         return True
 
     async def written(self, run: Run) -> None:
-        """Write the entry of a run started before it was (`take_unwritten`), on its own."""
-        entry, run.unwritten = run.unwritten, None
+        """Write the entry of a run started before it was (`take_unwritten`), on its own
+        (the entry stays the run's until the write returns, as in `commit`)."""
+        entry = run.unwritten
         assert entry is not None
         try:
             journal: Any = self.host.journal
             number = await journal.enqueue_numbered(entry)
         except Exception as exc:  # not written (or not known): the asker hears it
+            run.unwritten = None
             self.host.resolve(self.key, run.msg_id, None, exc)
             raise self._fail(exc) from exc
+        run.unwritten = None
         self._numbered(run, number)
 
     def _numbered(self, run: Run, number: int) -> None:
@@ -742,8 +750,9 @@ class Activation:
         self.complete_n = number
 
     def hand_back(self, run: Run) -> None:
-        """An early run cut off before its entry was written: the entry is written now, so
-        that the call runs as one that came the usual way (its asker still waits)."""
+        """An early run cut off before its entry was written, or while that write was in
+        flight: the entry is written now (refused by its id if that write landed), so that
+        the call runs as one that came the usual way (its asker still waits)."""
         entry, run.unwritten = run.unwritten, None
         if entry is None:
             return

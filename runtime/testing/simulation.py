@@ -67,6 +67,9 @@ class AskHere:
     stalled: str | None = None  # why it waited STALL_S in a running process without progress
 
 
+# Processes' clocks read like Unix time: near 0, a clock set back by its skew would find a
+# call written elsewhere (due at 0: at once) not due yet, which no real clock does.
+EPOCH = 1_700_000_000.0
 CUT_OFF = "cut off: its process died"
 STALL_TICK_S = 0.5
 STALL_S = 4.0  # > the lease TTL and the remote-answer poll's backoff (both bound how late it hears)
@@ -112,7 +115,7 @@ class Node:
         return self.sim.faulty
 
     def clock(self) -> float:
-        return asyncio.get_running_loop().time() + self.offset
+        return EPOCH + asyncio.get_running_loop().time() + self.offset
 
     async def gate(self) -> None:
         """Every journal or activity call passes here: a dead process goes no further, a
