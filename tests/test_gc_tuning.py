@@ -63,3 +63,12 @@ def test_a_runtime_raises_it_on_start_unless_told_not_to() -> None:
     assert gc.get_threshold() == (gc_tuning.YOUNG_THRESHOLD, 10, 10)
     asyncio.run(start(gc_young_threshold=20_000))
     assert gc.get_threshold() == (20_000, 10, 10)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "10000", True])
+def test_a_bad_threshold_is_refused_when_the_runtime_is_built(bad: object) -> None:
+    from runtime import errors
+
+    with pytest.raises(errors.SettingsInvalid, match="gc_young_threshold"):
+        ActorRuntime(MemoryJournal(), activities=StubActivities(), lint=False,
+                     gc_young_threshold=bad)  # type: ignore[arg-type]

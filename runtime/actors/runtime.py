@@ -279,6 +279,11 @@ class ActorRuntime:
         self._renew_at = 0.0
         self._reap_at = 0.0
         self._stranded_at = 0.0
+        if gc_young_threshold is not None and (
+                type(gc_young_threshold) is not int or gc_young_threshold < 1):
+            raise errors.SettingsInvalid(
+                f"invalid settings: gc_young_threshold: {gc_young_threshold!r} is not a "
+                "positive whole number of allocations (or None, to leave the GC alone)")
         self.gc_young_threshold = gc_young_threshold
 
     async def sleep(self, seconds: float) -> None:

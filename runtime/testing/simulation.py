@@ -277,9 +277,10 @@ class Simulation:
             if node.dead and not call.done():
                 call.cancel()
             elif not call.done() and ask.msg_id is not None and node.running:
-                stalled = stalled + STALL_TICK_S if self._stalled(node, ask) else 0.0
+                why = self._stalled(node, ask)
+                stalled = stalled + STALL_TICK_S if why else 0.0
                 if stalled >= STALL_S and ask.stalled is None:
-                    ask.stalled = self._stalled(node, ask)
+                    ask.stalled = why
         if call.cancelled():  # its process died (in the ask's own journal call, or later)
             self.stats["asks_here_cut_off"] += 1
             ask.outcome = CUT_OFF
